@@ -1,0 +1,37 @@
+"""One trial: Simple-CNN on Fashion-MNIST, SNIP at 90% sparsity, SGD lr 0.1, batch 64, goal 0.15.
+
+  python launch.py --config=configs/fashion_mnist_trial.py --workdir=/tmp/dps_trial
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.dataset = 'fashion_mnist'      # 'mnist' | 'fashion_mnist' | 'cifar10'
+    config.data_dir = ''                  # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
+    config.data_source = 'files'          # 'files' (IDX .gz / CIFAR batches) | 'tfds' (prepared TFDS data)
+    # Model and pruning at initialization.
+    config.model = 'simple_cnn'           # 'simple_cnn' | 'resnet8'
+    config.sparsity = 0.9                 # fraction of parameters pruned, in [0, 1)
+    config.pruning = 'snip'               # 'snip' | 'random' | 'magnitude'
+    config.prune_kernels_only = False     # False: weights and biases compete (as the reference)
+    config.snip_batch_size = 100          # SNIP sums mask gradients over the whole split in batches of this
+    # Optimizer (TF1 semantics) and learning-rate schedule.
+    config.optimizer = 'sgd'              # 'sgd' | 'momentum' | 'nesterov'
+    config.schedule = 'constant'          # 'constant' | 'linear' (lr -> lr * end factor over decay_steps)
+    config.learning_rate = 0.1            # > 0
+    config.momentum = 0.9                 # in [0, 1); unused by 'sgd'
+    config.decay_steps = 30000            # >= 1; used by schedule 'linear'
+    config.end_learning_rate_factor = 0.01  # in [0, 1]; used by schedule 'linear'
+    # Training and the goal.
+    config.batch_size = 64                # examples per step, <= training split size
+    config.goal_error = 0.15              # reached when whole-validation-split error <= this, in (0, 1)
+    config.max_steps = 40000              # budget in steps, a multiple of check_every
+    config.check_every = 100              # steps between validation checks
+    config.eval_chunk_size = 1000         # examples per evaluation chunk (memory, not results)
+    # Seeds.
+    config.seed = 0                       # initialization (and random-mask) seed: the trial index
+    config.data_seed = 0                  # data order seed, shared by every trial as in the reference
+    return config

@@ -1,0 +1,77 @@
+"""One trial from a config: load data, build and prune the network, train to the goal error."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dps_jax import config as config_lib
+from dps_jax import data, masks, models, optim, store, trial
+
+
+def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The optimizer hyperparameters named in the config."""
+    return {name: config[name] for name in optim.HYPERPARAMETERS}
+
+
+def init_trial_state(config: ml_collections.ConfigDict, dataset: data.Dataset, model,
+                     optimizer, hyperparameters: dict[str, Any], seed: int,
+                     train_images: jax.Array, train_labels: jax.Array) -> trial.TrainState:
+    """A trial's initial state: params from `seed`, the pruning mask, the optimizer state."""
+    key = jax.random.PRNGKey(seed)
+    init_key, mask_key = jax.random.split(key)
+    sample = jnp.zeros((1,) + dataset.train.images.shape[1:], jnp.float32)
+    params = model.init(init_key, sample)['params']
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    mask = jax.jit(lambda params, images, labels: masks.make_mask(
+        config.pruning, key=mask_key, params=params, sparsity=config.sparsity, apply_fn=apply_fn,
+        images=images, labels=labels, batch_size=config.snip_batch_size,
+        kernels_only=config.prune_kernels_only))(params, train_images, train_labels)
+    params = trial.apply_mask(params, mask)
+    opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
+    return trial.TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       log: Callable[[str], None] = print) -> trial.TrialResult:
+    """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
+    dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
+    config_lib.validate_trial_config(config, dataset.train.images.shape[0])
+    log(data.describe(dataset))
+    model = models.get_model(config.model, dataset.num_classes)
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    optimizer = optim.make_optimizer(config.optimizer, config.schedule)
+    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
+    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
+
+    started = time.perf_counter()
+    state = init_trial_state(config, dataset, model, optimizer, trial_hyperparameters(config),
+                             config.seed, train_images, train_labels)
+    jax.block_until_ready(state)
+    log(f'{config.pruning} mask at sparsity {config.sparsity:g} in {time.perf_counter() - started:.1f} s:')
+    log(masks.format_density_report(state.mask))
+
+    result = trial.run_trial(
+        state=state, train_step=trial.make_train_step(apply_fn, optimizer),
+        val_error=trial.make_val_error(apply_fn, config.eval_chunk_size),
+        train_images=train_images, train_labels=train_labels, val_images=val_images,
+        val_labels=val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
+        max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,
+        log=log)
+    if result.status == 'reached':
+        log(f'steps-to-result: {result.steps_to_result} (validation error <= {config.goal_error:g}) '
+            f'in {result.wall_seconds:.1f} s')
+    else:
+        log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
+            f'(best validation error {result.best_val_error:.4f})')
+    store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
+        'config': config.to_dict(), 'status': result.status,
+        'steps_to_result': result.steps_to_result, 'steps': result.steps,
+        'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,
+        'history': [{'step': s, 'val_error': e, 'train_loss': l} for s, e, l in result.history]})
+    return result

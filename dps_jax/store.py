@@ -1,0 +1,30 @@
+"""Results files, always written atomically (a temp file in the same folder, then os.replace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` so that a reader (or a kill) sees the old file or the new, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'w') as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_json(path: str, value: Any) -> None:
+    """`value` as indented JSON at `path`, atomically."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')

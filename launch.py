@@ -1,0 +1,28 @@
+"""Entry point: python launch.py --config=configs/x.py --workdir=DIR [--config.field=value ...]"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Path to an ml-collections config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    # Imported here so that --help answers without loading JAX.
+    from dps_jax import config as config_lib
+    from dps_jax import data, single_trial
+    config = flags.FLAGS.config
+    try:
+        config_lib.validate_trial_config(config)
+        single_trial.train_and_evaluate(config, flags.FLAGS.workdir)
+    except (config_lib.ConfigError, data.DataError) as error:
+        sys.exit(f'launch.py: error: {error}')
+
+
+if __name__ == '__main__':
+    app.run(main)
