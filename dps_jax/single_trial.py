@@ -19,24 +19,6 @@ def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {name: config[name] for name in optim.HYPERPARAMETERS}
 
 
-def init_trial_state(config: ml_collections.ConfigDict, dataset: data.Dataset, model,
-                     optimizer, hyperparameters: dict[str, Any], seed: int,
-                     train_images: jax.Array, train_labels: jax.Array) -> trial.TrainState:
-    """A trial's initial state: params from `seed`, the pruning mask, the optimizer state."""
-    key = jax.random.PRNGKey(seed)
-    init_key, mask_key = jax.random.split(key)
-    sample = jnp.zeros((1,) + dataset.train.images.shape[1:], jnp.float32)
-    params = model.init(init_key, sample)['params']
-    apply_fn = lambda p, x: model.apply({'params': p}, x)
-    mask = jax.jit(lambda params, images, labels: masks.make_mask(
-        config.pruning, key=mask_key, params=params, sparsity=config.sparsity, apply_fn=apply_fn,
-        images=images, labels=labels, batch_size=config.snip_batch_size,
-        kernels_only=config.prune_kernels_only))(params, train_images, train_labels)
-    params = trial.apply_mask(params, mask)
-    opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
-    return trial.TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = print) -> trial.TrialResult:
     """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
@@ -50,8 +32,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
 
     started = time.perf_counter()
-    state = init_trial_state(config, dataset, model, optimizer, trial_hyperparameters(config),
-                             config.seed, train_images, train_labels)
+    init_trial = trial.make_init_trial(
+        model, optimizer, dataset.train.images.shape[1:], pruning=config.pruning,
+        sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
+        snip_batch_size=config.snip_batch_size)
+    state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images, train_labels)
     jax.block_until_ready(state)
     log(f'{config.pruning} mask at sparsity {config.sparsity:g} in {time.perf_counter() - started:.1f} s:')
     log(masks.format_density_report(state.mask))

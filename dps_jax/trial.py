@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dps_jax import losses
+from dps_jax import losses, masks, optim
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
 
@@ -105,7 +105,8 @@ class DataOrder(NamedTuple):
     permutation: jax.Array  # int32 (num_examples,)
 
 
-def _epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    """The order of the examples in `epoch` (int32 (num_examples,))."""
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples).astype(jnp.int32)
 
 
@@ -113,7 +114,7 @@ def init_data_order(seed: int, num_examples: int, step: int = 0, batch_size: int
     """The data order positioned for `step` (epoch = step // (num_examples // batch_size))."""
     key = jax.random.PRNGKey(seed)
     epoch = jnp.asarray(step // max(1, num_examples // batch_size), jnp.int32)
-    return DataOrder(key, epoch, _epoch_permutation(key, epoch, num_examples))
+    return DataOrder(key, epoch, epoch_permutation(key, epoch, num_examples))
 
 
 def next_batch_indices(order: DataOrder, step: jax.Array, batch_size: int) -> tuple[DataOrder, jax.Array]:
@@ -124,7 +125,7 @@ def next_batch_indices(order: DataOrder, step: jax.Array, batch_size: int) -> tu
     order = jax.lax.cond(
         epoch == order.epoch,
         lambda: order,
-        lambda: DataOrder(order.key, epoch, _epoch_permutation(order.key, epoch, num_examples)))
+        lambda: DataOrder(order.key, epoch, epoch_permutation(order.key, epoch, num_examples)))
     start = (step % steps_per_epoch) * batch_size
     return order, jax.lax.dynamic_slice(order.permutation, (start,), (batch_size,))
 
@@ -147,6 +148,38 @@ def make_train_chunk(train_step, batch_size: int, num_steps: int):
         return state, order, metrics
 
     return train_chunk
+
+
+def make_init_trial(model, optimizer, example_shape: tuple, *, pruning: str, sparsity: float,
+                    kernels_only: bool = False, snip_batch_size: int = 100) -> Callable:
+    """init_trial(seed, hyperparameters, train_images, train_labels) -> TrainState, for ONE trial.
+
+    The seed (the trial index, as in the reference) draws the initialization and, for random
+    pruning, the mask; SNIP uses the whole training split given. vmap it over seeds and
+    hyperparameters for N trials.
+    """
+    apply_fn = lambda params, images: model.apply({'params': params}, images)
+
+    def init_trial(seed, hyperparameters, train_images, train_labels):
+        init_key, mask_key = jax.random.split(jax.random.PRNGKey(seed))
+        params = model.init(init_key, jnp.zeros((1,) + tuple(example_shape), jnp.float32))['params']
+        mask = masks.make_mask(pruning, key=mask_key, params=params, sparsity=sparsity, apply_fn=apply_fn,
+                               images=train_images, labels=train_labels, batch_size=snip_batch_size,
+                               kernels_only=kernels_only)
+        params = apply_mask(params, mask)
+        opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
+        return TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
+
+    return init_trial
+
+
+def reaches_goal(error, goal_error: float):
+    """error <= goal_error, compared in float32 where the error was computed.
+
+    count / n is rounded to float32 once; rounding the goal the same way keeps an error exactly
+    at the goal (e.g. 84 / 600 = 0.14) counted as reached. Works on numpy arrays too.
+    """
+    return np.asarray(error, np.float32) <= np.float32(goal_error)
 
 
 class TrialResult(NamedTuple):
@@ -186,7 +219,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         if not finite or not np.isfinite(error):
             status = 'diverged'
             break
-        if error <= goal_error:
+        if reaches_goal(error, goal_error):
             status, steps_to_result = 'reached', steps
             break
     return TrialResult(status, steps_to_result, steps, best, history, time.perf_counter() - started)

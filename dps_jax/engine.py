@@ -1,0 +1,308 @@
+"""The vectorized trial engine: N metaparameter trials of one cell in lockstep on one device.
+
+Every trial is the single-trial pytree of dps_jax.trial with a leading trial axis. Training
+runs `check_every` steps per lax.scan (batches gathered on device by index, all trials on the
+same batch by default, as in the reference), then one vmapped whole-validation-split error for
+all trials. The host reads a few numbers per trial once per check, never per step.
+
+Bookkeeping (status, steps-to-result) is host-side numpy keyed by trial index; the device holds
+'slots'. Trials that end stop moving (their update is masked out by `active`) and, with
+compaction, are dropped into a smaller bucket of slots so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dps_jax import trial
+
+RUNNING, REACHED, DIVERGED, EXHAUSTED = range(4)
+STATUS_NAMES = trial.STATUSES  # index = code above
+UNTIL = ('first', 'all')
+
+
+class CellResult(NamedTuple):
+    """What one cell's run produced; per-trial arrays are indexed by trial (length N)."""
+    status: np.ndarray           # int (N,): RUNNING (cell ended first), REACHED, DIVERGED, EXHAUSTED
+    steps_to_result: np.ndarray  # int (N,): step of the first check with error <= goal, -1 if none
+    best_val_error: np.ndarray   # float (N,): lowest validation error seen
+    last_val_error: np.ndarray   # float (N,): validation error at the trial's last check
+    steps: np.ndarray            # int (N,): steps the trial trained
+    trial_steps_computed: int    # slot-steps the device computed (including ended trials in slots)
+    trial_steps_needed: int      # sum of steps of trials while running
+    checks: int
+    wall_seconds: float
+    final_state: Any | None      # stacked TrainState of all N trials in trial order (keep_final_state)
+
+    @property
+    def min_steps_to_result(self) -> int | None:
+        """The cell's steps-to-result: the minimum over trials, None if no trial reached the goal."""
+        reached = self.steps_to_result[self.steps_to_result >= 0]
+        return int(reached.min()) if reached.size else None
+
+    @property
+    def best_trial(self) -> int | None:
+        """The trial with the minimum steps-to-result; ties go to the lower validation error."""
+        candidates = np.flatnonzero(self.steps_to_result >= 0)
+        if not candidates.size:
+            return None
+        order = np.lexsort((candidates, self.last_val_error[candidates], self.steps_to_result[candidates]))
+        return int(candidates[order[0]])
+
+    def status_names(self) -> list[str]:
+        return [STATUS_NAMES[code] for code in self.status]
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """One pytree with a new leading axis from several of the same structure."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def tree_take(tree: Any, indices: np.ndarray) -> Any:
+    """Rows `indices` of every leaf's leading axis."""
+    indices = jnp.asarray(indices, jnp.int32)
+    return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), tree)
+
+
+def tree_concatenate(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *trees)
+
+
+def bucket_size(num_live: int, group_size: int) -> int:
+    """Slots for `num_live` trials: the next power of two, or whole groups beyond one group."""
+    if num_live <= group_size:
+        return min(group_size, 1 << max(0, math.ceil(math.log2(max(num_live, 1)))))
+    return group_size * math.ceil(num_live / group_size)
+
+
+def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
+                        batch_size: int, memory_bytes: int, num_trials: int) -> int:
+    """How many trials fit in `memory_bytes` at `batch_size`, from XLA's own temp-memory figures.
+
+    Compiles one single-trial step at two small batch sizes; the difference gives the bytes per
+    example, which scale with trials x batch under vmap.
+    """
+    def temp_bytes(batch):
+        images = jax.ShapeDtypeStruct((batch,) + tuple(example_shape), jnp.float32)
+        labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        analysis = jax.jit(train_step).lower(state, (images, labels)).compile().memory_analysis()
+        return None if analysis is None else analysis.temp_size_in_bytes
+    small, large = temp_bytes(8), temp_bytes(16)
+    if small is None or large is None:
+        return num_trials  # the backend gives no estimate: do not split
+    per_example = max((large - small) / 8, 1.0)
+    params_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+    per_trial = per_example * batch_size + 4 * params_bytes  # + state, gradients, update
+    return int(max(1, min(num_trials, memory_bytes // per_trial)))
+
+
+def default_memory_bytes() -> int:
+    """Working memory for one cell: half of the first device's limit, or of host RAM on CPU."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+    if stats and 'bytes_limit' in stats:
+        return int(stats['bytes_limit'] * 0.5)
+    try:
+        import os
+        return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _save_ended(saved: dict, slot_trial: np.ndarray, status: np.ndarray | None, states: Any) -> None:
+    """Copies to the host the state of every slot's trial that has ended (all trials if status is None)."""
+    for slot, index in enumerate(slot_trial):
+        index = int(index)
+        if index >= 0 and index not in saved and (status is None or status[index] != RUNNING):
+            saved[index] = jax.device_get(jax.tree.map(lambda leaf: leaf[slot], states))
+
+
+def _next_batch_indices_per_trial(orders: trial.DataOrder, step: jax.Array, batch_size: int
+                                  ) -> tuple[trial.DataOrder, jax.Array]:
+    """trial.next_batch_indices for stacked per-trial orders: indices (trials, batch_size).
+
+    Trials run in lockstep, so they change epoch at the same step: the test is made once, outside
+    vmap, so that the permutations are drawn only at epoch ends (a vmapped cond would draw them
+    at every step).
+    """
+    num_examples = orders.permutation.shape[-1]
+    steps_per_epoch = num_examples // batch_size
+    epoch = (step // steps_per_epoch).astype(jnp.int32)
+    new_permutations = jax.vmap(trial.epoch_permutation, in_axes=(0, None, None))
+    orders = jax.lax.cond(
+        epoch == orders.epoch[0],
+        lambda: orders,
+        lambda: trial.DataOrder(orders.key, jnp.full_like(orders.epoch, epoch),
+                                new_permutations(orders.key, epoch, num_examples)))
+    start = (step % steps_per_epoch) * batch_size
+    indices = jax.vmap(lambda permutation: jax.lax.dynamic_slice(permutation, (start,), (batch_size,)))(
+        orders.permutation)
+    return orders, indices
+
+
+class _Programs(NamedTuple):
+    train_chunk: Callable   # (states, active, order, step, images, labels) -> (states, order, finite)
+    evaluate: Callable      # (params, mask, images, labels) -> errors (slots,)
+
+
+def _compile_programs(train_step, val_error, batch_size: int, check_every: int,
+                      per_trial_order: bool) -> _Programs:
+    """The jitted, vmapped chunk and evaluation; jit caches one program per slot count."""
+    batched_step = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
+    batched_indices = _next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
+
+    def train_chunk(states, active, order, step, train_images, train_labels):
+        def body(carry, _):
+            states, order, step, finite = carry
+            order, indices = batched_indices(order, step, batch_size)
+            stepped, metrics = batched_step(states, (train_images[indices], train_labels[indices]))
+            # Ended trials keep their state, so what a trial ends with does not depend on the others.
+            states = jax.tree.map(
+                lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                stepped, states)
+            finite = finite & jnp.isfinite(metrics.loss)
+            return (states, order, step + 1, finite), None
+
+        finite = jnp.ones(active.shape, bool)
+        (states, order, _, finite), _ = jax.lax.scan(body, (states, order, step, finite), None,
+                                                     length=check_every)
+        return states, order, finite
+
+    evaluate = jax.vmap(val_error, in_axes=(0, 0, None, None))
+    # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.
+    donate = () if jax.default_backend() == 'cpu' else (0,)
+    return _Programs(jax.jit(train_chunk, donate_argnums=donate), jax.jit(evaluate))
+
+
+def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Callable,
+             train_images: jax.Array, train_labels: jax.Array, val_images: jax.Array,
+             val_labels: jax.Array, batch_size: int, goal_error: float, max_steps: int,
+             check_every: int, data_seed: int = 0, until: str = 'first', compaction: bool = True,
+             group_size: int | None = None, per_trial_order: bool = False,
+             keep_final_state: bool = False, log: Callable[[str], None] | None = None,
+             log_every_seconds: float = 10.0) -> CellResult:
+    """Trains the N stacked `trials` of one cell and returns each trial's steps-to-result.
+
+    until='first' ends at the first check where any trial reaches the goal (that step is the
+    minimum over trials, as they run in lockstep); 'all' runs every trial to its own end.
+    group_size caps the trials on the device at once (None: all); per_trial_order gives trial i
+    the data seed data_seed + i instead of one shared order.
+    """
+    if until not in UNTIL:
+        raise ValueError(f'until must be one of {", ".join(UNTIL)}, got {until!r}')
+    if max_steps % check_every:
+        raise ValueError(f'max_steps={max_steps} must be a multiple of check_every={check_every}')
+    if batch_size > train_images.shape[0]:
+        raise ValueError(f'batch_size={batch_size} is larger than the training split ({train_images.shape[0]})')
+    started = time.perf_counter()
+    num_trials = int(jax.tree.leaves(trials)[0].shape[0])
+    group_size = num_trials if group_size is None else max(1, min(group_size, num_trials))
+    programs = _compile_programs(train_step, val_error, batch_size, check_every, per_trial_order)
+
+    status = np.full(num_trials, RUNNING)
+    steps_to_result = np.full(num_trials, -1)
+    best_val_error = np.full(num_trials, np.inf)
+    last_val_error = np.full(num_trials, np.nan)
+    steps = np.zeros(num_trials, dtype=np.int64)
+    final_states: dict[int, Any] = {}
+
+    num_examples = int(train_images.shape[0])
+    if per_trial_order:
+        orders = stack_trees([trial.init_data_order(data_seed + i, num_examples) for i in range(num_trials)])
+    else:
+        shared_order = trial.init_data_order(data_seed, num_examples)
+
+    # Slots: padded to whole groups with copies of trial 0 that never count (slot_trial = -1).
+    def layout(trial_indices: np.ndarray, source: Any, source_slot_of: dict[int, int]):
+        size = bucket_size(len(trial_indices), group_size)
+        slot_trial = np.full(size, -1)
+        slot_trial[:len(trial_indices)] = trial_indices
+        rows = np.array([source_slot_of[int(t)] for t in trial_indices] +
+                        [source_slot_of[int(trial_indices[0])]] * (size - len(trial_indices)))
+        taken = tree_take(source, rows)
+        per_group = min(group_size, size)
+        groups = [jax.tree.map(lambda leaf: leaf[g:g + per_group], taken) for g in range(0, size, per_group)]
+        return slot_trial, groups
+
+    slot_trial, groups = layout(np.arange(num_trials), (trials, orders) if per_trial_order else trials,
+                                {i: i for i in range(num_trials)})
+    step, checks, computed, needed, last_log = 0, 0, 0, 0, started
+    while step < max_steps and (status == RUNNING).any():
+        per_group = len(slot_trial) // len(groups)
+        errors, finite = [], []
+        for g, group in enumerate(groups):
+            group_trials = slot_trial[g * per_group:(g + 1) * per_group]
+            active = jnp.asarray((group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING))
+            states, order = group if per_trial_order else (group, shared_order)
+            states, next_order, group_finite = programs.train_chunk(
+                states, active, order, jnp.int32(step), train_images, train_labels)
+            group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
+            groups[g] = (states, next_order) if per_trial_order else states
+            errors.append(group_errors)
+            finite.append(group_finite)
+        if not per_trial_order:
+            shared_order = next_order
+        step += check_every
+        checks += 1
+        computed += len(slot_trial) * check_every
+        # The one host read per check: an error and a finiteness flag per slot.
+        errors, finite = np.concatenate(jax.device_get(errors)), np.concatenate(jax.device_get(finite))
+        live_slots = np.flatnonzero((slot_trial >= 0) & (status[np.maximum(slot_trial, 0)] == RUNNING))
+        for slot in live_slots:
+            index = slot_trial[slot]
+            steps[index] = step
+            needed += check_every
+            last_val_error[index] = errors[slot]
+            best_val_error[index] = min(best_val_error[index], errors[slot])
+            if not finite[slot] or not np.isfinite(errors[slot]):
+                status[index] = DIVERGED
+            elif trial.reaches_goal(errors[slot], goal_error):
+                status[index], steps_to_result[index] = REACHED, step
+            elif step >= max_steps:
+                status[index] = EXHAUSTED
+        now = time.perf_counter()
+        if log is not None and (now - last_log >= log_every_seconds or (status != RUNNING).all()
+                                or (until == 'first' and (status == REACHED).any())):
+            last_log = now
+            log(f'  step {step:>7d}/{max_steps}  live {int((status == RUNNING).sum()):>4d}/{num_trials}'
+                f'  reached {int((status == REACHED).sum()):>4d}  diverged {int((status == DIVERGED).sum()):>4d}'
+                f'  best val error {np.nanmin(best_val_error):.4f}'
+                f'  {computed / (now - started):,.0f} trial-steps/s')
+        if until == 'first' and (status == REACHED).any():
+            break
+        live = np.flatnonzero(status == RUNNING)
+        if compaction and len(live) and bucket_size(len(live), group_size) < len(slot_trial):
+            flat = tree_concatenate(groups)
+            if keep_final_state:
+                _save_ended(final_states, slot_trial, status, flat[0] if per_trial_order else flat)
+            slot_of = {int(t): s for s, t in enumerate(slot_trial) if t >= 0}
+            slot_trial, groups = layout(live, flat, slot_of)
+
+    final_state = None
+    if keep_final_state:
+        flat = tree_concatenate(groups)
+        _save_ended(final_states, slot_trial, None, flat[0] if per_trial_order else flat)
+        final_state = stack_trees([final_states[i] for i in range(num_trials)])
+    return CellResult(status, steps_to_result, best_val_error, last_val_error, steps, computed, needed,
+                      checks, time.perf_counter() - started, final_state)
+
+
+def init_trials(init_trial: Callable, seeds: Sequence[int], hyperparameters: Mapping[str, Sequence],
+                train_images: jax.Array, train_labels: jax.Array) -> trial.TrainState:
+    """N trials stacked on a leading axis: trial i from seeds[i] and hyperparameters[name][i].
+
+    `init_trial` is trial.make_init_trial(...); it is vmapped, so N SNIP masks are one computation.
+    """
+    seeds = jnp.asarray(np.asarray(seeds), jnp.int32)
+    values = {name: jnp.asarray(np.asarray(column)) for name, column in hyperparameters.items()}
+    for name, column in values.items():
+        if column.shape != seeds.shape:
+            raise ValueError(f'hyperparameter {name!r} has {column.shape[0] if column.ndim else 0} values '
+                             f'for {seeds.shape[0]} seeds')
+    return jax.jit(jax.vmap(init_trial, in_axes=(0, 0, None, None)))(seeds, values, train_images, train_labels)

@@ -1,0 +1,214 @@
+"""The vectorized trial engine against single-trial runs and a closed form."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dps_jax import engine, optim, trial
+
+RNG = np.random.default_rng(7)
+
+
+class Linear:
+    """Softmax regression with the flax Module interface the trial code expects."""
+
+    def init(self, key, images):
+        features = int(np.prod(images.shape[1:]))
+        return {'params': {'dense': {'kernel': jax.random.normal(key, (features, 3)) * 0.3, 'bias': jnp.zeros(3)}}}
+
+    def apply(self, variables, images):
+        params = variables['params']['dense']
+        return images.reshape((images.shape[0], -1)) @ params['kernel'] + params['bias']
+
+
+MODEL = Linear()
+APPLY = lambda params, images: MODEL.apply({'params': params}, images)
+
+
+def problem(num_examples=700, noise=0.9):
+    centres = np.eye(3, 6) * 2.0
+    labels = RNG.integers(0, 3, size=num_examples)
+    images = centres[labels] + RNG.normal(size=(num_examples, 6)) * noise
+    images, labels = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+    return images[:500], labels[:500], images[500:], labels[500:]
+
+
+TRAIN_IMAGES, TRAIN_LABELS, VAL_IMAGES, VAL_LABELS = problem()
+RATES = np.array([0.3, 0.03, 1e38, 0.003, 1.0, 0.1, 0.01])
+
+
+def cell_setup(optimizer='momentum', sparsity=0.2, rates=RATES, seeds=None):
+    tx = optim.make_optimizer(optimizer)
+    init_trial = trial.make_init_trial(MODEL, tx, (6,), pruning='random', sparsity=sparsity)
+    hyper = {'learning_rate': rates, 'momentum': np.full(len(rates), 0.5)}
+    seeds = np.arange(len(rates)) if seeds is None else seeds
+    trials = engine.init_trials(init_trial, seeds, hyper, TRAIN_IMAGES, TRAIN_LABELS)
+    return trials, tx, init_trial, hyper
+
+
+def run(trials, tx, **overrides):
+    settings = dict(train_step=trial.make_train_step(APPLY, tx), val_error=trial.make_val_error(APPLY, 64),
+                    train_images=TRAIN_IMAGES, train_labels=TRAIN_LABELS, val_images=VAL_IMAGES,
+                    val_labels=VAL_LABELS, batch_size=16, goal_error=0.14, max_steps=300, check_every=10,
+                    data_seed=0, until='all')
+    settings.update(overrides)
+    return engine.run_cell(trials, **settings)
+
+
+def test_vmapped_trials_match_each_trial_run_alone():
+    trials, tx, init_trial, hyper = cell_setup()
+    result = run(trials, tx, compaction=False, keep_final_state=True)
+    for index, rate in enumerate(RATES):
+        single = jax.jit(init_trial)(index, {'learning_rate': rate, 'momentum': 0.5}, TRAIN_IMAGES, TRAIN_LABELS)
+        alone = trial.run_trial(state=single, train_step=trial.make_train_step(APPLY, tx),
+                                val_error=trial.make_val_error(APPLY, 64), train_images=TRAIN_IMAGES,
+                                train_labels=TRAIN_LABELS, val_images=VAL_IMAGES, val_labels=VAL_LABELS,
+                                batch_size=16, goal_error=0.14, max_steps=300, check_every=10, data_seed=0)
+        assert engine.STATUS_NAMES[result.status[index]] == alone.status, index
+        assert result.steps_to_result[index] == (alone.steps_to_result or -1)
+        assert result.steps[index] == alone.steps
+    assert set(result.status_names()) >= {'reached', 'diverged'}
+
+
+def test_vmapped_final_params_equal_single_trial_params():
+    trials, tx, init_trial, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
+    result = run(trials, tx, compaction=False, keep_final_state=True, goal_error=0.0 + 1e-6, max_steps=60)
+    step = jax.jit(trial.make_train_chunk(trial.make_train_step(APPLY, tx), 16, 60))
+    for index, rate in enumerate([0.05, 0.2, 0.01]):
+        single = jax.jit(init_trial)(index, {'learning_rate': rate, 'momentum': 0.5}, TRAIN_IMAGES, TRAIN_LABELS)
+        single, _, _ = step(single, trial.init_data_order(0, 500), TRAIN_IMAGES, TRAIN_LABELS)
+        for got, want in zip(jax.tree.leaves(result.final_state.params), jax.tree.leaves(single.params)):
+            np.testing.assert_allclose(got[index], want, rtol=1e-5, atol=1e-6)
+
+
+def test_pruned_weights_are_exactly_zero_at_the_end_for_every_trial():
+    trials, tx, _, _ = cell_setup('nesterov', sparsity=0.6)
+    result = run(trials, tx, compaction=False, keep_final_state=True)
+    for params, mask in zip(jax.tree.leaves(result.final_state.params), jax.tree.leaves(result.final_state.mask)):
+        params, mask = np.asarray(params), np.asarray(mask)
+        for index in range(len(RATES)):
+            if result.status[index] != engine.DIVERGED:
+                assert np.all(params[index][~mask[index]] == 0.0)
+        assert (~mask).sum() > 0
+
+
+def test_a_huge_learning_rate_diverges_at_the_first_check_and_the_others_are_unaffected():
+    trials, tx, _, _ = cell_setup()
+    result = run(trials, tx)
+    assert result.status[2] == engine.DIVERGED and result.steps[2] == 10
+    without, tx2, _, _ = cell_setup(rates=np.delete(RATES, 2), seeds=np.delete(np.arange(len(RATES)), 2))
+    others = run(without, tx2)
+    np.testing.assert_array_equal(np.delete(result.steps_to_result, 2), others.steps_to_result)
+    np.testing.assert_array_equal(np.delete(result.status, 2), others.status)
+
+
+def test_first_mode_gives_the_same_minimum_as_all_mode_for_less_compute():
+    trials, tx, _, _ = cell_setup()
+    everything = run(trials, tx)
+    first = run(trials, tx, until='first')
+    assert first.min_steps_to_result == everything.min_steps_to_result is not None
+    reached_first = np.flatnonzero(first.status == engine.REACHED)
+    np.testing.assert_array_equal(reached_first,
+                                  np.flatnonzero(everything.steps_to_result == everything.min_steps_to_result))
+    assert first.trial_steps_computed < everything.trial_steps_computed
+
+
+def test_compaction_gives_identical_results_and_saves_compute():
+    trials, tx, _, _ = cell_setup()
+    compacted = run(trials, tx, compaction=True, keep_final_state=True)
+    plain = run(trials, tx, compaction=False, keep_final_state=True)
+    np.testing.assert_array_equal(compacted.status, plain.status)
+    np.testing.assert_array_equal(compacted.steps_to_result, plain.steps_to_result)
+    np.testing.assert_array_equal(compacted.steps, plain.steps)
+    for got, want in zip(jax.tree.leaves(compacted.final_state.params), jax.tree.leaves(plain.final_state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert compacted.trial_steps_computed < plain.trial_steps_computed
+    assert compacted.trial_steps_needed == plain.trial_steps_needed
+
+
+def test_groups_give_the_same_results_as_one_group():
+    trials, tx, _, _ = cell_setup()
+    whole = run(trials, tx)
+    grouped = run(trials, tx, group_size=3)
+    np.testing.assert_array_equal(whole.status, grouped.status)
+    np.testing.assert_array_equal(whole.steps_to_result, grouped.steps_to_result)
+
+
+def test_per_trial_data_order_changes_the_batches_each_trial_sees():
+    rates = np.array([0.1, 0.1])
+    trials, tx, _, _ = cell_setup(rates=rates)
+    same_init = jax.tree.map(lambda leaf: jnp.stack([leaf[0], leaf[0]]), trials)
+    shared = run(same_init, tx, compaction=False, keep_final_state=True, max_steps=20, goal_error=1e-6)
+    separate = run(same_init, tx, compaction=False, keep_final_state=True, max_steps=20, goal_error=1e-6,
+                   per_trial_order=True)
+    kernel = lambda result: np.asarray(result.final_state.params['dense']['kernel'])
+    np.testing.assert_array_equal(kernel(shared)[0], kernel(shared)[1])
+    assert not np.allclose(kernel(separate)[0], kernel(separate)[1])
+    np.testing.assert_allclose(kernel(separate)[0], kernel(shared)[0], rtol=1e-5, atol=1e-6)  # trial 0 keeps seed 0
+
+
+def test_bucket_sizes():
+    assert [engine.bucket_size(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert engine.bucket_size(70, 16) == 80
+
+
+def test_bad_arguments_are_named():
+    trials, tx, _, _ = cell_setup()
+    with pytest.raises(ValueError, match='until'):
+        run(trials, tx, until='some')
+    with pytest.raises(ValueError, match='multiple of check_every'):
+        run(trials, tx, max_steps=15)
+    with pytest.raises(ValueError, match='batch_size=501'):
+        run(trials, tx, batch_size=501)
+
+
+# The noisy quadratic model (Zhang et al. 2019): L = 1/2 sum h_i x_i^2, gradient noise of covariance
+# C / B with c_i = NOISE * h_i. The 'training split' is a pool of standard normal vectors; a batch's
+# mean is noise of covariance I / B. Many dimensions make the loss concentrate, so the mean first
+# passage below the target is close to the step where the expected loss crosses it.
+DIMENSIONS = 200
+CURVATURES = np.geomspace(1.0, 0.1, DIMENSIONS)
+NOISE, STEP_SIZE, TARGET = 0.25, 0.25, 3.5
+POOL = jnp.asarray(np.random.default_rng(3).normal(size=(20000, DIMENSIONS)), jnp.float32)
+
+
+def nqm_train_step(state, batch):
+    """One SGD step; the learning rate is stored where the optimizer state would be."""
+    noise_vectors, _ = batch
+    curvatures = jnp.asarray(CURVATURES, jnp.float32)
+    x = state.params['x']
+    gradient = curvatures * x + jnp.sqrt(NOISE * curvatures) * noise_vectors.mean(0)
+    loss = 0.5 * jnp.sum(curvatures * x ** 2)
+    return (trial.TrainState({'x': x - state.opt_state * gradient}, state.mask, state.opt_state, state.step + 1),
+            trial.StepMetrics(loss, jnp.zeros(())))
+
+
+def nqm_loss(params, mask, images, labels):
+    return 0.5 * jnp.sum(jnp.asarray(CURVATURES, jnp.float32) * params['x'] ** 2)
+
+
+def expected_loss(t, batch_size):
+    """E L_t from x_0 = 1: E x_t = (1 - a h)^t, Var x_t = (1 - (1 - a h)^(2t)) a c / (B h (2 - a h))."""
+    decay = (1 - STEP_SIZE * CURVATURES) ** t
+    c = NOISE * CURVATURES
+    variance = (1 - decay ** 2) * STEP_SIZE * c / (batch_size * CURVATURES * (2 - STEP_SIZE * CURVATURES))
+    return 0.5 * np.sum(CURVATURES * (decay ** 2 + variance))
+
+
+def test_noisy_quadratic_model_mean_steps_match_the_closed_form():
+    num_trials = 16
+    trials = trial.TrainState({'x': jnp.ones((num_trials, DIMENSIONS))},
+                              {'x': jnp.ones((num_trials, DIMENSIONS), bool)},
+                              jnp.full((num_trials,), STEP_SIZE), jnp.zeros((num_trials,), jnp.int32))
+    measured, closed_forms = [], []
+    for batch_size in (1, 4, 16, 256):
+        result = engine.run_cell(trials, train_step=nqm_train_step, val_error=nqm_loss, train_images=POOL,
+                                 train_labels=jnp.zeros(POOL.shape[0], jnp.int32), val_images=POOL[:1],
+                                 val_labels=jnp.zeros(1, jnp.int32), batch_size=batch_size, goal_error=TARGET,
+                                 max_steps=200, check_every=1, until='all', per_trial_order=True)
+        assert (result.status == engine.REACHED).all()
+        measured.append(np.mean(result.steps_to_result))
+        closed_forms.append(next(t for t in range(1, 1000) if expected_loss(t, batch_size) <= TARGET))
+    np.testing.assert_allclose(measured, closed_forms, rtol=0.1)
+    assert closed_forms[0] > closed_forms[-1]  # the noise costs steps at small batches
