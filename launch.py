@@ -10,6 +10,19 @@ flags.DEFINE_string('workdir', None, 'Directory for results.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad --config override reported in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f'launch.py: error: {error}')
+    except (AttributeError, KeyError) as error:
+        names = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')]
+        sys.exit(f'launch.py: error: no such config field {error}; overrides given: {", ".join(names)}')
+    except (TypeError, ValueError) as error:
+        sys.exit(f'launch.py: error: bad --config override: {error}')
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -25,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

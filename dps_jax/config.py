@@ -50,7 +50,7 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     too_high = value >= high if high_open else value > high
     if too_low or too_high or value != value:
         interval = f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
-        raise ConfigError(f'config.{field}={value:g} is outside {interval}')
+        raise ConfigError(f'config.{field}={value!r} is outside {interval}')
     return value
 
 

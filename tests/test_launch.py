@@ -1,0 +1,61 @@
+"""launch.py end to end: one-line errors for bad configs, and a real single-trial run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_trial.py')
+
+
+def launch(workdir, *overrides, timeout=900):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), f'--config={CONFIG}',
+                           f'--workdir={workdir}', *overrides], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def error_lines(completed):
+    return [line for line in completed.stderr.splitlines() if line and not line.startswith('WARNING')]
+
+
+@pytest.mark.parametrize('override, named', [
+    ('--config.sparsity=1.0', 'config.sparsity=1.0 is outside [0, 1)'),
+    ('--config.sparsity=-0.5', 'config.sparsity=-0.5 is outside [0, 1)'),
+    ('--config.optimizer=adam', "config.optimizer='adam' is not accepted; choose one of: sgd, momentum, nesterov"),
+    ('--config.dataset=imagenet', "config.dataset='imagenet'"),
+    ('--config.goal_error=0', 'config.goal_error=0.0 is outside (0, 1)'),
+    ('--config.max_steps=150', 'config.max_steps=150 must be a multiple of config.check_every=100'),
+    ('--config.sparsity=abc', "could not convert string to float: 'abc'"),
+    ('--config.no_such_field=3', 'no such config field'),
+])
+def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, named):
+    completed = launch(tmp_path, override, timeout=120)
+    assert completed.returncode != 0
+    lines = error_lines(completed)
+    assert len(lines) == 1 and named in lines[0], completed.stderr
+    assert not os.path.exists(tmp_path / 'trial.json')
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
+    completed = launch(tmp_path, '--config.batch_size=54001', timeout=120)
+    assert error_lines(completed) == [
+        'launch.py: error: config.batch_size=54001 is larger than the training split (54000 examples)']
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_path):
+    completed = launch(tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert 'steps-to-result:' in completed.stdout
+    result = json.loads((tmp_path / 'trial.json').read_text())
+    assert result['status'] == 'reached'
+    assert result['steps_to_result'] % 100 == 0
+    assert result['history'][-1]['val_error'] <= 0.15
+    assert all(check['val_error'] > 0.15 for check in result['history'][:-1])
+    assert 'total             6,235 /    62,346   10.00%' in completed.stdout
