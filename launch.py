@@ -28,11 +28,14 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     # Imported here so that --help answers without loading JAX.
     from dps_jax import config as config_lib
-    from dps_jax import data, single_trial
+    from dps_jax import data, single_trial, study
     config = flags.FLAGS.config
     try:
-        config_lib.validate_trial_config(config)
-        single_trial.train_and_evaluate(config, flags.FLAGS.workdir)
+        if 'sparsities' in config:  # a study: a grid of cells
+            study.run(config, flags.FLAGS.workdir)
+        else:  # one trial
+            config_lib.validate_trial_config(config)
+            single_trial.train_and_evaluate(config, flags.FLAGS.workdir)
     except (config_lib.ConfigError, data.DataError) as error:
         sys.exit(f'launch.py: error: {error}')
 

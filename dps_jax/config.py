@@ -83,3 +83,119 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
     require_int(config, 'seed', minimum=0)
     require_int(config, 'data_seed', minimum=0)
     require_int(config, 'eval_chunk_size', minimum=1)
+
+
+# Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
+RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
+              'memory_fraction', 'eval_chunk_size', 'data_dir')
+
+
+def base_study_config():
+    """The fields every study config has, with defaults; workload configs override them.
+
+    Every field is documented here; configs/*.py document what they change.
+    """
+    import ml_collections
+
+    config = ml_collections.ConfigDict()
+    # --- Data.
+    config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10'
+    config.data_dir = ''                # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
+    config.data_source = 'files'        # 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (prepared TFDS dataset)
+    # --- Model and pruning at initialization.
+    config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8'
+    config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
+    config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
+    config.snip_batch_size = 100        # SNIP sums mask gradients over the whole split in batches of this
+    # --- The grid: one cell per (sparsity, batch size).
+    config.sparsities = (0.0, 0.5, 0.7, 0.9)      # each in [0, 1)
+    config.batch_sizes = tuple(2 ** k for k in range(1, 15))  # each in [1, training split size]
+    # --- Optimizer (TF1 semantics) and schedule.
+    config.optimizer = 'sgd'            # 'sgd' | 'momentum' | 'nesterov'
+    config.schedule = 'constant'        # 'constant' | 'linear' (lr -> lr * end factor over decay_steps, then held)
+    # --- Metaparameter search: quasi-random (Sobol) points, the same at every cell.
+    config.search_names = ('learning_rate',)  # searched, from: learning_rate, momentum, decay_steps,
+                                              # end_learning_rate_factor (ranges: dps_jax/search.py)
+    config.num_trials = 100             # trials per cell (Sobol points); trial i has seed i
+    # Values of the metaparameters that are NOT searched:
+    config.learning_rate = 0.1          # > 0
+    config.momentum = 0.9               # in [0, 1); unused by 'sgd'
+    config.decay_steps = 30000          # >= 1; used by schedule 'linear'
+    config.end_learning_rate_factor = 0.01  # in [0, 1]; used by schedule 'linear'
+    # --- Goal and budget.
+    config.goal_error = 0.1             # a trial reaches the goal when whole-validation error <= this; in (0, 1)
+    config.max_steps = 40000            # budget per trial in steps; a multiple of check_every
+    config.check_every = 100            # steps between whole-validation-split checks
+    # --- How the engine runs a cell.
+    config.until = 'first'              # 'first': stop a cell at the first check where any trial reaches the
+                                        # goal (that step is the cell's minimum); 'all': every trial to its end
+    config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
+    config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
+    config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
+    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = 8192 // trials (>= 50)
+    config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
+    config.data_seed = 0                # data order seed
+    # --- The run itself.
+    config.cells = ''                   # '' = every cell; else e.g. '0.9_64,0_128' (sparsity_batch) to split jobs
+    config.plan_only = False            # write DIR/plan.json (cells, trials, budget) and exit
+    config.overwrite = False            # allow a workdir made with a different config to be reused
+    config.progress_every_seconds = 10.0  # progress line interval within a cell
+    return config
+
+
+def _require_sequence(config: Any, field: str) -> tuple:
+    value = _get(config, field)
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
+        raise ConfigError(f'config.{field}={value!r} must be a list')
+    value = tuple(value)
+    if not value:
+        raise ConfigError(f'config.{field} is empty: the grid has no cells')
+    return value
+
+
+def validate_study_config(config: Any, num_train_examples: int | None = None) -> None:
+    """Checks every field of a study config; with the training split size, also the batch sizes."""
+    from dps_jax import data, models, search
+
+    require_choice(config, 'dataset', data.DATASETS)
+    require_choice(config, 'data_source', data.SOURCES)
+    require_choice(config, 'model', models.MODELS)
+    require_choice(config, 'pruning', masks.METHODS)
+    require_int(config, 'snip_batch_size', minimum=1)
+    for index, sparsity in enumerate(_require_sequence(config, 'sparsities')):
+        require_float({f'sparsities[{index}]': sparsity}, f'sparsities[{index}]', 0.0, 1.0, high_open=True)
+    if len(set(config.sparsities)) != len(config.sparsities):
+        raise ConfigError(f'config.sparsities={tuple(config.sparsities)!r} has duplicates')
+    for index, batch_size in enumerate(_require_sequence(config, 'batch_sizes')):
+        field = f'batch_sizes[{index}]'
+        require_int({field: batch_size}, field, minimum=1)
+        if num_train_examples is not None and batch_size > num_train_examples:
+            raise ConfigError(f'config.{field}={batch_size} is larger than the training split '
+                              f'({num_train_examples} examples)')
+    if len(set(config.batch_sizes)) != len(config.batch_sizes):
+        raise ConfigError(f'config.batch_sizes={tuple(config.batch_sizes)!r} has duplicates')
+    require_choice(config, 'optimizer', optim.OPTIMIZERS)
+    require_choice(config, 'schedule', optim.SCHEDULES)
+    for index, name in enumerate(_require_sequence(config, 'search_names')):
+        require_choice({f'search_names[{index}]': name}, f'search_names[{index}]', tuple(search.SEARCH_SPACE))
+    require_int(config, 'num_trials', minimum=1)
+    require_float(config, 'learning_rate', 0.0, float('inf'), low_open=True, high_open=True)
+    require_float(config, 'momentum', 0.0, 1.0, high_open=True)
+    require_int(config, 'decay_steps', minimum=1)
+    require_float(config, 'end_learning_rate_factor', 0.0, 1.0)
+    require_float(config, 'goal_error', 0.0, 1.0, low_open=True, high_open=True)
+    check_every = require_int(config, 'check_every', minimum=1)
+    max_steps = require_int(config, 'max_steps', minimum=1)
+    if max_steps % check_every:
+        raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
+    require_choice(config, 'until', ('first', 'all'))
+    require_int(config, 'trials_per_group', minimum=0)
+    require_float(config, 'memory_fraction', 0.0, 1.0, low_open=True)
+    require_int(config, 'eval_chunk_size', minimum=0)
+    require_int(config, 'data_seed', minimum=0)
+    for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite', 'prune_kernels_only'):
+        if not isinstance(_get(config, field), bool):
+            raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
+    require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)
+    if not isinstance(_get(config, 'cells'), str):
+        raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")

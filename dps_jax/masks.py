@@ -128,35 +128,53 @@ def snip_mask(apply_fn: ApplyFn, params: Any, images: jax.Array, labels: jax.Arr
 
 def random_mask(key: jax.Array, params: Any, sparsity: float, kernels_only: bool = False) -> Any:
     """A uniformly random mask with the same global kept count as SNIP."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    scores = jax.tree.unflatten(
-        treedef, [jax.random.uniform(k, leaf.shape) for k, leaf in zip(keys, leaves)])
-    return top_k_mask(scores, sparsity, prunable_tree(params, kernels_only))
+    return mask_from_scores(pruning_scores('random', key=key, params=params), params, sparsity, kernels_only)
 
 
 def magnitude_mask(params: Any, sparsity: float, kernels_only: bool = False) -> Any:
     """Keep the largest |w| globally (at initialization: a data-free baseline)."""
-    return top_k_mask(jax.tree.map(jnp.abs, params), sparsity, prunable_tree(params, kernels_only))
+    return mask_from_scores(pruning_scores('magnitude', key=None, params=params), params, sparsity, kernels_only)
+
+
+def pruning_scores(method: str, *, key: jax.Array, params: Any, apply_fn: ApplyFn | None = None,
+                   images: jax.Array | None = None, labels: jax.Array | None = None,
+                   batch_size: int = 100) -> Any:
+    """The per-entry scores a global top-k ranks (pytree like params); independent of sparsity,
+    so one computation serves every sparsity of a study."""
+    if method not in METHODS:
+        raise ValueError(f'unknown pruning method {method!r}; accepted: {", ".join(METHODS)}')
+    if method == 'snip':
+        if apply_fn is None or images is None or labels is None:
+            raise ValueError("pruning method 'snip' needs apply_fn, images and labels")
+        return snip_scores(apply_fn, params, images, labels, batch_size)
+    if method == 'random':
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [jax.random.uniform(k, leaf.shape) for k, leaf in zip(keys, leaves)])
+    return jax.tree.map(jnp.abs, params)
+
+
+def mask_from_scores(scores: Any, params: Any, sparsity: float, kernels_only: bool = False) -> Any:
+    """The global top-k mask of `scores` at `sparsity`; sparsity 0 keeps everything."""
+    validate_sparsity(sparsity)
+    if float(sparsity) == 0.0:
+        return jax.tree.map(lambda leaf: jnp.ones(leaf.shape, dtype=bool), params)
+    return top_k_mask(scores, sparsity, prunable_tree(params, kernels_only))
 
 
 def make_mask(method: str, *, key: jax.Array, params: Any, sparsity: float,
               apply_fn: ApplyFn | None = None, images: jax.Array | None = None,
               labels: jax.Array | None = None, batch_size: int = 100,
               kernels_only: bool = False) -> Any:
-    """Dispatches to the mask of `method` (one of METHODS); sparsity 0 keeps everything."""
+    """The mask of `method` (one of METHODS) at `sparsity`; sparsity 0 keeps everything."""
     validate_sparsity(sparsity)
     if method not in METHODS:
         raise ValueError(f'unknown pruning method {method!r}; accepted: {", ".join(METHODS)}')
     if float(sparsity) == 0.0:
-        return jax.tree.map(lambda leaf: jnp.ones(leaf.shape, dtype=bool), params)
-    if method == 'snip':
-        if apply_fn is None or images is None or labels is None:
-            raise ValueError("pruning method 'snip' needs apply_fn, images and labels")
-        return snip_mask(apply_fn, params, images, labels, sparsity, batch_size, kernels_only)
-    if method == 'random':
-        return random_mask(key, params, sparsity, kernels_only)
-    return magnitude_mask(params, sparsity, kernels_only)
+        return mask_from_scores(None, params, sparsity)
+    scores = pruning_scores(method, key=key, params=params, apply_fn=apply_fn, images=images,
+                            labels=labels, batch_size=batch_size)
+    return mask_from_scores(scores, params, sparsity, kernels_only)
 
 
 class LayerDensity(NamedTuple):

@@ -150,25 +150,39 @@ def make_train_chunk(train_step, batch_size: int, num_steps: int):
     return train_chunk
 
 
+def trial_keys(seed) -> tuple[jax.Array, jax.Array]:
+    """(initialization key, mask key) of the trial with this seed (the trial index, as in the reference)."""
+    init_key, mask_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, mask_key
+
+
+def init_params(model, example_shape: tuple, seed) -> Any:
+    """The model's initial parameters for a trial's seed."""
+    return model.init(trial_keys(seed)[0], jnp.zeros((1,) + tuple(example_shape), jnp.float32))['params']
+
+
+def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters) -> TrainState:
+    """Step-0 state: pruned entries zeroed, a fresh optimizer state holding the hyperparameters."""
+    params = apply_mask(params, mask)
+    opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
+    return TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
+
+
 def make_init_trial(model, optimizer, example_shape: tuple, *, pruning: str, sparsity: float,
                     kernels_only: bool = False, snip_batch_size: int = 100) -> Callable:
     """init_trial(seed, hyperparameters, train_images, train_labels) -> TrainState, for ONE trial.
 
-    The seed (the trial index, as in the reference) draws the initialization and, for random
-    pruning, the mask; SNIP uses the whole training split given. vmap it over seeds and
-    hyperparameters for N trials.
+    The seed draws the initialization and, for random pruning, the mask; SNIP uses the whole
+    training split given. vmap it over seeds and hyperparameters for N trials.
     """
     apply_fn = lambda params, images: model.apply({'params': params}, images)
 
     def init_trial(seed, hyperparameters, train_images, train_labels):
-        init_key, mask_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = model.init(init_key, jnp.zeros((1,) + tuple(example_shape), jnp.float32))['params']
-        mask = masks.make_mask(pruning, key=mask_key, params=params, sparsity=sparsity, apply_fn=apply_fn,
-                               images=train_images, labels=train_labels, batch_size=snip_batch_size,
-                               kernels_only=kernels_only)
-        params = apply_mask(params, mask)
-        opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
-        return TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
+        params = init_params(model, example_shape, seed)
+        mask = masks.make_mask(pruning, key=trial_keys(seed)[1], params=params, sparsity=sparsity,
+                               apply_fn=apply_fn, images=train_images, labels=train_labels,
+                               batch_size=snip_batch_size, kernels_only=kernels_only)
+        return new_trial_state(params, mask, optimizer, hyperparameters)
 
     return init_trial
 

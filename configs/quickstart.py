@@ -1,0 +1,28 @@
+"""Quickstart: a small real study that finishes in minutes on a 2-core CPU.
+
+Simple-CNN on real Fashion-MNIST, SNIP at sparsities 0 and 0.9, three batch sizes, 16 SGD
+learning-rate trials per cell, stopped at the first trial that reaches validation error 0.2.
+
+  python launch.py --config=configs/quickstart.py --workdir=runs/quickstart
+
+Every field is documented in dps_jax/config.py (base_study_config); this file sets the workload.
+"""
+
+from dps_jax.config import base_study_config
+
+
+def get_config():
+    config = base_study_config()
+    config.dataset = 'fashion_mnist'        # real Fashion-MNIST (apt-get install dataset-fashion-mnist)
+    config.model = 'simple_cnn'
+    config.sparsities = (0.0, 0.9)          # dense and 90% pruned by SNIP
+    config.batch_sizes = (16, 64, 256)
+    config.optimizer = 'sgd'
+    config.schedule = 'constant'
+    config.search_names = ('learning_rate',)  # Sobol points in [1e-4, 1], log scale
+    config.num_trials = 16
+    config.goal_error = 0.2                 # reached within a few hundred steps at every cell
+    config.max_steps = 20000
+    config.check_every = 50
+    config.until = 'first'
+    return config

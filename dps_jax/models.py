@@ -1,0 +1,191 @@
+"""SimpleCNN and ResNet8 (no batch norm) written for fast per-trial vmap on XLA:CPU.
+
+Convolutions are im2col + one matmul and pooling is reshape + reduce, so that
+`jax.vmap` over a leading axis of per-trial parameters lowers to batched matmuls
+instead of grouped convolutions (feature_group_count = N), which XLA:CPU runs
+several times slower, and whose backward pass inside `lax.scan` falls back to a
+slow layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MODELS = ('simple_cnn', 'resnet8')
+PADDINGS = ('SAME', 'VALID')
+
+# TF1's default weight init: fan-in variance scaling, truncated at two stddevs
+# (the stddev is corrected so that the truncated draw has variance 1/fan_in).
+kernel_init = jax.nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+bias_init = jax.nn.initializers.zeros
+
+
+def _pair(value: Union[int, Sequence[int]]) -> tuple[int, int]:
+    """(value, value) for an int, else the 2-sequence as a tuple."""
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (int(first), int(second))
+
+
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) of one spatial axis; extra pad goes after."""
+    out_size = -(-size // stride)
+    total = max((out_size - 1) * stride + window - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
+           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
+    """2-D convolution as im2col + matmul: x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout).
+
+    Same values as lax.conv_general_dilated with NHWC/HWIO dimension numbers and
+    TensorFlow padding semantics ('SAME' or 'VALID').
+    """
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    stride_h, stride_w = _pair(stride)
+    batch, height, width, channels = x.shape
+    if channels != in_features:
+        raise ValueError(f'input has {channels} channels, kernel expects {in_features}')
+    padding = padding.upper()
+    if padding == 'SAME':
+        pad_h = same_padding(height, kernel_h, stride_h)
+        pad_w = same_padding(width, kernel_w, stride_w)
+        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    elif padding != 'VALID':
+        raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    padded_h, padded_w = x.shape[1], x.shape[2]
+    out_h = (padded_h - kernel_h) // stride_h + 1
+    out_w = (padded_w - kernel_w) // stride_w + 1
+    # Row-major (i, j, channel) order of the concatenation is the order in which
+    # an HWIO kernel flattens to (kh * kw * Cin, Cout).
+    shifted = [
+        lax.slice(x, (0, i, j, 0),
+                  (batch, i + (out_h - 1) * stride_h + 1, j + (out_w - 1) * stride_w + 1, channels),
+                  (1, stride_h, stride_w, 1))
+        for i in range(kernel_h) for j in range(kernel_w)
+    ]
+    patches = jnp.concatenate(shifted, axis=-1)
+    y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
+    return y if bias is None else y + bias
+
+
+def _crop_to_multiple(x: jax.Array, window: int) -> jax.Array:
+    """Drops trailing rows/columns of (B, H, W, C) that do not fill a window (VALID pooling)."""
+    height, width = x.shape[1] // window * window, x.shape[2] // window * window
+    return x[:, :height, :width, :]
+
+
+def _windows(x: jax.Array, window: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/window, window, W/window, window, C) of non-overlapping windows."""
+    x = _crop_to_multiple(x, window)
+    batch, height, width, channels = x.shape
+    return x.reshape(batch, height // window, window, width // window, window, channels)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """Max pool, window = stride = 2, VALID: (B, H, W, C) -> (B, H//2, W//2, C).
+
+    Ties: the gradient is split evenly among the tied maxima of a window (jnp.max's
+    rule), whereas nn.max_pool gives it all to one element; equal otherwise.
+    """
+    return jnp.max(_windows(x, 2), axis=(2, 4))
+
+
+def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """Average pool, window = stride, VALID: (B, H, W, C) -> (B, H//window, W//window, C)."""
+    return jnp.mean(_windows(x, window), axis=(2, 4))
+
+
+def pad_channels(x: jax.Array, features: int) -> jax.Array:
+    """Zero channels appended at the end: (B, H, W, C) -> (B, H, W, features)."""
+    extra = features - x.shape[-1]
+    if extra < 0:
+        raise ValueError(f'cannot pad {x.shape[-1]} channels down to {features}')
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+
+
+def residual_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
+    """Parameter-free shortcut: avg pool by stride, then zero-pad channels to features."""
+    if stride > 1:
+        x = avg_pool(x, stride)
+    return pad_channels(x, features)
+
+
+class Conv2D(nn.Module):
+    """Im2col convolution layer with 'kernel' (HWIO) and 'bias': (B, H, W, Cin) -> (B, H', W', features)."""
+    features: int
+    kernel_size: Union[int, Sequence[int]]
+    stride: Union[int, Sequence[int]] = 1
+    padding: str = 'SAME'
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_shape = _pair(self.kernel_size) + (x.shape[-1], self.features)
+        kernel = self.param('kernel', kernel_init, kernel_shape, jnp.float32)
+        bias = self.param('bias', bias_init, (self.features,), jnp.float32)
+        return conv2d(x, kernel, bias, self.stride, self.padding)
+
+
+def dense(features: int, name: str | None = None) -> nn.Dense:
+    """nn.Dense with the shared weight init ('kernel' (in, out), 'bias')."""
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+class SimpleCNN(nn.Module):
+    """Two 5x5 conv + max-pool layers and a dense layer: (B, 28, 28, C) -> logits (B, num_classes)."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = max_pool_2x2(nn.relu(Conv2D(32, 5, padding='VALID', name='conv1')(x)))
+        x = max_pool_2x2(nn.relu(Conv2D(64, 5, padding='VALID', name='conv2')(x)))
+        x = x.reshape(x.shape[0], -1)
+        return dense(self.num_classes, name='dense')(x)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block without norm: (B, H, W, Cin) -> (B, H/stride, W/stride, features)."""
+    features: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = Conv2D(self.features, 3, self.stride, name='conv1')(nn.relu(x))
+        residual = Conv2D(self.features, 3, 1, name='conv2')(nn.relu(residual))
+        # The shortcut takes the block input before the ReLU (identity path stays linear).
+        return residual + residual_shortcut(x, self.features, self.stride)
+
+
+class ResNet8(nn.Module):
+    """Stem conv + three pre-activation blocks (16, 32, 64): (B, H, W, C) -> logits (B, num_classes)."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = Conv2D(16, 3, name='stem')(x)
+        x = PreActBlock(16, 1, name='block1')(x)
+        x = PreActBlock(32, 2, name='block2')(x)
+        x = PreActBlock(64, 2, name='block3')(x)
+        x = jnp.mean(nn.relu(x), axis=(1, 2))
+        return dense(self.num_classes, name='dense')(x)
+
+
+def get_model(name: str, num_classes: int = 10) -> nn.Module:
+    """The model registered under name ('simple_cnn' or 'resnet8')."""
+    if name == 'simple_cnn':
+        return SimpleCNN(num_classes=num_classes)
+    if name == 'resnet8':
+        return ResNet8(num_classes=num_classes)
+    raise ValueError(f'unknown model {name!r}; expected one of {MODELS}')
+
+
+def count_parameters(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,267 @@
+"""A study: every (sparsity, batch size) cell of a grid run with the engine, into a results store.
+
+workdir/
+  config.json                          the resolved config
+  plan.json                            cells, trials with their metaparameters, budget
+  cells/<sparsity>_<batch>/trials.jsonl  one line per trial
+  cells/<sparsity>_<batch>/summary.json  steps-to-result, best trial, counts (written last: the
+                                         cell is finished iff it exists)
+  summary.csv                          one row per finished cell
+Every file is written atomically. Re-running the same command skips finished cells and redoes
+an unfinished one; a workdir made with a different config is refused unless config.overwrite.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dps_jax import config as config_lib
+from dps_jax import data, engine, masks, models, optim, search, store, trial
+
+CSV_FIELDS = ('sparsity', 'batch_size', 'steps_to_result', 'best_trial', 'reached', 'diverged',
+              'exhausted', 'running', 'trial_steps_computed', 'wall_seconds')
+
+
+def cell_name(sparsity: float, batch_size: int) -> str:
+    """The cell's folder name, e.g. '0.9_64', '0_1024'."""
+    return f'{float(sparsity):g}_{int(batch_size)}'
+
+
+def grid_cells(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
+    """The (sparsity, batch size) cells to run, in order; config.cells selects a subset."""
+    cells = [(float(s), int(b)) for s in config.sparsities for b in config.batch_sizes]
+    if not config.cells:
+        return cells
+    by_name = {cell_name(*cell): cell for cell in cells}
+    chosen = [name.strip() for name in config.cells.split(',') if name.strip()]
+    unknown = [name for name in chosen if name not in by_name]
+    if unknown:
+        raise config_lib.ConfigError(f'config.cells names {", ".join(unknown)}, not in the grid; '
+                                     f'accepted: {", ".join(by_name)}')
+    return [by_name[name] for name in chosen]
+
+
+def trial_metaparameters(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """Every optimizer hyperparameter per trial (num_trials,): Sobol points for the searched
+    names, the config's value for the others."""
+    points = search.search_points(list(config.search_names), config.num_trials)
+    values = {}
+    for name in optim.HYPERPARAMETERS:
+        values[name] = np.asarray(points[name]) if name in points else np.full(config.num_trials, config[name])
+    values['decay_steps'] = values['decay_steps'].astype(np.int64)
+    return values
+
+
+def make_plan(config: ml_collections.ConfigDict) -> dict:
+    """What a study will run, as JSON: cells, trials and their metaparameters, budget."""
+    values = trial_metaparameters(config)
+    cells = grid_cells(config)
+    return {
+        'cells': [{'name': cell_name(*cell), 'sparsity': cell[0], 'batch_size': cell[1]} for cell in cells],
+        'trials': [{'trial': i, 'seed': i, **{name: values[name][i].item() for name in values}}
+                   for i in range(config.num_trials)],
+        'searched': list(config.search_names),
+        'budget': {'max_steps_per_trial': config.max_steps, 'check_every': config.check_every,
+                   'max_trial_steps': len(cells) * config.num_trials * config.max_steps,
+                   'until': config.until},
+    }
+
+
+def _comparable(config_dict: dict) -> dict:
+    normalized = json.loads(json.dumps(config_dict))
+    return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes config.json, or checks that an existing one is the same study."""
+    path = os.path.join(workdir, 'config.json')
+    if os.path.exists(path):
+        with open(path) as file:
+            try:
+                previous = json.load(file)
+            except json.JSONDecodeError:
+                previous = None
+        if previous is not None and _comparable(previous) != _comparable(config.to_dict()) and not config.overwrite:
+            differing = sorted(key for key in set(_comparable(previous)) | set(_comparable(config.to_dict()))
+                               if _comparable(previous).get(key) != _comparable(config.to_dict()).get(key))
+            raise config_lib.ConfigError(
+                f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)}); '
+                f'use another --workdir, or --config.overwrite=True to reuse it')
+    store.atomic_write_json(path, config.to_dict())
+
+
+def cell_dir(workdir: str, sparsity: float, batch_size: int) -> str:
+    return os.path.join(workdir, 'cells', cell_name(sparsity, batch_size))
+
+
+def is_finished(workdir: str, sparsity: float, batch_size: int) -> bool:
+    return os.path.exists(os.path.join(cell_dir(workdir, sparsity, batch_size), 'summary.json'))
+
+
+def trial_records(result: engine.CellResult, values: dict[str, np.ndarray]) -> list[dict]:
+    """One JSON-able record per trial."""
+    records = []
+    for i in range(len(result.status)):
+        records.append({
+            'trial': i, 'seed': i,
+            **{name: values[name][i].item() for name in values},
+            'status': engine.STATUS_NAMES[result.status[i]],
+            'steps_to_result': int(result.steps_to_result[i]) if result.steps_to_result[i] >= 0 else None,
+            'steps': int(result.steps[i]),
+            'best_val_error': float(result.best_val_error[i]) if np.isfinite(result.best_val_error[i]) else None,
+            'last_val_error': float(result.last_val_error[i]) if np.isfinite(result.last_val_error[i]) else None,
+        })
+    return records
+
+
+def cell_summary(result: engine.CellResult, sparsity: float, batch_size: int, until: str) -> dict:
+    counts = {name: int((result.status == code).sum()) for code, name in enumerate(engine.STATUS_NAMES)}
+    return {'sparsity': sparsity, 'batch_size': batch_size, 'steps_to_result': result.min_steps_to_result,
+            'best_trial': result.best_trial, 'counts': counts, 'until': until,
+            'trial_steps_computed': int(result.trial_steps_computed),
+            'trial_steps_needed': int(result.trial_steps_needed), 'checks': int(result.checks),
+            'wall_seconds': round(result.wall_seconds, 3)}
+
+
+def write_cell(workdir: str, records: list[dict], summary: dict) -> None:
+    """trials.jsonl then summary.json (the cell counts as finished only once both are there)."""
+    folder = cell_dir(workdir, summary['sparsity'], summary['batch_size'])
+    store.atomic_write_text(os.path.join(folder, 'trials.jsonl'),
+                            ''.join(json.dumps(record, sort_keys=True) + '\n' for record in records))
+    store.atomic_write_json(os.path.join(folder, 'summary.json'), summary)
+
+
+def read_summaries(workdir: str) -> list[dict]:
+    """summary.json of every finished cell, sorted by (sparsity, batch size)."""
+    root = os.path.join(workdir, 'cells')
+    summaries = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name, 'summary.json')
+        if os.path.exists(path):
+            with open(path) as file:
+                summaries.append(json.load(file))
+    return sorted(summaries, key=lambda summary: (summary['sparsity'], summary['batch_size']))
+
+
+def write_summary_csv(workdir: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator='\n')
+    writer.writeheader()
+    for summary in read_summaries(workdir):
+        row = {field: summary.get(field) for field in CSV_FIELDS}
+        row.update({name: summary['counts'][name] for name in ('reached', 'diverged', 'exhausted', 'running')})
+        row['steps_to_result'] = '' if summary['steps_to_result'] is None else summary['steps_to_result']
+        row['best_trial'] = '' if summary['best_trial'] is None else summary['best_trial']
+        writer.writerow(row)
+    store.atomic_write_text(os.path.join(workdir, 'summary.csv'), buffer.getvalue())
+
+
+def steps_table(workdir: str, config: ml_collections.ConfigDict) -> str:
+    """sparsity x batch size -> steps-to-result ('-' not reached, '.' not run)."""
+    found = {(s['sparsity'], s['batch_size']): s['steps_to_result'] for s in read_summaries(workdir)}
+    batch_sizes = [int(b) for b in config.batch_sizes]
+    width = max(7, max(len(str(b)) for b in batch_sizes) + 1)
+    lines = ['sparsity \\ batch' + ''.join(f'{b:>{width}d}' for b in batch_sizes)]
+    for sparsity in config.sparsities:
+        cells = []
+        for batch_size in batch_sizes:
+            key = (float(sparsity), batch_size)
+            cells.append('.' if key not in found else '-' if found[key] is None else str(found[key]))
+        lines.append(f'{float(sparsity):<16g}' + ''.join(f'{cell:>{width}}' for cell in cells))
+    return '\n'.join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> None:
+    """Runs (or resumes) the study of `config` in `workdir` and writes the results store."""
+    config_lib.validate_study_config(config)
+    cells = grid_cells(config)
+    prepare_workdir(config, workdir)
+    plan = make_plan(config)
+    store.atomic_write_json(os.path.join(workdir, 'plan.json'), plan)
+    if config.plan_only:
+        log(f'plan: {len(cells)} cells x {config.num_trials} trials, written to {os.path.join(workdir, "plan.json")}')
+        return
+    remaining = [cell for cell in cells if not is_finished(workdir, *cell)]
+    log(f'{len(cells)} cells, {len(cells) - len(remaining)} already finished, {len(remaining)} to run')
+    if remaining:
+        _run_cells(config, workdir, remaining, cells, log)
+    write_summary_csv(workdir)
+    log('steps-to-result (sparsity x batch size):')
+    log(steps_table(workdir, config))
+
+
+def _run_cells(config, workdir, remaining, cells, log) -> None:
+    dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
+    config_lib.validate_study_config(config, dataset.train.images.shape[0])
+    log(data.describe(dataset))
+    model = models.get_model(config.model, dataset.num_classes)
+    apply_fn = lambda params, images: model.apply({'params': params}, images)
+    optimizer = optim.make_optimizer(config.optimizer, config.schedule)
+    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
+    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
+    example_shape = dataset.train.images.shape[1:]
+    num_trials = config.num_trials
+    values = trial_metaparameters(config)
+    hyperparameters = {name: jnp.asarray(column) for name, column in values.items()}
+    train_step = trial.make_train_step(apply_fn, optimizer)
+    eval_chunk = config.eval_chunk_size or max(50, 8192 // num_trials)
+    val_error = trial.make_val_error(apply_fn, eval_chunk)
+
+    seeds = jnp.arange(num_trials, dtype=jnp.int32)
+    params = jax.jit(jax.vmap(lambda seed: trial.init_params(model, example_shape, seed)))(seeds)
+    scores = None
+    if any(sparsity > 0 for sparsity, _ in remaining):
+        started = time.perf_counter()
+        scores = jax.jit(jax.vmap(lambda p, seed: masks.pruning_scores(
+            config.pruning, key=trial.trial_keys(seed)[1], params=p, apply_fn=apply_fn, images=train_images,
+            labels=train_labels, batch_size=config.snip_batch_size)))(params, seeds)
+        jax.block_until_ready(scores)
+        log(f'{config.pruning} scores of {num_trials} trials in {time.perf_counter() - started:.1f} s '
+            f'(once; every sparsity uses them)')
+    make_states = jax.jit(jax.vmap(lambda p, m, h: trial.new_trial_state(p, m, optimizer, h)))
+    memory_bytes = int(engine.default_memory_bytes() / 0.5 * config.memory_fraction)
+    group_sizes: dict[int, int] = {}
+
+    for sparsity in dict.fromkeys(s for s, _ in remaining):
+        mask = jax.jit(jax.vmap(lambda sc, p: masks.mask_from_scores(
+            sc, p, sparsity, config.prune_kernels_only)))(scores if scores is not None else params, params)
+        log(f'sparsity {sparsity:g}: trial 0 keeps {sum(int(l[0].sum()) for l in jax.tree.leaves(mask)):,d} '
+            f'of {sum(int(l[0].size) for l in jax.tree.leaves(mask)):,d} parameters')
+        for batch_size in [b for s, b in remaining if s == sparsity]:
+            position = cells.index((sparsity, batch_size)) + 1
+            log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size}, '
+                f'{num_trials} trials, until {config.until!r}')
+            states = make_states(params, mask, hyperparameters)
+            group_size = config.trials_per_group or group_sizes.get(batch_size)
+            if not group_size:
+                group_size = engine.estimate_group_size(
+                    train_step, jax.tree.map(lambda leaf: leaf[0], states), example_shape, batch_size,
+                    memory_bytes, num_trials)
+                group_sizes[batch_size] = group_size
+                if group_size < num_trials:
+                    log(f'  memory: {group_size} trials at a time')
+            result = engine.run_cell(
+                states, train_step=train_step, val_error=val_error, train_images=train_images,
+                train_labels=train_labels, val_images=val_images, val_labels=val_labels,
+                batch_size=batch_size, goal_error=config.goal_error, max_steps=config.max_steps,
+                check_every=config.check_every, data_seed=config.data_seed, until=config.until,
+                compaction=config.compaction, group_size=group_size,
+                per_trial_order=config.per_trial_data_order, log=log,
+                log_every_seconds=config.progress_every_seconds)
+            summary = cell_summary(result, sparsity, batch_size, config.until)
+            write_cell(workdir, trial_records(result, values), summary)
+            write_summary_csv(workdir)
+            steps = summary['steps_to_result']
+            outcome = f'{steps} (trial {summary["best_trial"]})' if steps is not None else 'not reached'
+            log(f'  -> steps-to-result {outcome}, {summary["trial_steps_computed"]:,d} trial-steps '
+                f'in {summary["wall_seconds"]:.1f} s')
