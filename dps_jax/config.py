@@ -107,6 +107,7 @@ def base_study_config():
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
     config.snip_batch_size = 100        # SNIP sums mask gradients over the whole split in batches of this
+    config.snip_examples = 0            # 0 = the whole training split (the reference); n = its first n examples
     # --- The grid: one cell per (sparsity, batch size).
     config.sparsities = (0.0, 0.5, 0.7, 0.9)      # each in [0, 1)
     config.batch_sizes = tuple(2 ** k for k in range(1, 15))  # each in [1, training split size]
@@ -132,7 +133,7 @@ def base_study_config():
     config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
     config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
     config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
-    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = 8192 // trials (>= 50)
+    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = 1600 // trials in [25, 1000]
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
     config.data_seed = 0                # data order seed
     # --- The run itself.
@@ -162,6 +163,10 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     require_choice(config, 'model', models.MODELS)
     require_choice(config, 'pruning', masks.METHODS)
     require_int(config, 'snip_batch_size', minimum=1)
+    snip_examples = require_int(config, 'snip_examples', minimum=0)
+    if num_train_examples is not None and snip_examples > num_train_examples:
+        raise ConfigError(f'config.snip_examples={snip_examples} is larger than the training split '
+                          f'({num_train_examples} examples)')
     for index, sparsity in enumerate(_require_sequence(config, 'sparsities')):
         require_float({f'sparsities[{index}]': sparsity}, f'sparsities[{index}]', 0.0, 1.0, high_open=True)
     if len(set(config.sparsities)) != len(config.sparsities):

@@ -1,0 +1,188 @@
+"""Throughput of the vectorized trial engine, as ratios against baselines measured in the same run.
+
+1. engine (N trials vmapped in one lax.scan chunk) vs the same N trials run one after another
+   with the single-trial chunk, for N in {1, 8, 64} and batch sizes {8, 64, 512};
+2. engine vs a naive JAX baseline: flax nn.Conv + nn.max_pool, vmap over trials, one jitted step
+   per Python iteration;
+3. achieved model FLOP/s (Simple-CNN training ~22.5 MFLOP per example) as a share of a jitted
+   2048^3 float32 matmul;
+4. (--real_cell) one real Fashion-MNIST cell, 'first' vs 'all' mode: wall time, trial-steps, and
+   the minimum steps-to-result of each.
+
+    python benchmarks/engine.py [--real_cell] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dps_jax import engine, masks, models, optim, search, trial  # noqa: E402
+from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_flops_per_second,  # noqa: E402
+                    simple_cnn_training_flops_per_example)
+
+EXAMPLES = 4096  # synthetic resident training split for the throughput parts
+
+
+def synthetic_split(num_examples=EXAMPLES, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32),
+            jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32))
+
+
+def make_trials(model, optimizer, num_trials, images, labels):
+    """N Simple-CNN trials, random masks at sparsity 0.9 (the compute is dense either way)."""
+    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.9)
+    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
+    return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
+
+
+def seconds(run, repeats=2):
+    """Best of `repeats` timed runs after one warm-up (compile) run."""
+    jax.block_until_ready(run())
+    best = float('inf')
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(run())
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def steps_for(num_trials, batch_size, quick):
+    """Enough steps for ~1 s of work at ~100 GFLOP/s, at least 2."""
+    work = 1.0e11 / (simple_cnn_training_flops_per_example() * num_trials * batch_size)
+    return int(max(2, min(50, round(work * (0.3 if quick else 1.0)))))
+
+
+def engine_vs_sequential(quick):
+    model = models.SimpleCNN()
+    apply_fn = lambda params, images: model.apply({'params': params}, images)
+    optimizer = optim.make_optimizer('sgd')
+    train_step = trial.make_train_step(apply_fn, optimizer)
+    images, labels = synthetic_split()
+    rows = []
+    for batch_size in (8, 64, 512):
+        for num_trials in (1, 8, 64):
+            steps = steps_for(num_trials, batch_size, quick)
+            trials = make_trials(model, optimizer, num_trials, images, labels)
+            programs = engine.compile_programs(train_step, trial.make_val_error(apply_fn), batch_size, steps, False)
+            order = trial.init_data_order(0, EXAMPLES)
+            active = jnp.ones(num_trials, bool)
+            vectorized = seconds(lambda: programs.train_chunk(trials, active, order, jnp.int32(0), images, labels))
+            single_chunk = jax.jit(trial.make_train_chunk(train_step, batch_size, steps))
+            # The sequential baseline runs min(N, 8) trials one after another and scales to N:
+            # every trial is the same work, so the sum is N times one trial's time.
+            measured = min(num_trials, 8)
+            one_by_one = lambda: [single_chunk(jax.tree.map(lambda leaf: leaf[i], trials), order, images, labels)
+                                  for i in range(measured)]
+            sequential = seconds(one_by_one) * num_trials / measured
+            rows.append((num_trials, batch_size, steps, num_trials * steps / vectorized,
+                         num_trials * steps / sequential))
+            print(f'  N={num_trials:>3d} batch={batch_size:>4d} steps={steps:>3d}: engine '
+                  f'{rows[-1][3]:8.1f} trial-steps/s, sequential {rows[-1][4]:8.1f}, '
+                  f'ratio {rows[-1][3] / rows[-1][4]:.2f}x', flush=True)
+    return rows
+
+
+def engine_vs_naive(num_trials, batch_size, steps):
+    """The naive baseline: nn.Conv model, vmap over trials, one jitted step per Python iteration."""
+    images, labels = synthetic_split()
+    keys = jax.random.split(jax.random.PRNGKey(0), num_trials)
+    naive_model = FlaxConvSimpleCNN()
+    params = jax.jit(jax.vmap(lambda key: naive_model.init(key, jnp.zeros((1, 28, 28, 1)))['params']))(keys)
+    naive_step = jax.jit(jax.vmap(make_sgd_step(naive_model), in_axes=(0, None)))
+    order = trial.init_data_order(0, EXAMPLES)
+
+    def naive():
+        state, current = params, order
+        for step in range(steps):
+            current, indices = trial.next_batch_indices(current, jnp.int32(step), batch_size)
+            state, _ = naive_step(state, (images[indices], labels[indices]))
+        return state
+
+    model = models.SimpleCNN()
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    optimizer = optim.make_optimizer('sgd')
+    trials = make_trials(model, optimizer, num_trials, images, labels)
+    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error(apply_fn),
+                                       batch_size, steps, False)
+    active = jnp.ones(num_trials, bool)
+    vectorized = seconds(lambda: programs.train_chunk(trials, active, order, jnp.int32(0), images, labels))
+    naive_seconds = seconds(naive, repeats=1)
+    return num_trials * steps / vectorized, num_trials * steps / naive_seconds
+
+
+def real_cell(args):
+    from dps_jax import data
+    dataset = data.load('fashion_mnist')
+    model = models.SimpleCNN()
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    optimizer = optim.make_optimizer('sgd')
+    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
+    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
+    rates = search.search_points(['learning_rate'], args.trials)['learning_rate']
+    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='snip', sparsity=0.9)
+    started = time.perf_counter()
+    trials = engine.init_trials(init_trial, np.arange(args.trials), {'learning_rate': rates},
+                                train_images[:args.snip_examples], train_labels[:args.snip_examples])
+    jax.block_until_ready(trials)
+    print(f'  SNIP of {args.trials} trials on {args.snip_examples} examples: {time.perf_counter() - started:.1f} s')
+    results = {}
+    for until in ('first', 'all'):
+        results[until] = engine.run_cell(
+            trials, train_step=trial.make_train_step(apply_fn, optimizer),
+            val_error=trial.make_val_error(apply_fn, max(50, 8192 // args.trials)),
+            train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
+            batch_size=64, goal_error=0.15, max_steps=args.budget, check_every=100, until=until,
+            log=lambda line: print(line, flush=True), log_every_seconds=60)
+        result = results[until]
+        print(f'  until={until!r}: min steps-to-result {result.min_steps_to_result} (trial {result.best_trial}), '
+              f'{result.trial_steps_computed:,d} trial-steps computed, wall {result.wall_seconds:.1f} s', flush=True)
+    first, everything = results['first'], results['all']
+    print(f'  first vs all: wall {everything.wall_seconds / first.wall_seconds:.1f}x less, trial-steps '
+          f'{everything.trial_steps_computed / first.trial_steps_computed:.1f}x fewer, minima '
+          f'{"agree" if first.min_steps_to_result == everything.min_steps_to_result else "DISAGREE"}')
+    reached = everything.steps_to_result[everything.steps_to_result >= 0]
+    print(f'  all mode: {len(reached)} of {args.trials} trials reached, {int((everything.status == engine.DIVERGED).sum())} '
+          f'diverged; compaction computed {everything.trial_steps_computed:,d} trial-steps for '
+          f'{everything.trial_steps_needed:,d} needed')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='fewer steps per measurement')
+    parser.add_argument('--real_cell', action='store_true', help='also run the real Fashion-MNIST cell')
+    parser.add_argument('--trials', type=int, default=32, help='trials of the real cell')
+    parser.add_argument('--budget', type=int, default=3000, help='max steps of the real cell')
+    parser.add_argument('--snip_examples', type=int, default=54000, help='SNIP examples of the real cell')
+    args = parser.parse_args()
+    print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs')
+    peak = matmul_flops_per_second()
+    print(f'2048^3 float32 matmul: {peak / 1e9:.0f} GFLOP/s')
+
+    print('1. engine vs the same trials one after another (single-trial scan chunk):')
+    rows = engine_vs_sequential(args.quick)
+    print('2. engine vs naive JAX (nn.Conv + nn.max_pool, vmap, one jitted step per Python iteration):')
+    fast, naive = engine_vs_naive(8, 64, 10 if args.quick else 20)
+    print(f'  N=8 batch=64: engine {fast:.1f} trial-steps/s, naive {naive:.1f}, ratio {fast / naive:.1f}x')
+    print('3. achieved model FLOP/s (22.5 MFLOP per example) as a share of the matmul:')
+    flops = simple_cnn_training_flops_per_example()
+    for num_trials, batch_size, _, engine_rate, _ in rows:
+        if batch_size == 64:
+            share = engine_rate * batch_size * flops / peak
+            print(f'  N={num_trials:>3d} batch=64: {engine_rate * batch_size * flops / 1e9:.0f} GFLOP/s = {share:.0%}')
+    if args.real_cell:
+        print('4. real Fashion-MNIST cell: Simple-CNN, SNIP 0.9, SGD lr search, batch 64, goal 0.15:')
+        real_cell(args)
+
+
+if __name__ == '__main__':
+    main()

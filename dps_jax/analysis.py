@@ -1,0 +1,377 @@
+"""Reading a finished results store and summarising it: steps-to-result per cell, bootstrap bands,
+fits of S(B) = S_min (1 + B_crit / B), the end of perfect scaling, and best trials on the search edge.
+
+Only numpy and scipy are imported here, so analysis runs on a machine without JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+from scipy import optimize
+
+from dps_jax.search import SEARCH_SPACE, is_on_edge
+from dps_jax.store import atomic_write_json
+
+CellKey = tuple[float, int]  # (sparsity, batch size)
+
+
+class Cell(NamedTuple):
+    """One finished (sparsity, batch size) cell: its folder name, summary.json and trials.jsonl lines."""
+    name: str
+    summary: dict
+    trials: list[dict]
+
+
+class Study(NamedTuple):
+    """A results store: the resolved config and the finished cells keyed by (sparsity, batch size)."""
+    config: dict
+    cells: dict[CellKey, Cell]
+
+
+class Fit(NamedTuple):
+    """Least-squares parameters of S(B) = S_min (1 + B_crit / B) and their one-sigma uncertainties."""
+    s_min: float
+    b_crit: float
+    s_min_std: float
+    b_crit_std: float
+
+
+def cell_name(sparsity: float, batch_size: int) -> str:
+    """The folder name of a cell, e.g. '0.9_64' or '0_1024'."""
+    return f'{sparsity:g}_{batch_size}'
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as file:
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'{path} is not valid JSON: {error}') from error
+
+
+def _read_trials(path: str) -> list[dict]:
+    """Trials of one cell in trial order; a later line for the same trial replaces an earlier one."""
+    if not os.path.exists(path):
+        return []
+    by_trial: dict[int, dict] = {}
+    with open(path) as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f'{path}:{line_number} is not valid JSON: {error}') from error
+            by_trial[int(record['trial'])] = record
+    return [by_trial[index] for index in sorted(by_trial)]
+
+
+def load_study(workdir: str) -> Study:
+    """Reads workdir/config.json and every cell folder that has a summary.json (unfinished ones are skipped)."""
+    config_path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(config_path):
+        raise ValueError(f'{workdir} is not a results store: {config_path} does not exist')
+    config = _read_json(config_path)
+    cells_folder = os.path.join(workdir, 'cells')
+    cells: dict[CellKey, Cell] = {}
+    if os.path.isdir(cells_folder):
+        for name in sorted(os.listdir(cells_folder)):
+            summary_path = os.path.join(cells_folder, name, 'summary.json')
+            if not os.path.isfile(summary_path):
+                continue
+            summary = _read_json(summary_path)
+            # The summary, not the folder name, says which cell this is: '%g' loses nothing we key on.
+            key = (float(summary['sparsity']), int(summary['batch_size']))
+            trials = _read_trials(os.path.join(cells_folder, name, 'trials.jsonl'))
+            cells[key] = Cell(name=name, summary=summary, trials=trials)
+    if not cells:
+        raise ValueError(f'{workdir} has no finished cells (no {cells_folder}/<cell>/summary.json)')
+    return Study(config=config, cells=cells)
+
+
+def _reached_steps(trial: Mapping[str, Any]) -> int | None:
+    steps = trial.get('steps_to_result')
+    if trial.get('status') != 'reached' or steps is None:
+        return None
+    return int(steps)
+
+
+def best_trial(cell: Cell) -> dict | None:
+    """The reached trial with the fewest steps (the summary's best_trial among ties), or None if none reached."""
+    reached = [(steps, trial) for trial in cell.trials if (steps := _reached_steps(trial)) is not None]
+    if not reached:
+        return None
+    fewest = min(steps for steps, _ in reached)
+    winners = [trial for steps, trial in reached if steps == fewest]
+    named = [trial for trial in winners if trial.get('trial') == cell.summary.get('best_trial')]
+    return named[0] if named else winners[0]
+
+
+def cell_steps(cell: Cell) -> int | None:
+    """The cell's steps-to-result: minimum over its reached trials (the summary's value if no trials are stored)."""
+    if not cell.trials:
+        steps = cell.summary.get('steps_to_result')
+        return None if steps is None else int(steps)
+    best = best_trial(cell)
+    return None if best is None else _reached_steps(best)
+
+
+def best_steps(study: Study) -> dict[CellKey, int | None]:
+    """Steps-to-result of every finished cell; None where no trial reached the goal."""
+    return {key: cell_steps(cell) for key, cell in sorted(study.cells.items())}
+
+
+def grid(study: Study) -> tuple[list[float], list[int]]:
+    """Sorted sparsities and batch sizes: those in the config together with those of finished cells."""
+    sparsities = {float(s) for s in study.config.get('sparsities', [])} | {s for s, _ in study.cells}
+    batch_sizes = {int(b) for b in study.config.get('batch_sizes', [])} | {b for _, b in study.cells}
+    return sorted(sparsities), sorted(batch_sizes)
+
+
+def steps_table(study: Study) -> str:
+    """Steps-to-result as text: a row per sparsity, a column per batch size, '-' if not reached or not run."""
+    sparsities, batch_sizes = grid(study)
+    steps = best_steps(study)
+    header = ['sparsity \\ batch'] + [str(b) for b in batch_sizes]
+    rows = [[f'{s:g}'] + ['-' if steps.get((s, b)) is None else str(steps[(s, b)]) for b in batch_sizes]
+            for s in sparsities]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = [' '.join(text.rjust(width) for text, width in zip(row, widths)) for row in [header] + rows]
+    goal = study.config.get('goal_error')
+    title = 'steps to result' + ('' if goal is None else f' (goal validation error {goal:g})')
+    return '\n'.join([title] + lines)
+
+
+def bootstrap_band(steps_to_result: np.ndarray, num_resamples: int = 1000, subset_size: int | None = None,
+                   seed: int = 0, quantiles: Sequence[float] = (0.1, 0.9)) -> tuple[float, float, float]:
+    """(low, median, high) quantiles of the best-of-resample steps; input (trials,), -1 or nan = not reached.
+
+    Following Shallue et al. (2019), each resample draws `subset_size` trials (default: all) with
+    replacement and keeps the fewest steps among them, inf if none of them reached. Quantiles use
+    numpy's 'inverted_cdf' method, so each is one of the resampled values and no interpolation
+    mixes finite and infinite values: a quantile is inf exactly when more than that fraction of
+    the resamples missed every reaching trial (e.g. 1 reaching trial in 10: (9/10)^10 ~ 35% of
+    resamples miss it, so the 0.9 quantile is inf while the 0.1 quantile is its steps).
+    """
+    steps = np.asarray(steps_to_result, dtype=np.float64).reshape(-1)
+    if steps.size == 0:
+        raise ValueError('bootstrap_band needs at least one trial')
+    if num_resamples < 1:
+        raise ValueError(f'num_resamples must be >= 1, got {num_resamples}')
+    subset_size = steps.size if subset_size is None else int(subset_size)
+    if subset_size < 1:
+        raise ValueError(f'subset_size must be >= 1, got {subset_size}')
+    if len(quantiles) != 2 or not 0.0 <= quantiles[0] <= 0.5 <= quantiles[1] <= 1.0:
+        raise ValueError(f'quantiles must be (low <= 0.5, high >= 0.5) in [0, 1], got {quantiles}')
+    not_reached = np.isnan(steps) | (steps < 0)
+    steps = np.where(not_reached, np.inf, steps)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, steps.size, size=(num_resamples, subset_size))
+    best_of_resample = steps[picks].min(axis=1)
+    low, median, high = np.quantile(best_of_resample, [quantiles[0], 0.5, quantiles[1]], method='inverted_cdf')
+    return float(low), float(median), float(high)
+
+
+def _model_log_steps(batch_sizes: np.ndarray, log_s_min: float, log_b_crit: float) -> np.ndarray:
+    return log_s_min + np.log1p(np.exp(log_b_crit) / batch_sizes)
+
+
+def fit_steps_vs_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> Fit:
+    """Fits S(B) = S_min (1 + B_crit / B) (McCandlish et al. 2018) to (points,) batch sizes and steps.
+
+    The residuals are log S - log model, so every point weighs by its relative error, and the
+    parameters are fitted as logs, which keeps both positive. One-sigma uncertainties come from
+    the Gauss-Newton covariance s^2 (J^T J)^-1, with s^2 the residual variance (points - 2 degrees
+    of freedom), carried to S_min and B_crit by the delta method (std x = x std log x); they are
+    inf where the covariance is singular (e.g. B_crit far outside the batch sizes measured).
+    Needs >= 3 points with positive, finite values; raises ValueError otherwise.
+    """
+    batch_sizes = np.asarray(batch_sizes, dtype=np.float64).reshape(-1)
+    steps = np.asarray(steps, dtype=np.float64).reshape(-1)
+    if batch_sizes.shape != steps.shape:
+        raise ValueError(f'{batch_sizes.size} batch sizes but {steps.size} steps')
+    if steps.size < 3:
+        raise ValueError(f'fitting S_min and B_crit needs >= 3 points, got {steps.size}')
+    if not (np.all(np.isfinite(batch_sizes)) and np.all(batch_sizes > 0)
+            and np.all(np.isfinite(steps)) and np.all(steps > 0)):
+        raise ValueError('batch sizes and steps must be positive and finite (drop unreached cells first)')
+    if np.unique(batch_sizes).size < 2:
+        raise ValueError('fitting S_min and B_crit needs at least two different batch sizes')
+    log_steps = np.log(steps)
+
+    # Start from the best B_crit on a coarse grid, where S_min has a closed form (mean log offset),
+    # so the local optimizer begins in the right valley whatever the scale of the data.
+    candidate_log_b = np.linspace(np.log(batch_sizes.min()) - 5, np.log(batch_sizes.max()) + 5, 201)
+    shapes = np.log1p(np.exp(candidate_log_b)[:, None] / batch_sizes[None, :])  # (candidates, points)
+    candidate_log_s = (log_steps[None, :] - shapes).mean(axis=1)
+    losses = ((candidate_log_s[:, None] + shapes - log_steps[None, :]) ** 2).sum(axis=1)
+    start = np.array([candidate_log_s[losses.argmin()], candidate_log_b[losses.argmin()]])
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return _model_log_steps(batch_sizes, theta[0], theta[1]) - log_steps
+
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        b_crit = np.exp(theta[1])
+        return np.stack([np.ones_like(batch_sizes), b_crit / (batch_sizes + b_crit)], axis=1)
+
+    result = optimize.least_squares(residuals, start, jac=jacobian, method='lm', xtol=1e-12, ftol=1e-12)
+    log_s_min, log_b_crit = result.x
+    degrees_of_freedom = steps.size - 2
+    residual_variance = float(np.sum(result.fun ** 2)) / degrees_of_freedom
+    normal_matrix = result.jac.T @ result.jac
+    if np.linalg.cond(normal_matrix) > 1e12:
+        log_stds = np.array([np.inf, np.inf])
+    else:
+        log_stds = np.sqrt(np.diag(np.linalg.inv(normal_matrix)) * residual_variance)
+    s_min, b_crit = math.exp(log_s_min), math.exp(log_b_crit)
+    return Fit(s_min=s_min, b_crit=b_crit, s_min_std=float(s_min * log_stds[0]),
+               b_crit_std=float(b_crit * log_stds[1]))
+
+
+def perfect_scaling_end(batch_sizes: Sequence[float], steps: Sequence[float | None],
+                        tolerance: float = 0.25) -> int | None:
+    """The largest batch size up to which the curve scales perfectly, within `tolerance`; None if nothing reached.
+
+    Points are sorted by batch size. B0 is the smallest batch size that reached the goal and
+    steps0 its steps; the reference is steps0 * B0 / B. Walking up from B0, a point stays in the
+    perfect-scaling regime while steps / reference - 1 <= tolerance (one-sided: faster than the
+    reference is fine). The first point that fails, including a larger batch size that did not
+    reach the goal (None, nan, inf or <= 0), ends the walk; the answer is the last batch size
+    before it (B0 itself if the next point already fails). Unreached points below B0 are ignored.
+    """
+    batch_sizes = np.asarray(batch_sizes, dtype=np.float64).reshape(-1)
+    steps = np.array([np.nan if value is None else value for value in steps], dtype=np.float64)
+    if batch_sizes.shape != steps.shape:
+        raise ValueError(f'{batch_sizes.size} batch sizes but {steps.size} steps')
+    order = np.argsort(batch_sizes, kind='stable')
+    batch_sizes, steps = batch_sizes[order], steps[order]
+    reached = np.isfinite(steps) & (steps > 0)
+    if not reached.any():
+        return None
+    first = int(np.argmax(reached))
+    reference = steps[first] * batch_sizes[first] / batch_sizes
+    within = reached & (steps / reference - 1.0 <= tolerance)
+    end = first
+    for index in range(first + 1, batch_sizes.size):
+        if not within[index]:
+            break
+        end = index
+    return int(batch_sizes[end])
+
+
+def edge_flags(study: Study, tolerance: float = 0.05) -> dict[CellKey, list[str]]:
+    """Per cell, the searched metaparameters whose value in the best trial is within `tolerance` of the range ends."""
+    names = list(study.config.get('search_names', []))
+    unknown = [name for name in names if name not in SEARCH_SPACE]
+    if unknown:
+        raise ValueError(f'config search names {unknown} are not in SEARCH_SPACE ({", ".join(SEARCH_SPACE)})')
+    flags = {}
+    for key, cell in sorted(study.cells.items()):
+        best = best_trial(cell)
+        flags[key] = [] if best is None else [
+            name for name in names if is_on_edge(best[name], SEARCH_SPACE[name], tolerance)]
+    return flags
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no inf or nan: both become null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _trial_steps_array(cell: Cell) -> np.ndarray:
+    """(trials,) steps-to-result of a cell, nan where the trial did not reach the goal."""
+    return np.array([np.nan if (steps := _reached_steps(trial)) is None else steps for trial in cell.trials],
+                    dtype=np.float64)
+
+
+def _curve(study: Study, sparsity: float, flags: Mapping[CellKey, list[str]],
+           num_resamples: int, tolerance: float) -> dict:
+    batch_sizes = sorted(b for s, b in study.cells if s == sparsity)
+    cells = [study.cells[(sparsity, b)] for b in batch_sizes]
+    steps = [cell_steps(cell) for cell in cells]
+    bands, band_is_upper_bound = [], []
+    for cell, cell_best in zip(cells, steps):
+        trial_steps = _trial_steps_array(cell)
+        if trial_steps.size:
+            bands.append(bootstrap_band(trial_steps, num_resamples=num_resamples))
+        else:
+            value = math.inf if cell_best is None else float(cell_best)
+            bands.append((value, value, value))
+        # 'running' trials (first-hit mode) count as unreached although they might reach later.
+        band_is_upper_bound.append(any(trial.get('status') == 'running' for trial in cell.trials))
+    reached = [(b, s) for b, s in zip(batch_sizes, steps) if s is not None]
+    fit, fit_reason = None, None
+    if len(reached) < 3:
+        fit_reason = f'needs >= 3 batch sizes that reached the goal, has {len(reached)}'
+    else:
+        try:
+            fit = fit_steps_vs_batch([b for b, _ in reached], [s for _, s in reached])._asdict()
+            fit = {name: _finite_or_none(value) for name, value in fit.items()}
+        except (ValueError, RuntimeError, np.linalg.LinAlgError) as error:
+            fit_reason = f'fit failed: {error}'
+    best = [best_trial(cell) for cell in cells]
+    return {
+        'sparsity': sparsity,
+        'batch_sizes': batch_sizes,
+        'steps': steps,
+        'best_trial': [None if trial is None else int(trial['trial']) for trial in best],
+        'bootstrap_low': [_finite_or_none(band[0]) for band in bands],
+        'bootstrap_median': [_finite_or_none(band[1]) for band in bands],
+        'bootstrap_high': [_finite_or_none(band[2]) for band in bands],
+        'bootstrap_is_upper_bound': band_is_upper_bound,
+        'fit': fit,
+        'fit_reason': fit_reason,
+        'perfect_scaling_end': perfect_scaling_end(batch_sizes, steps, tolerance),
+        'edge_flags': [flags[(sparsity, b)] for b in batch_sizes],
+    }
+
+
+def analyze(study: Study, num_resamples: int = 1000, scaling_tolerance: float = 0.25,
+            edge_tolerance: float = 0.05) -> dict:
+    """A JSON-able summary of the study: one curve per sparsity over its finished batch sizes.
+
+    Per curve the lists are aligned with 'batch_sizes'. null in 'steps' means not reached; null
+    in a bootstrap list means that quantile is infinite (too few resamples reached, see
+    bootstrap_band). 'bootstrap_is_upper_bound' marks cells with 'running' trials (first-hit
+    mode): those count as unreached, so the band is an upper bound, exact only at quantiles
+    where a resample contains a reached trial.
+    """
+    flags = edge_flags(study, edge_tolerance)
+    sparsities = sorted({s for s, _ in study.cells})
+    config = study.config
+    return {
+        'goal_error': config.get('goal_error'),
+        'dataset': config.get('dataset'),
+        'model': config.get('model'),
+        'optimizer': config.get('optimizer'),
+        'search_names': list(config.get('search_names', [])),
+        'settings': {'num_resamples': num_resamples, 'quantiles': [0.1, 0.9],
+                     'scaling_tolerance': scaling_tolerance, 'edge_tolerance': edge_tolerance},
+        'curves': [_curve(study, s, flags, num_resamples, scaling_tolerance) for s in sparsities],
+    }
+
+
+def write_analysis(workdir: str) -> dict:
+    """Analyses the store at `workdir`, writes workdir/analysis.json atomically and returns the analysis."""
+    result = analyze(load_study(workdir))
+    atomic_write_json(os.path.join(workdir, 'analysis.json'), result)
+    return result
+
+
+def describe_curves(result: Mapping[str, Any]) -> str:
+    """One line per sparsity: the S(B) fit and where perfect scaling ends."""
+    lines = []
+    for curve in result['curves']:
+        fit = curve['fit']
+        fitted = (f'S_min {fit["s_min"]:.0f} steps, B_crit {fit["b_crit"]:.0f}'
+                  + ('' if fit['b_crit_std'] is None else f' +- {fit["b_crit_std"]:.0f}')
+                  if fit else f'no S(B) fit ({curve["fit_reason"]})')
+        end = curve['perfect_scaling_end']
+        lines.append(f'sparsity {curve["sparsity"]:g}: {fitted}; perfect scaling up to batch '
+                     f'{end if end is not None else "-"}')
+    return '\n'.join(lines)

@@ -1,0 +1,199 @@
+"""Figures of a results store: steps-to-result vs batch size (log2-log2) and per-cell trial scatters.
+
+Figures are built as matplotlib.figure.Figure objects rendered by the Agg canvas, so nothing
+touches pyplot's global state and no interactive backend is needed.
+
+    python -m dps_jax.plots WORKDIR    # redraws WORKDIR/figures from WORKDIR's results store
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dps_jax import analysis
+from dps_jax.analysis import Cell, Study
+
+FORMATS = ('png', 'pdf')
+
+
+def _new_figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path_stem: str, formats: Sequence[str]) -> list[str]:
+    """Writes `figure` to path_stem.<format> for each format; returns the paths."""
+    folder = os.path.dirname(os.path.abspath(path_stem))
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for extension in formats:
+        path = f'{path_stem}.{extension}'
+        figure.savefig(path, dpi=150, bbox_inches='tight')
+        paths.append(path)
+    return paths
+
+
+def _study_title(config: Mapping[str, Any]) -> str:
+    parts = [str(config[key]) for key in ('dataset', 'model', 'optimizer') if config.get(key) is not None]
+    goal = config.get('goal_error')
+    title = ' / '.join(parts) if parts else 'study'
+    return title if goal is None else f'{title} (goal error {goal:g})'
+
+
+def _as_float_array(values: Sequence[float | None]) -> np.ndarray:
+    """None (JSON null: not reached or infinite) becomes nan so matplotlib leaves a gap."""
+    return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+
+
+def plot_steps_vs_batch(study: Study, analysis_result: Mapping[str, Any] | None, path_stem: str,
+                        normalized: bool = False, formats: Sequence[str] = FORMATS) -> list[str]:
+    """Steps-to-result vs batch size on log2-log2 axes, one line per sparsity; returns the paths written.
+
+    Each curve has its bootstrap band (where both ends are finite) and a thin dashed
+    perfect-scaling line steps0 * B0 / B from its smallest reached batch size B0. With
+    `normalized`, every curve and its band are divided by steps0, so curves of different
+    sparsities start at 1 and their departures from perfect scaling can be compared.
+    """
+    if analysis_result is None:
+        analysis_result = analysis.analyze(study)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    drew_anything = False
+    for index, curve in enumerate(analysis_result['curves']):
+        batch_sizes = np.asarray(curve['batch_sizes'], dtype=np.float64)
+        steps = _as_float_array(curve['steps'])
+        reached = np.isfinite(steps)
+        if not reached.any():
+            continue
+        first = int(np.argmax(reached))
+        scale = steps[first] if normalized else 1.0
+        # One colour per sparsity, shared by its line, band and reference.
+        colour = f'C{index % 10}'
+        label = f'sparsity {curve["sparsity"]:g}'
+        axes.plot(batch_sizes[reached], steps[reached] / scale, marker='o', color=colour, label=label)
+        low = _as_float_array(curve['bootstrap_low']) / scale
+        high = _as_float_array(curve['bootstrap_high']) / scale
+        band = np.isfinite(low) & np.isfinite(high)
+        if band.any():
+            axes.fill_between(batch_sizes, np.where(band, low, np.nan), np.where(band, high, np.nan),
+                              where=band, color=colour, alpha=0.2, linewidth=0)
+        reference_batches = batch_sizes[first:]
+        reference = steps[first] * batch_sizes[first] / reference_batches / scale
+        # Normalized references coincide for curves sharing B0, so they are drawn in one neutral grey.
+        axes.plot(reference_batches, reference, linestyle='--', linewidth=0.8,
+                  color='0.35' if normalized else colour)
+        drew_anything = True
+    axes.set_xscale('log', base=2)
+    axes.set_yscale('log', base=2)
+    axes.set_xlabel('batch size')
+    axes.set_ylabel('steps to result / steps at smallest batch size' if normalized else 'steps to result')
+    axes.set_title(_study_title(study.config))
+    axes.grid(True, which='major', alpha=0.3)
+    if drew_anything:
+        axes.legend(title='dashed: perfect scaling', fontsize='small', title_fontsize='small')
+    else:
+        axes.text(0.5, 0.5, 'no cell reached the goal', transform=axes.transAxes, ha='center')
+    return _save(figure, path_stem, formats)
+
+
+def _searched(config: Mapping[str, Any]) -> list[str]:
+    return list(config.get('search_names', []))
+
+
+def plot_trial_scatter(cell: Cell, config: Mapping[str, Any], path_stem: str,
+                       formats: Sequence[str] = FORMATS) -> list[str]:
+    """One cell's trials in metaparameter space, marked by outcome; returns the paths written.
+
+    With momentum searched: learning rate vs 1 - momentum (both log). Otherwise learning rate vs
+    steps-to-result (both log), with unreached and diverged trials drawn on the top edge.
+    Filled circle: reached; hollow circle: exhausted or still running; x: diverged; star: best.
+    """
+    trials = cell.trials
+    learning_rate = np.array([trial['learning_rate'] for trial in trials], dtype=np.float64)
+    status = np.array([trial.get('status') for trial in trials], dtype=object)
+    steps = np.array([np.nan if trial.get('steps_to_result') is None or trial.get('status') != 'reached'
+                      else trial['steps_to_result'] for trial in trials], dtype=np.float64)
+    by_momentum = 'momentum' in _searched(config)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    if by_momentum:
+        y = 1.0 - np.array([trial['momentum'] for trial in trials], dtype=np.float64)
+        axes.set_ylabel('1 - momentum')
+        top = None
+    else:
+        # Unreached trials have no steps; put them on a line above every reached one.
+        reached_steps = steps[np.isfinite(steps)]
+        ceiling = reached_steps.max() if reached_steps.size else max(
+            [trial.get('steps') or 1 for trial in trials] + [1])
+        top = 2.0 * float(ceiling)
+        y = np.where(np.isfinite(steps), steps, top)
+        axes.set_ylabel('steps to result (unreached: top edge)')
+    groups = [
+        ('reached', status == 'reached', dict(marker='o', color='C0')),
+        ('not reached (exhausted / running)', (status == 'exhausted') | (status == 'running'),
+         dict(marker='o', facecolors='none', edgecolors='C1')),
+        ('diverged', status == 'diverged', dict(marker='x', color='C3')),
+    ]
+    for label, mask, style in groups:
+        if mask.any():
+            axes.scatter(learning_rate[mask], y[mask], label=f'{label} ({int(mask.sum())})', clip_on=False, **style)
+    best = analysis.best_trial(cell)
+    if best is not None:
+        index = [trial['trial'] for trial in trials].index(best['trial'])
+        label = f'best: trial {best["trial"]}, {best["steps_to_result"]} steps'
+        axes.scatter(learning_rate[index:index + 1], y[index:index + 1], marker='*', s=250, color='gold',
+                     edgecolors='black', zorder=3, label=label)
+    if trials:
+        axes.set_xscale('log')
+        axes.set_yscale('log')
+    if top is not None and trials:
+        low = np.nanmin(y)
+        axes.set_ylim(low / 1.5, top)
+    axes.set_xlabel('learning rate')
+    summary = cell.summary
+    axes.set_title(f'sparsity {float(summary["sparsity"]):g}, batch size {int(summary["batch_size"])}: '
+                   f'{len(trials)} trials')
+    axes.grid(True, which='major', alpha=0.3)
+    if trials:
+        axes.legend(fontsize='small')
+    return _save(figure, path_stem, formats)
+
+
+def plot_all(workdir: str, formats: Sequence[str] = FORMATS) -> list[str]:
+    """Draws every figure of the store into workdir/figures (scatters in figures/trials/); returns the paths."""
+    study = analysis.load_study(workdir)
+    analysis_result = analysis.analyze(study)
+    figures = os.path.join(workdir, 'figures')
+    paths = plot_steps_vs_batch(study, analysis_result, os.path.join(figures, 'steps_vs_batch'), formats=formats)
+    paths += plot_steps_vs_batch(study, analysis_result, os.path.join(figures, 'steps_vs_batch_normalized'),
+                                 normalized=True, formats=formats)
+    for _, cell in sorted(study.cells.items()):
+        paths += plot_trial_scatter(cell, study.config, os.path.join(figures, 'trials', cell.name), formats=formats)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: redraws the figures of one results store; exit code 2 with one line on a bad store."""
+    parser = argparse.ArgumentParser(prog='python -m dps_jax.plots', description=__doc__.splitlines()[0])
+    parser.add_argument('workdir', help='results store (holds config.json and cells/)')
+    arguments = parser.parse_args(argv)
+    try:
+        paths = plot_all(arguments.workdir)
+    except (ValueError, OSError) as error:
+        print(f'dps_jax.plots: error: {error}', file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

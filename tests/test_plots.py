@@ -1,0 +1,90 @@
+"""Figures drawn from a synthetic results store, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+from dps_jax import analysis, plots
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def trial(index, status, steps=None, learning_rate=0.01, momentum=0.99):
+    return {'trial': index, 'seed': index, 'learning_rate': learning_rate, 'momentum': momentum,
+            'decay_steps': 45000, 'end_learning_rate_factor': 0.003, 'status': status,
+            'steps_to_result': steps if status == 'reached' else None, 'steps': steps or 5000,
+            'best_val_error': 0.1, 'last_val_error': 0.3}
+
+
+def write_store(workdir, search_names):
+    """Two sparsities at three batch sizes, each cell with every trial outcome."""
+    config = {'goal_error': 0.1, 'dataset': 'mnist', 'model': 'lenet300', 'optimizer': 'momentum',
+              'search_names': search_names, 'sparsities': [0.0, 0.9], 'batch_sizes': [16, 32, 64]}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as file:
+        json.dump(config, file)
+    for sparsity in (0.0, 0.9):
+        for batch_size in (16, 32, 64):
+            steps = int(64000 / batch_size * (1 + sparsity))
+            trials = [trial(0, 'reached', steps + 100, 0.01, 0.99), trial(1, 'reached', steps, 0.1, 0.9),
+                      trial(2, 'diverged', None, 1.0, 0.999), trial(3, 'exhausted', None, 1e-4, 0.9999),
+                      trial(4, 'running', None, 0.003, 0.95)]
+            folder = os.path.join(workdir, 'cells', f'{sparsity:g}_{batch_size}')
+            os.makedirs(folder)
+            with open(os.path.join(folder, 'trials.jsonl'), 'w') as file:
+                file.writelines(json.dumps(record) + '\n' for record in trials)
+            summary = {'sparsity': sparsity, 'batch_size': batch_size, 'steps_to_result': steps, 'best_trial': 1,
+                       'counts': {'reached': 2, 'diverged': 1, 'exhausted': 1, 'running': 1}, 'until': 'first',
+                       'trial_steps_computed': 10, 'wall_seconds': 1.0}
+            with open(os.path.join(folder, 'summary.json'), 'w') as file:
+                json.dump(summary, file)
+    return workdir
+
+
+def assert_png(path):
+    with open(path, 'rb') as file:
+        assert file.read(8) == PNG_MAGIC, path
+    assert os.path.getsize(path) > 1000
+
+
+def test_command_line_draws_curves_and_one_scatter_per_cell(tmp_path, capsys):
+    workdir = write_store(str(tmp_path), ['learning_rate', 'momentum'])
+    assert plots.main([workdir]) == 0  # in-process: a subprocess would pay for the imports again
+    paths = capsys.readouterr().out.splitlines()
+    figures = os.path.join(workdir, 'figures')
+    for stem in ('steps_vs_batch', 'steps_vs_batch_normalized'):
+        assert_png(os.path.join(figures, f'{stem}.png'))
+        assert os.path.getsize(os.path.join(figures, f'{stem}.pdf')) > 1000
+    scatters = sorted(name for name in os.listdir(os.path.join(figures, 'trials')) if name.endswith('.png'))
+    assert scatters == sorted(f'{s}_{b}.png' for s in ('0', '0.9') for b in (16, 32, 64))
+    for name in scatters:
+        assert_png(os.path.join(figures, 'trials', name))
+    assert len(paths) == 2 * (2 + 6) and all(os.path.exists(path) for path in paths)
+
+
+def test_scatter_against_steps_when_momentum_is_not_searched(tmp_path):
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    study = analysis.load_study(workdir)
+    cell = study.cells[(0.9, 32)]
+    paths = plots.plot_trial_scatter(cell, study.config, str(tmp_path / 'out' / 'scatter'), formats=('png',))
+    assert paths == [str(tmp_path / 'out' / 'scatter.png')]
+    assert_png(paths[0])
+
+
+def test_curves_without_analysis_or_any_reached_cell_still_draw(tmp_path):
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    study = analysis.load_study(workdir)
+    unreached = study._replace(cells={key: cell._replace(trials=[trial(0, 'exhausted')])
+                                      for key, cell in study.cells.items()})
+    for which, source in (('computed', study), ('empty', unreached)):
+        paths = plots.plot_steps_vs_batch(source, None, str(tmp_path / which), formats=('png',))
+        assert_png(paths[0])
+
+
+def test_command_line_on_a_missing_store_exits_2_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'dps_jax.plots', str(tmp_path / 'missing')],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert 'config.json' in result.stderr and result.stdout == ''

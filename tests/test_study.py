@@ -1,0 +1,153 @@
+"""Studies: the results store, resume, config checks, and a SIGKILL in the middle of a study."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dps_jax import config as config_lib
+from dps_jax import engine, store, study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+needs_data = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+
+# A study small enough for a test: 2 x 2 cells, 3 trials, a few checks each.
+TINY = ['--config.sparsities=(0.0,0.8)', '--config.batch_sizes=(32,128)', '--config.num_trials=3',
+        '--config.goal_error=0.5', '--config.check_every=10', '--config.max_steps=60',
+        '--config.snip_examples=300', '--config.until=all']
+
+
+def tiny_config(**overrides):
+    config = config_lib.base_study_config()
+    config.update(dict(sparsities=(0.0, 0.8), batch_sizes=(32, 128), num_trials=3, goal_error=0.5,
+                       check_every=10, max_steps=60, snip_examples=300, until='all',
+                       progress_every_seconds=1000.0))
+    config.update(overrides)
+    return config
+
+
+def fake_result(num_trials=3):
+    return engine.CellResult(
+        status=np.array([engine.REACHED, engine.DIVERGED, engine.EXHAUSTED][:num_trials]),
+        steps_to_result=np.array([40, -1, -1][:num_trials]), best_val_error=np.array([0.1, np.inf, 0.4][:num_trials]),
+        last_val_error=np.array([0.1, np.nan, 0.4][:num_trials]), steps=np.array([40, 10, 60][:num_trials]),
+        trial_steps_computed=150, trial_steps_needed=110, checks=6, wall_seconds=1.5, final_state=None)
+
+
+def test_cell_records_round_trip_through_the_store(tmp_path):
+    config = tiny_config()
+    values = study.trial_metaparameters(config)
+    result = fake_result()
+    study.write_cell(str(tmp_path), study.trial_records(result, values), study.cell_summary(result, 0.8, 32, 'all'))
+    folder = tmp_path / 'cells' / '0.8_32'
+    lines = [json.loads(line) for line in (folder / 'trials.jsonl').read_text().splitlines()]
+    assert [line['status'] for line in lines] == ['reached', 'diverged', 'exhausted']
+    assert [line['steps_to_result'] for line in lines] == [40, None, None]
+    assert lines[0]['learning_rate'] == pytest.approx(0.01)  # the Sobol centre
+    assert lines[1]['best_val_error'] is None
+    summary = json.loads((folder / 'summary.json').read_text())
+    assert summary['steps_to_result'] == 40 and summary['best_trial'] == 0
+    assert summary['counts'] == {'running': 0, 'reached': 1, 'diverged': 1, 'exhausted': 1}
+    assert study.is_finished(str(tmp_path), 0.8, 32) and not study.is_finished(str(tmp_path), 0.8, 128)
+
+
+def test_summary_csv_lists_finished_cells_in_order(tmp_path):
+    config = tiny_config()
+    values = study.trial_metaparameters(config)
+    for sparsity, batch_size in [(0.8, 128), (0.0, 32)]:
+        study.write_cell(str(tmp_path), study.trial_records(fake_result(), values),
+                         study.cell_summary(fake_result(), sparsity, batch_size, 'all'))
+    study.write_summary_csv(str(tmp_path))
+    rows = list(csv.DictReader(open(tmp_path / 'summary.csv')))
+    assert [(row['sparsity'], row['batch_size'], row['steps_to_result']) for row in rows] == [
+        ('0.0', '32', '40'), ('0.8', '128', '40')]
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / 'summary.json'
+    store.atomic_write_json(str(path), {'old': True})
+    with pytest.raises(TypeError):
+        store.atomic_write_json(str(path), {'new': object()})  # not JSON-able: fails mid-write
+    assert json.loads(path.read_text()) == {'old': True}
+    assert [p.name for p in tmp_path.iterdir()] == ['summary.json']  # no temp file left behind
+
+
+def test_a_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
+    study.prepare_workdir(tiny_config(), str(tmp_path))
+    study.prepare_workdir(tiny_config(cells='0_32', progress_every_seconds=1.0), str(tmp_path))  # run fields only
+    with pytest.raises(config_lib.ConfigError, match='different config.*goal_error'):
+        study.prepare_workdir(tiny_config(goal_error=0.3), str(tmp_path))
+    study.prepare_workdir(tiny_config(goal_error=0.3, overwrite=True), str(tmp_path))
+
+
+def test_plan_only_writes_the_plan_and_trains_nothing(tmp_path):
+    study.run(tiny_config(plan_only=True), str(tmp_path), log=lambda line: None)
+    plan = json.loads((tmp_path / 'plan.json').read_text())
+    assert [cell['name'] for cell in plan['cells']] == ['0_32', '0_128', '0.8_32', '0.8_128']
+    assert [trial['learning_rate'] for trial in plan['trials']] == pytest.approx([0.01, 0.1, 0.001])
+    assert plan['budget']['max_trial_steps'] == 4 * 3 * 60
+    assert not (tmp_path / 'cells').exists()
+
+
+def test_cells_selects_a_subset_and_rejects_unknown_names():
+    assert study.grid_cells(tiny_config(cells='0.8_128, 0_32')) == [(0.8, 128), (0.0, 32)]
+    with pytest.raises(config_lib.ConfigError, match='0.5_32, not in the grid'):
+        study.grid_cells(tiny_config(cells='0.5_32'))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'sparsities': ()}, 'config.sparsities is empty'),
+    ({'batch_sizes': (32, 0)}, r'config.batch_sizes\[1\]=0 must be >= 1'),
+    ({'goal_error': 1.5}, 'config.goal_error=1.5 is outside'),
+    ({'search_names': ('learning_rate', 'beta')}, r"config.search_names\[1\]='beta' is not accepted"),
+    ({'until': 'never'}, "config.until='never'"),
+    ({'sparsities': (0.5, 0.5)}, 'duplicates'),
+])
+def test_bad_study_configs_are_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        study.run(tiny_config(**overrides), str(tmp_path), log=lambda line: None)
+    assert not (tmp_path / 'config.json').exists()
+
+
+def test_a_batch_size_larger_than_the_training_split_is_named():
+    with pytest.raises(config_lib.ConfigError, match=r'config.batch_sizes\[1\]=60000 is larger than the training split'):
+        config_lib.validate_study_config(tiny_config(batch_sizes=(32, 60000)), 54000)
+
+
+def launch(workdir, *extra):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'),
+                             f'--config={os.path.join(ROOT, "configs", "quickstart.py")}', f'--workdir={workdir}',
+                             *TINY, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+@needs_data
+def test_a_study_killed_mid_way_resumes_to_the_same_summary(tmp_path):
+    whole, killed = tmp_path / 'whole', tmp_path / 'killed'
+    first = launch(whole)
+    output = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, output[-3000:]
+    assert 'steps to result (goal validation error 0.5)' in output
+
+    victim = launch(killed)
+    deadline = time.time() + 900
+    while not (killed / 'cells' / '0_128' / 'summary.json').exists():
+        assert victim.poll() is None and time.time() < deadline, 'the study ended before it could be killed'
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed / 'cells' / '0.8_128' / 'summary.json').exists()
+
+    resumed = launch(killed)
+    output = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert '4 cells, 2 already finished, 2 to run' in output or '4 cells, 3 already finished, 1 to run' in output
+    assert (killed / 'summary.csv').read_text() == (whole / 'summary.csv').read_text()
+    for cell in ('0_32', '0_128', '0.8_32', '0.8_128'):
+        assert (killed / 'cells' / cell / 'trials.jsonl').read_text() == (whole / 'cells' / cell / 'trials.jsonl').read_text()
