@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Path to an ml-collections config file.', lock_config=True)
@@ -27,15 +27,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     # Imported here so that --help answers without loading JAX.
+    logging.set_verbosity(logging.WARNING)  # absl's INFO would show JAX's backend probing
     from dps_jax import config as config_lib
     from dps_jax import data, single_trial, study
     config = flags.FLAGS.config
     try:
         if 'sparsities' in config:  # a study: a grid of cells
-            study.run(config, flags.FLAGS.workdir)
+            study.run(config, flags.FLAGS.workdir, log=lambda line: print(line, flush=True))
         else:  # one trial
             config_lib.validate_trial_config(config)
-            single_trial.train_and_evaluate(config, flags.FLAGS.workdir)
+            single_trial.train_and_evaluate(config, flags.FLAGS.workdir,
+                                            log=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, data.DataError) as error:
         sys.exit(f'launch.py: error: {error}')
 

@@ -212,3 +212,14 @@ def test_noisy_quadratic_model_mean_steps_match_the_closed_form():
         closed_forms.append(next(t for t in range(1, 1000) if expected_loss(t, batch_size) <= TARGET))
     np.testing.assert_allclose(measured, closed_forms, rtol=0.1)
     assert closed_forms[0] > closed_forms[-1]  # the noise costs steps at small batches
+
+
+def test_group_size_estimate_shrinks_with_batch_size_and_memory():
+    trials, tx, _, _ = cell_setup()
+    one = jax.tree.map(lambda leaf: leaf[0], trials)
+    step = trial.make_train_step(APPLY, tx)
+    roomy = engine.estimate_group_size(step, one, (6,), 64, 1 << 30, 1000)
+    small_batch = engine.estimate_group_size(step, one, (6,), 64, 1 << 20, 1000)
+    large_batch = engine.estimate_group_size(step, one, (6,), 4096, 1 << 20, 1000)
+    assert roomy == 1000  # capped at the number of trials
+    assert 1 <= large_batch < small_batch < 1000
