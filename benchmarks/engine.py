@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dps_jax import engine, masks, models, optim, search, trial  # noqa: E402
+from dps_jax import engine, models, optim, search, trial  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_flops_per_second,  # noqa: E402
                     simple_cnn_training_flops_per_example)
 
@@ -156,6 +156,28 @@ def real_cell(args):
           f'{everything.trial_steps_needed:,d} needed')
 
 
+def memory_check(num_trials=64, batch_size=4096):
+    """One step of 64 Simple-CNN trials at batch 4096, grouped from the memory estimate."""
+    import resource
+    model = models.SimpleCNN()
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    optimizer = optim.make_optimizer('sgd')
+    images, labels = synthetic_split(8192)
+    train_step = trial.make_train_step(apply_fn, optimizer)
+    trials = make_trials(model, optimizer, num_trials, images, labels)
+    memory = engine.default_memory_bytes(0.5)
+    group_size = engine.estimate_group_size(train_step, jax.tree.map(lambda leaf: leaf[0], trials), (28, 28, 1),
+                                            batch_size, memory, num_trials)
+    result = engine.run_cell(trials, train_step=train_step, val_error=trial.make_val_error(apply_fn, 25),
+                             train_images=images, train_labels=labels, val_images=images[:6000],
+                             val_labels=labels[:6000], batch_size=batch_size, goal_error=1e-9, max_steps=1,
+                             check_every=1, until='all', group_size=group_size)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    print(f'  N={num_trials} batch={batch_size}: groups of {group_size} trials (budget {memory / 2 ** 30:.1f} GiB), '
+          f'one step + one validation of all trials in {result.wall_seconds:.0f} s, peak RSS {peak:.1f} GiB, '
+          f'statuses {sorted(set(result.status_names()))}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='fewer steps per measurement')
@@ -163,8 +185,13 @@ def main():
     parser.add_argument('--trials', type=int, default=32, help='trials of the real cell')
     parser.add_argument('--budget', type=int, default=3000, help='max steps of the real cell')
     parser.add_argument('--snip_examples', type=int, default=54000, help='SNIP examples of the real cell')
+    parser.add_argument('--memory_check', action='store_true', help='only: 64 trials at batch 4096, one step')
     args = parser.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs')
+    if args.memory_check:
+        print('memory: a cell of 64 Simple-CNN trials at batch 4096 on this machine:')
+        memory_check()
+        return
     peak = matmul_flops_per_second()
     print(f'2048^3 float32 matmul: {peak / 1e9:.0f} GFLOP/s')
 

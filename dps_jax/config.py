@@ -54,34 +54,40 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     return value
 
 
-def validate_trial_config(config: Any, num_train_examples: int | None = None) -> None:
-    """Checks the fields one trial needs; with the training split size, also the batch size."""
+def _validate_workload(config: Any) -> None:
+    """The fields a single trial and a study share: data, model, pruning, optimizer, goal, budget."""
     from dps_jax import data, models  # the data and model modules are heavy to import
 
     require_choice(config, 'dataset', data.DATASETS)
     require_choice(config, 'data_source', data.SOURCES)
     require_choice(config, 'model', models.MODELS)
-    require_float(config, 'sparsity', 0.0, 1.0, high_open=True)
     require_choice(config, 'pruning', masks.METHODS)
     require_int(config, 'snip_batch_size', minimum=1)
+    if not isinstance(_get(config, 'prune_kernels_only'), bool):
+        raise ConfigError(f'config.prune_kernels_only={config.prune_kernels_only!r} must be True or False')
     require_choice(config, 'optimizer', optim.OPTIMIZERS)
     require_choice(config, 'schedule', optim.SCHEDULES)
     require_float(config, 'learning_rate', 0.0, float('inf'), low_open=True, high_open=True)
     require_float(config, 'momentum', 0.0, 1.0, high_open=True)
     require_int(config, 'decay_steps', minimum=1)
     require_float(config, 'end_learning_rate_factor', 0.0, 1.0)
-    batch_size = require_int(config, 'batch_size', minimum=1)
-    if num_train_examples is not None and batch_size > num_train_examples:
-        raise ConfigError(f'config.batch_size={batch_size} is larger than the training split '
-                          f'({num_train_examples} examples)')
     require_float(config, 'goal_error', 0.0, 1.0, low_open=True, high_open=True)
     check_every = require_int(config, 'check_every', minimum=1)
     max_steps = require_int(config, 'max_steps', minimum=1)
     if max_steps % check_every:
-        raise ConfigError(f'config.max_steps={max_steps} must be a multiple of '
-                          f'config.check_every={check_every}')
-    require_int(config, 'seed', minimum=0)
+        raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
     require_int(config, 'data_seed', minimum=0)
+
+
+def validate_trial_config(config: Any, num_train_examples: int | None = None) -> None:
+    """Checks the fields one trial needs; with the training split size, also the batch size."""
+    _validate_workload(config)
+    require_float(config, 'sparsity', 0.0, 1.0, high_open=True)
+    batch_size = require_int(config, 'batch_size', minimum=1)
+    if num_train_examples is not None and batch_size > num_train_examples:
+        raise ConfigError(f'config.batch_size={batch_size} is larger than the training split '
+                          f'({num_train_examples} examples)')
+    require_int(config, 'seed', minimum=0)
     require_int(config, 'eval_chunk_size', minimum=1)
 
 
@@ -156,13 +162,9 @@ def _require_sequence(config: Any, field: str) -> tuple:
 
 def validate_study_config(config: Any, num_train_examples: int | None = None) -> None:
     """Checks every field of a study config; with the training split size, also the batch sizes."""
-    from dps_jax import data, models, search
+    from dps_jax import search
 
-    require_choice(config, 'dataset', data.DATASETS)
-    require_choice(config, 'data_source', data.SOURCES)
-    require_choice(config, 'model', models.MODELS)
-    require_choice(config, 'pruning', masks.METHODS)
-    require_int(config, 'snip_batch_size', minimum=1)
+    _validate_workload(config)
     snip_examples = require_int(config, 'snip_examples', minimum=0)
     if num_train_examples is not None and snip_examples > num_train_examples:
         raise ConfigError(f'config.snip_examples={snip_examples} is larger than the training split '
@@ -179,26 +181,14 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
                               f'({num_train_examples} examples)')
     if len(set(config.batch_sizes)) != len(config.batch_sizes):
         raise ConfigError(f'config.batch_sizes={tuple(config.batch_sizes)!r} has duplicates')
-    require_choice(config, 'optimizer', optim.OPTIMIZERS)
-    require_choice(config, 'schedule', optim.SCHEDULES)
     for index, name in enumerate(_require_sequence(config, 'search_names')):
         require_choice({f'search_names[{index}]': name}, f'search_names[{index}]', tuple(search.SEARCH_SPACE))
     require_int(config, 'num_trials', minimum=1)
-    require_float(config, 'learning_rate', 0.0, float('inf'), low_open=True, high_open=True)
-    require_float(config, 'momentum', 0.0, 1.0, high_open=True)
-    require_int(config, 'decay_steps', minimum=1)
-    require_float(config, 'end_learning_rate_factor', 0.0, 1.0)
-    require_float(config, 'goal_error', 0.0, 1.0, low_open=True, high_open=True)
-    check_every = require_int(config, 'check_every', minimum=1)
-    max_steps = require_int(config, 'max_steps', minimum=1)
-    if max_steps % check_every:
-        raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
     require_choice(config, 'until', ('first', 'all'))
     require_int(config, 'trials_per_group', minimum=0)
     require_float(config, 'memory_fraction', 0.0, 1.0, low_open=True)
     require_int(config, 'eval_chunk_size', minimum=0)
-    require_int(config, 'data_seed', minimum=0)
-    for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite', 'prune_kernels_only'):
+    for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite'):
         if not isinstance(_get(config, field), bool):
             raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
     require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)

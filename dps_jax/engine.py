@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -103,17 +104,16 @@ def estimate_group_size(train_step: Callable, state: trial.TrainState, example_s
     return int(max(1, min(num_trials, memory_bytes // per_trial)))
 
 
-def default_memory_bytes() -> int:
-    """Working memory for one cell: half of the first device's limit, or of host RAM on CPU."""
+def default_memory_bytes(fraction: float = 0.5) -> int:
+    """Working memory for one cell: `fraction` of the first device's limit (host RAM on CPU)."""
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
     if stats and 'bytes_limit' in stats:
-        return int(stats['bytes_limit'] * 0.5)
+        return int(stats['bytes_limit'] * fraction)
     try:
-        import os
-        return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') * 0.5)
+        return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') * fraction)
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        return int((16 << 30) * fraction)
 
 
 def _save_ended(saved: dict, slot_trial: np.ndarray, status: np.ndarray | None, states: Any) -> None:

@@ -7,11 +7,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import data, masks, models, optim, store, trial
+from dps_jax import data, masks, optim, store, trial, workload
 
 
 def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -22,18 +21,15 @@ def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = print) -> trial.TrialResult:
     """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
-    dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
-    config_lib.validate_trial_config(config, dataset.train.images.shape[0])
-    log(data.describe(dataset))
-    model = models.get_model(config.model, dataset.num_classes)
-    apply_fn = lambda p, x: model.apply({'params': p}, x)
-    optimizer = optim.make_optimizer(config.optimizer, config.schedule)
-    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
-    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
+    work = workload.load_workload(config)
+    config_lib.validate_trial_config(config, work.num_train_examples)
+    log(data.describe(work.dataset))
+    apply_fn, optimizer = work.apply_fn, work.optimizer
+    train_images, train_labels = work.train_images, work.train_labels
 
     started = time.perf_counter()
     init_trial = trial.make_init_trial(
-        model, optimizer, dataset.train.images.shape[1:], pruning=config.pruning,
+        work.model, optimizer, work.example_shape, pruning=config.pruning,
         sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
         snip_batch_size=config.snip_batch_size)
     state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images, train_labels)
@@ -44,8 +40,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     result = trial.run_trial(
         state=state, train_step=trial.make_train_step(apply_fn, optimizer),
         val_error=trial.make_val_error(apply_fn, config.eval_chunk_size),
-        train_images=train_images, train_labels=train_labels, val_images=val_images,
-        val_labels=val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
+        train_images=train_images, train_labels=train_labels, val_images=work.val_images,
+        val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,
         log=log)
     if result.status == 'reached':

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from dps_jax import config as config_lib
-from dps_jax import analysis, data, engine, masks, models, optim, plots, search, store, trial
+from dps_jax import analysis, data, engine, masks, optim, plots, search, store, trial, workload
 
 # No wall time here: summary.csv is a pure function of the config and seeds, so a resumed study
 # reproduces it byte for byte (summary.json keeps the wall seconds).
@@ -196,15 +196,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
 
 
 def _run_cells(config, workdir, remaining, cells, log) -> None:
-    dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
-    config_lib.validate_study_config(config, dataset.train.images.shape[0])
-    log(data.describe(dataset))
-    model = models.get_model(config.model, dataset.num_classes)
-    apply_fn = lambda params, images: model.apply({'params': params}, images)
-    optimizer = optim.make_optimizer(config.optimizer, config.schedule)
-    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
-    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
-    example_shape = dataset.train.images.shape[1:]
+    work = workload.load_workload(config)
+    config_lib.validate_study_config(config, work.num_train_examples)
+    log(data.describe(work.dataset))
+    model, apply_fn, optimizer, example_shape = work.model, work.apply_fn, work.optimizer, work.example_shape
+    train_images, train_labels = work.train_images, work.train_labels
+    val_images, val_labels = work.val_images, work.val_labels
     num_trials = config.num_trials
     values = trial_metaparameters(config)
     hyperparameters = {name: jnp.asarray(column) for name, column in values.items()}
@@ -229,7 +226,7 @@ def _run_cells(config, workdir, remaining, cells, log) -> None:
         log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
     make_states = jax.jit(jax.vmap(lambda p, m, h: trial.new_trial_state(p, m, optimizer, h)))
-    memory_bytes = int(engine.default_memory_bytes() / 0.5 * config.memory_fraction)
+    memory_bytes = engine.default_memory_bytes(config.memory_fraction)
     group_sizes: dict[int, int] = {}
 
     for sparsity in dict.fromkeys(s for s, _ in remaining):
