@@ -81,8 +81,8 @@ def engine_vs_sequential(quick):
             # The sequential baseline runs min(N, 8) trials one after another and scales to N:
             # every trial is the same work, so the sum is N times one trial's time.
             measured = min(num_trials, 8)
-            one_by_one = lambda: [single_chunk(jax.tree.map(lambda leaf: leaf[i], trials), order, images, labels)
-                                  for i in range(measured)]
+            singles = [jax.tree.map(lambda leaf: leaf[i], trials) for i in range(measured)]  # sliced untimed
+            one_by_one = lambda: [single_chunk(single, order, images, labels) for single in singles]
             sequential = seconds(one_by_one) * num_trials / measured
             rows.append((num_trials, batch_size, steps, num_trials * steps / vectorized,
                          num_trials * steps / sequential))
