@@ -28,4 +28,6 @@ def get_config():
     config.goal_error = 0.4
     config.max_steps = 100000
     config.check_every = 100
+    config.until = 'all'                        # every trial to its own end, as the reference: the full
+                                                # per-trial record (scatter plots, bootstrap bands)
     return config

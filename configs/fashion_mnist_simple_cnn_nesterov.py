@@ -26,4 +26,6 @@ def get_config():
     config.goal_error = 0.1
     config.max_steps = 40000
     config.check_every = 100
+    config.until = 'all'                        # every trial to its own end, as the reference: the full
+                                                # per-trial record (scatter plots, bootstrap bands)
     return config

@@ -150,13 +150,13 @@ def base_study_config():
     return config
 
 
-def _require_sequence(config: Any, field: str) -> tuple:
+def _require_sequence(config: Any, field: str, what: str = 'the grid has no cells') -> tuple:
     value = _get(config, field)
     if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
         raise ConfigError(f'config.{field}={value!r} must be a list')
     value = tuple(value)
     if not value:
-        raise ConfigError(f'config.{field} is empty: the grid has no cells')
+        raise ConfigError(f'config.{field} is empty: {what}')
     return value
 
 
@@ -181,8 +181,17 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
                               f'({num_train_examples} examples)')
     if len(set(config.batch_sizes)) != len(config.batch_sizes):
         raise ConfigError(f'config.batch_sizes={tuple(config.batch_sizes)!r} has duplicates')
-    for index, name in enumerate(_require_sequence(config, 'search_names')):
+    searched = _require_sequence(config, 'search_names', what='nothing is searched')
+    for index, name in enumerate(searched):
         require_choice({f'search_names[{index}]': name}, f'search_names[{index}]', tuple(search.SEARCH_SPACE))
+    if len(set(searched)) != len(searched):
+        raise ConfigError(f'config.search_names={searched!r} has duplicates')
+    unused = {'momentum': config.optimizer == 'sgd', 'decay_steps': config.schedule == 'constant',
+              'end_learning_rate_factor': config.schedule == 'constant'}
+    for name in searched:
+        if unused.get(name):
+            raise ConfigError(f"config.search_names searches {name!r}, which optimizer {config.optimizer!r} with "
+                              f"schedule {config.schedule!r} does not use")
     require_int(config, 'num_trials', minimum=1)
     require_choice(config, 'until', ('first', 'all'))
     require_int(config, 'trials_per_group', minimum=0)

@@ -76,11 +76,24 @@ def tree_concatenate(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *trees)
 
 
-def bucket_size(num_live: int, group_size: int) -> int:
-    """Slots for `num_live` trials: the next power of two, or whole groups beyond one group."""
+def bucket_layout(num_live: int, group_size: int) -> tuple[int, int]:
+    """(groups, slots per group) for `num_live` trials with at most `group_size` per group.
+
+    One group: the next power of two, so retirement recompiles only O(log N) times. Several
+    groups: as few as fit, balanced and rounded up to a multiple of 4 (N = 100 in groups of at
+    most 33 is 4 x 28 slots, not 4 x 33), which bounds both padding and the number of shapes.
+    """
     if num_live <= group_size:
-        return min(group_size, 1 << max(0, math.ceil(math.log2(max(num_live, 1)))))
-    return group_size * math.ceil(num_live / group_size)
+        return 1, min(group_size, 1 << max(0, math.ceil(math.log2(max(num_live, 1)))))
+    num_groups = math.ceil(num_live / group_size)
+    per_group = min(group_size, 4 * math.ceil(math.ceil(num_live / num_groups) / 4))
+    return num_groups, per_group
+
+
+def bucket_size(num_live: int, group_size: int) -> int:
+    """Slots for `num_live` trials (see bucket_layout)."""
+    num_groups, per_group = bucket_layout(num_live, group_size)
+    return num_groups * per_group
 
 
 def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
@@ -178,6 +191,10 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
         finite = jnp.ones(active.shape, bool)
         (states, order, _, finite), _ = jax.lax.scan(body, (states, order, step, finite), None,
                                                      length=check_every)
+        # The losses are taken before each update, so a step that breaks the weights at the end
+        # of the chunk shows only in the weights themselves.
+        for leaf in jax.tree.leaves(states.params):
+            finite = finite & jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
         return states, order, finite
 
     evaluate = jax.vmap(val_error, in_axes=(0, 0, None, None))
@@ -226,13 +243,13 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
 
     # Slots: padded to whole groups with copies of trial 0 that never count (slot_trial = -1).
     def layout(trial_indices: np.ndarray, source: Any, source_slot_of: dict[int, int]):
-        size = bucket_size(len(trial_indices), group_size)
+        num_groups, per_group = bucket_layout(len(trial_indices), group_size)
+        size = num_groups * per_group
         slot_trial = np.full(size, -1)
         slot_trial[:len(trial_indices)] = trial_indices
         rows = np.array([source_slot_of[int(t)] for t in trial_indices] +
                         [source_slot_of[int(trial_indices[0])]] * (size - len(trial_indices)))
         taken = tree_take(source, rows)
-        per_group = min(group_size, size)
         groups = [jax.tree.map(lambda leaf: leaf[g:g + per_group], taken) for g in range(0, size, per_group)]
         return slot_trial, groups
 

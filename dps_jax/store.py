@@ -18,6 +18,10 @@ def atomic_write_text(path: str, text: str) -> None:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); results should have the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

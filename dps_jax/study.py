@@ -28,10 +28,11 @@ import numpy as np
 from dps_jax import config as config_lib
 from dps_jax import analysis, data, engine, masks, optim, plots, search, store, trial, workload
 
-# No wall time here: summary.csv is a pure function of the config and seeds, so a resumed study
-# reproduces it byte for byte (summary.json keeps the wall seconds).
+# Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
+# summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
+# for byte. summary.json keeps both.
 CSV_FIELDS = ('sparsity', 'batch_size', 'steps_to_result', 'best_trial', 'reached', 'diverged',
-              'exhausted', 'running', 'trial_steps_computed')
+              'exhausted', 'running')
 
 
 def cell_name(sparsity: float, batch_size: int) -> str:
@@ -42,10 +43,16 @@ def cell_name(sparsity: float, batch_size: int) -> str:
 def grid_cells(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
     """The (sparsity, batch size) cells to run, in order; config.cells selects a subset."""
     cells = [(float(s), int(b)) for s in config.sparsities for b in config.batch_sizes]
+    names = [cell_name(*cell) for cell in cells]
+    if len(set(names)) != len(names):
+        raise config_lib.ConfigError(f'config.sparsities={tuple(config.sparsities)!r} has values that print alike '
+                                     f'(cell folders {sorted(set(n for n in names if names.count(n) > 1))})')
     if not config.cells:
         return cells
     by_name = {cell_name(*cell): cell for cell in cells}
     chosen = [name.strip() for name in config.cells.split(',') if name.strip()]
+    if len(set(chosen)) != len(chosen):
+        raise config_lib.ConfigError(f'config.cells={config.cells!r} names a cell twice')
     unknown = [name for name in chosen if name not in by_name]
     if unknown:
         raise config_lib.ConfigError(f'config.cells names {", ".join(unknown)}, not in the grid; '
@@ -84,21 +91,32 @@ def _comparable(config_dict: dict) -> dict:
     return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes config.json, or checks that an existing one is the same study."""
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> None:
+    """Writes config.json, or checks that an existing one is the same study.
+
+    With config.overwrite and a different config, the old results (cells/, summary.csv,
+    analysis.json, figures/) are moved aside to replaced-<time>/ so they cannot mix with the new.
+    """
     path = os.path.join(workdir, 'config.json')
     if os.path.exists(path):
         with open(path) as file:
             try:
-                previous = json.load(file)
+                previous = _comparable(json.load(file))
             except json.JSONDecodeError:
                 previous = None
-        if previous is not None and _comparable(previous) != _comparable(config.to_dict()) and not config.overwrite:
-            differing = sorted(key for key in set(_comparable(previous)) | set(_comparable(config.to_dict()))
-                               if _comparable(previous).get(key) != _comparable(config.to_dict()).get(key))
-            raise config_lib.ConfigError(
-                f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)}); '
-                f'use another --workdir, or --config.overwrite=True to reuse it')
+        current = _comparable(config.to_dict())
+        if previous is not None and previous != current:
+            differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
+            if not config.overwrite:
+                raise config_lib.ConfigError(
+                    f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)}); '
+                    f'use another --workdir, or --config.overwrite=True to reuse it')
+            aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
+            for name in ('cells', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json'):
+                if os.path.exists(os.path.join(workdir, name)):
+                    os.makedirs(aside, exist_ok=True)
+                    os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+            log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
     store.atomic_write_json(path, config.to_dict())
 
 
@@ -181,23 +199,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     """Runs (or resumes) the study of `config` in `workdir` and writes the results store."""
     config_lib.validate_study_config(config)
     cells = grid_cells(config)
-    prepare_workdir(config, workdir)
-    plan = make_plan(config)
-    store.atomic_write_json(os.path.join(workdir, 'plan.json'), plan)
+    work = None
+    if not config.plan_only:
+        # Checks against the training split come before config.json is written, so a refused
+        # value does not lock the workdir to it.
+        work = workload.load_workload(config)
+        config_lib.validate_study_config(config, work.num_train_examples)
+    prepare_workdir(config, workdir, log)
+    store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
     if config.plan_only:
         log(f'plan: {len(cells)} cells x {config.num_trials} trials, written to {os.path.join(workdir, "plan.json")}')
         return
     remaining = [cell for cell in cells if not is_finished(workdir, *cell)]
     log(f'{len(cells)} cells, {len(cells) - len(remaining)} already finished, {len(remaining)} to run')
     if remaining:
-        _run_cells(config, workdir, remaining, cells, log)
+        _run_cells(config, work, workdir, remaining, cells, log)
     write_summary_csv(workdir)
     report(workdir, log)
 
 
-def _run_cells(config, workdir, remaining, cells, log) -> None:
-    work = workload.load_workload(config)
-    config_lib.validate_study_config(config, work.num_train_examples)
+def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) -> None:
     log(data.describe(work.dataset))
     model, apply_fn, optimizer, example_shape = work.model, work.apply_fn, work.optimizer, work.example_shape
     train_images, train_labels = work.train_images, work.train_labels

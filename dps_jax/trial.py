@@ -223,7 +223,8 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         state, order, metrics = train_chunk(state, order, train_images, train_labels)
         steps += check_every
         error = float(evaluate(state.params, state.mask, val_images, val_labels))
-        finite = bool(jnp.all(jnp.isfinite(metrics.loss)))
+        finite = bool(jnp.all(jnp.isfinite(metrics.loss))) and all(
+            bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
         last_loss = float(metrics.loss[-1])
         history.append((steps, error, last_loss))
         best = min(best, error)

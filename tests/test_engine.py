@@ -150,7 +150,9 @@ def test_per_trial_data_order_changes_the_batches_each_trial_sees():
 
 def test_bucket_sizes():
     assert [engine.bucket_size(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
-    assert engine.bucket_size(70, 16) == 80
+    assert engine.bucket_layout(70, 16) == (5, 16)
+    assert engine.bucket_layout(100, 33) == (4, 28)
+    assert engine.bucket_layout(16, 12) == (2, 8)
 
 
 def test_bad_arguments_are_named():

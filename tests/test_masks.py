@@ -158,3 +158,18 @@ def test_snip_is_vmappable_over_per_trial_params():
         single = masks.snip_mask(linear_apply, jax.tree.map(lambda leaf: leaf[trial], stacked), images, labels, 0.5)
         for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
             np.testing.assert_array_equal(got[trial], want)
+
+
+def test_snip_prunes_every_bias_of_simple_cnn_at_sparsity_09():
+    # REFERENCE.md: biases start at zero, so their SNIP score is exactly zero and above
+    # (number of biases / N) = 106 / 62,346 sparsity the reference's sparse networks have none.
+    from dps_jax import models, trial
+    model = models.SimpleCNN()
+    params = trial.init_params(model, (28, 28, 1), 0)
+    images = jnp.asarray(RNG.normal(size=(200, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(RNG.integers(0, 10, size=200))
+    apply_fn = lambda p, x: model.apply({'params': p}, x)
+    mask = jax.jit(lambda p: masks.snip_mask(apply_fn, p, images, labels, 0.9))(params)
+    for layer in ('conv1', 'conv2', 'dense'):
+        assert not bool(mask[layer]['bias'].any()), layer
+    assert sum(int(leaf.sum()) for leaf in jax.tree.leaves(mask)) == round(62346 * 0.1)

@@ -80,11 +80,18 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_a_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
-    study.prepare_workdir(tiny_config(), str(tmp_path))
+    study.prepare_workdir(tiny_config(), str(tmp_path), log=lambda line: None)
+    study.write_cell(str(tmp_path), [], study.cell_summary(fake_result(), 0.0, 32, 'all'))
     study.prepare_workdir(tiny_config(cells='0_32', progress_every_seconds=1.0), str(tmp_path))  # run fields only
+    assert study.is_finished(str(tmp_path), 0.0, 32)
     with pytest.raises(config_lib.ConfigError, match='different config.*goal_error'):
         study.prepare_workdir(tiny_config(goal_error=0.3), str(tmp_path))
-    study.prepare_workdir(tiny_config(goal_error=0.3, overwrite=True), str(tmp_path))
+    study.prepare_workdir(tiny_config(goal_error=0.3, overwrite=True), str(tmp_path), log=lambda line: None)
+    # The old cells are moved aside, not mixed into the new study's results.
+    assert not study.is_finished(str(tmp_path), 0.0, 32)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith('replaced-')]
+    assert len(aside) == 1 and (aside[0] / 'cells' / '0_32' / 'summary.json').exists()
+    assert json.loads((tmp_path / 'config.json').read_text())['goal_error'] == 0.3
 
 
 def test_plan_only_writes_the_plan_and_trains_nothing(tmp_path):
@@ -109,6 +116,10 @@ def test_cells_selects_a_subset_and_rejects_unknown_names():
     ({'search_names': ('learning_rate', 'beta')}, r"config.search_names\[1\]='beta' is not accepted"),
     ({'until': 'never'}, "config.until='never'"),
     ({'sparsities': (0.5, 0.5)}, 'duplicates'),
+    ({'search_names': ('learning_rate', 'learning_rate')}, 'config.search_names=.*has duplicates'),
+    ({'search_names': ()}, 'config.search_names is empty: nothing is searched'),
+    ({'search_names': ('learning_rate', 'momentum')}, "searches 'momentum', which optimizer 'sgd'"),
+    ({'cells': '0_32,0_32'}, 'names a cell twice'),
 ])
 def test_bad_study_configs_are_refused_before_training(tmp_path, overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
