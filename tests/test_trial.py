@@ -1,5 +1,6 @@
 """The single-trial train step, whole-split validation error and data order."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,8 +129,7 @@ def test_a_scanned_chunk_equals_a_python_loop_of_steps():
     for _ in range(12):
         order, indices = trial.next_batch_indices(order, looped.step, 8)
         looped, _ = jax.jit(train_step)(looped, (images[indices], labels[indices]))
-    for got, want in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(looped.params)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(chunked.params, looped.params, rtol=1e-5, atol=1e-6)
     assert metrics.loss.shape == (12,)
 
 
