@@ -43,7 +43,7 @@ class Fit(NamedTuple):
 
 def cell_name(sparsity: float, batch_size: int) -> str:
     """The folder name of a cell, e.g. '0.9_64' or '0_1024'."""
-    return f'{sparsity:g}_{batch_size}'
+    return f'{float(sparsity):g}_{int(batch_size)}'
 
 
 def _read_json(path: str) -> Any:

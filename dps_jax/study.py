@@ -35,9 +35,7 @@ CSV_FIELDS = ('sparsity', 'batch_size', 'steps_to_result', 'best_trial', 'reache
               'exhausted', 'running')
 
 
-def cell_name(sparsity: float, batch_size: int) -> str:
-    """The cell's folder name, e.g. '0.9_64', '0_1024'."""
-    return f'{float(sparsity):g}_{int(batch_size)}'
+cell_name = analysis.cell_name  # the cell's folder name, e.g. '0.9_64', '0_1024'
 
 
 def grid_cells(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
