@@ -1,30 +1,20 @@
 """The reference workload: MNIST, Simple-CNN, SGD with a constant learning rate.
 
-Goal validation error 0.02, budget 40,000 steps checked every 100, learning-rate search
-(100 Sobol points in [1e-4, 1]), sparsities 0 / 0.5 / 0.7 / 0.9 (SNIP), batch sizes 2 .. 16384.
+Learning-rate search, goal validation error 0.02, budget 40,000 steps, on the paper's grid
+(dps_jax.config.paper_study_config: sparsities 0 / 0.5 / 0.7 / 0.9, batch sizes 2 .. 16384,
+100 trials, checks every 100 steps, every trial to its end).
 
   python launch.py --config=configs/mnist_simple_cnn_sgd.py --workdir=runs/mnist_sgd
 
-Every field is documented in dps_jax/config.py (base_study_config); the fields set here are
-the workload's.
+Every field is documented in dps_jax/config.py (base_study_config).
 """
 
-from dps_jax.config import base_study_config
+from dps_jax.config import paper_study_config
 
 
 def get_config():
-    config = base_study_config()
-    config.dataset = 'mnist'                    # MNIST IDX files (data_dir, $DPS_DATA_DIR, or a download)
-    config.model = 'simple_cnn'
-    config.sparsities = (0.0, 0.5, 0.7, 0.9)    # the paper's grid
-    config.batch_sizes = tuple(2 ** k for k in range(1, 15))  # 2 .. 16384
-    config.optimizer = 'sgd'
-    config.schedule = 'constant'
-    config.search_names = ('learning_rate',)
-    config.num_trials = 100
-    config.goal_error = 0.02
-    config.max_steps = 40000
-    config.check_every = 100
-    config.until = 'all'                        # every trial to its own end, as the reference: the full
-                                                # per-trial record (scatter plots, bootstrap bands)
-    return config
+    return paper_study_config(
+        dataset='mnist', model='simple_cnn', optimizer='sgd', schedule='constant',
+        search_names=('learning_rate',),          # 100 Sobol points, lr in [1e-4, 1] log
+        goal_error=0.02, max_steps=40000,
+    )

@@ -150,6 +150,26 @@ def base_study_config():
     return config
 
 
+def paper_study_config(**workload: Any):
+    """base_study_config with the reference study's grid and protocol, then `workload` on top.
+
+    Grid: sparsities 0 / 0.5 / 0.7 / 0.9 (SNIP) x batch sizes 2 .. 16384; 100 Sobol trials per
+    cell; a whole-validation check every 100 steps; until='all', so that every trial's status and
+    steps are recorded, as the reference does.
+    """
+    config = base_study_config()
+    config.sparsities = (0.0, 0.5, 0.7, 0.9)
+    config.batch_sizes = tuple(2 ** k for k in range(1, 15))
+    config.num_trials = 100
+    config.check_every = 100
+    config.until = 'all'
+    unknown = sorted(set(workload) - set(config.keys()))
+    if unknown:
+        raise ConfigError(f'unknown config fields {unknown}')
+    config.update(workload)
+    return config
+
+
 def _require_sequence(config: Any, field: str, what: str = 'the grid has no cells') -> tuple:
     value = _get(config, field)
     if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
