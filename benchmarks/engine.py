@@ -186,6 +186,7 @@ def main():
     parser.add_argument('--budget', type=int, default=3000, help='max steps of the real cell')
     parser.add_argument('--snip_examples', type=int, default=54000, help='SNIP examples of the real cell')
     parser.add_argument('--memory_check', action='store_true', help='only: 64 trials at batch 4096, one step')
+    parser.add_argument('--skip_throughput', action='store_true', help='skip parts 1-3 (with --real_cell)')
     args = parser.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs')
     if args.memory_check:
@@ -195,6 +196,11 @@ def main():
     peak = matmul_flops_per_second()
     print(f'2048^3 float32 matmul: {peak / 1e9:.0f} GFLOP/s')
 
+    if args.skip_throughput:
+        if args.real_cell:
+            print('4. real Fashion-MNIST cell: Simple-CNN, SNIP 0.9, SGD lr search, batch 64, goal 0.15:')
+            real_cell(args)
+        return
     print('1. engine vs the same trials one after another (single-trial scan chunk):')
     rows = engine_vs_sequential(args.quick)
     print('2. engine vs naive JAX (nn.Conv + nn.max_pool, vmap, one jitted step per Python iteration):')
