@@ -193,9 +193,7 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
                                                      length=check_every)
         # The losses are taken before each update, so a step that breaks the weights at the end
         # of the chunk shows only in the weights themselves.
-        for leaf in jax.tree.leaves(states.params):
-            finite = finite & jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
-        return states, order, finite
+        return states, order, finite & jax.vmap(trial.all_finite)(states.params)
 
     evaluate = jax.vmap(val_error, in_axes=(0, 0, None, None))
     # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.

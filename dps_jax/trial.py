@@ -35,6 +35,11 @@ class StepMetrics(NamedTuple):
     error: jax.Array   # error rate of the batch, before the update
 
 
+def all_finite(params: Any) -> jax.Array:
+    """Whether every entry of every leaf is finite (a bool scalar; vmap it for N trials)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)]))
+
+
 def apply_mask(params: Any, mask: Any) -> Any:
     """Pruned entries set to exactly zero (the masked network's weights)."""
     return jax.tree.map(lambda param, keep: jnp.where(keep, param, jnp.zeros_like(param)), params, mask)
@@ -223,8 +228,9 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         state, order, metrics = train_chunk(state, order, train_images, train_labels)
         steps += check_every
         error = float(evaluate(state.params, state.mask, val_images, val_labels))
-        finite = bool(jnp.all(jnp.isfinite(metrics.loss))) and all(
-            bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
+        # One host read: losses are taken before each update, so a broken last step shows only
+        # in the weights.
+        finite = bool(jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params))
         last_loss = float(metrics.loss[-1])
         history.append((steps, error, last_loss))
         best = min(best, error)
