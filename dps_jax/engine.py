@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import trial
+from dps_jax import smoothness, trial
 
 RUNNING, REACHED, DIVERGED, EXHAUSTED = range(4)
 STATUS_NAMES = trial.STATUSES  # index = code above
@@ -41,6 +41,8 @@ class CellResult(NamedTuple):
     checks: int
     wall_seconds: float
     final_state: Any | None      # stacked TrainState of all N trials in trial order (keep_final_state)
+    lipschitz: tuple = ()        # per trial: [(step, L), ...] (measurements.lipschitz_every)
+    noise_scale: tuple = ()      # per trial: [(step, B_simple, |G|^2, tr Sigma), ...] (noise_scale_every)
 
     @property
     def min_steps_to_result(self) -> int | None:
@@ -161,7 +163,7 @@ def _next_batch_indices_per_trial(orders: trial.DataOrder, step: jax.Array, batc
 
 
 class Programs(NamedTuple):
-    train_chunk: Callable   # (states, active, order, step, images, labels) -> (states, order, finite)
+    train_chunk: Callable   # (states, active, order, step, images, labels) -> (states, order, finite, previous)
     evaluate: Callable      # (params, mask, images, labels) -> errors (slots,)
 
 
@@ -178,7 +180,8 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
 
     def train_chunk(states, active, order, step, train_images, train_labels):
         def body(carry, _):
-            states, order, step, finite = carry
+            states, order, step, finite, _ = carry
+            previous = states.params
             order, indices = batched_indices(order, step, batch_size)
             stepped, metrics = batched_step(states, (train_images[indices], train_labels[indices]))
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
@@ -186,14 +189,16 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
                 stepped, states)
             finite = finite & jnp.isfinite(metrics.loss)
-            return (states, order, step + 1, finite), None
+            return (states, order, step + 1, finite, previous), None
 
+        # The parameters before the chunk's last step come out too, for the smoothness estimate;
+        # they are always carried so that the training program is the same with it on or off.
         finite = jnp.ones(active.shape, bool)
-        (states, order, _, finite), _ = jax.lax.scan(body, (states, order, step, finite), None,
-                                                     length=check_every)
+        (states, order, _, finite, previous), _ = jax.lax.scan(
+            body, (states, order, step, finite, states.params), None, length=check_every)
         # The losses are taken before each update, so a step that breaks the weights at the end
         # of the chunk shows only in the weights themselves.
-        return states, order, finite & jax.vmap(trial.all_finite)(states.params)
+        return states, order, finite & jax.vmap(trial.all_finite)(states.params), previous
 
     evaluate = jax.vmap(val_error, in_axes=(0, 0, None, None))
     # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.
@@ -206,14 +211,15 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
              val_labels: jax.Array, batch_size: int, goal_error: float, max_steps: int,
              check_every: int, data_seed: int = 0, until: str = 'first', compaction: bool = True,
              group_size: int | None = None, per_trial_order: bool = False,
-             keep_final_state: bool = False, log: Callable[[str], None] | None = None,
-             log_every_seconds: float = 10.0) -> CellResult:
+             keep_final_state: bool = False, measurements: smoothness.Measurements | None = None,
+             log: Callable[[str], None] | None = None, log_every_seconds: float = 10.0) -> CellResult:
     """Trains the N stacked `trials` of one cell and returns each trial's steps-to-result.
 
     until='first' ends at the first check where any trial reaches the goal (that step is the
     minimum over trials, as they run in lockstep); 'all' runs every trial to its own end.
     group_size caps the trials on the device at once (None: all); per_trial_order gives trial i
-    the data seed data_seed + i instead of one shared order.
+    the data seed data_seed + i instead of one shared order. `measurements` adds the smoothness
+    and noise-scale series of every live trial (on copies: trajectories do not change).
     """
     if until not in UNTIL:
         raise ValueError(f'until must be one of {", ".join(UNTIL)}, got {until!r}')
@@ -225,6 +231,13 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     num_trials = int(jax.tree.leaves(trials)[0].shape[0])
     group_size = num_trials if group_size is None else max(1, min(group_size, num_trials))
     programs = compile_programs(train_step, val_error, batch_size, check_every, per_trial_order)
+    measuring = measurements is not None and measurements.active
+    if measuring:
+        smoothness.validate_measurements(measurements, check_every, int(train_images.shape[0]))
+        measure = smoothness.compile_measurements(measurements)
+        lipschitz_examples = measurements.lipschitz_examples or int(train_images.shape[0])
+    lipschitz_series: list[list] = [[] for _ in range(num_trials)]
+    noise_scale_series: list[list] = [[] for _ in range(num_trials)]
 
     status = np.full(num_trials, RUNNING)
     steps_to_result = np.full(num_trials, -1)
@@ -253,17 +266,47 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
 
     slot_trial, groups = layout(np.arange(num_trials), (trials, orders) if per_trial_order else trials,
                                 {i: i for i in range(num_trials)})
+
+    def record(pending: list, live_slots: np.ndarray, at_step: int) -> None:
+        """Appends this check's measurements (one host read with the check's) to the live trials' series."""
+        lipschitz, noise_scale = jax.device_get(pending)
+        if lipschitz is not None:
+            values = np.concatenate([estimate.lipschitz for estimate in lipschitz])
+            for slot in live_slots:
+                lipschitz_series[slot_trial[slot]].append((at_step, float(values[slot])))
+        if noise_scale is not None:
+            columns = [np.concatenate([getattr(estimate, field) for estimate in noise_scale])
+                       for field in ('b_simple', 'gradient_norm_squared', 'trace_covariance')]
+            for slot in live_slots:
+                noise_scale_series[slot_trial[slot]].append((at_step,) + tuple(float(c[slot]) for c in columns))
+
+    def group_params(group):
+        return (group[0] if per_trial_order else group).params, (group[0] if per_trial_order else group).mask
+
     step, checks, computed, needed, last_log = 0, 0, 0, 0, started
+    if measuring and measurements.noise_scale_every:
+        key = measurements.noise_scale_key(0)
+        record([None, [measure.noise_scale(*group_params(group), train_images, train_labels, key)
+                       for group in groups]], np.flatnonzero(slot_trial >= 0), 0)
     while step < max_steps and (status == RUNNING).any():
         per_group = len(slot_trial) // len(groups)
         errors, finite = [], []
+        measure_lipschitz = measuring and measurements.lipschitz_every and (step + check_every) % measurements.lipschitz_every == 0
+        measure_noise = measuring and measurements.noise_scale_every and (step + check_every) % measurements.noise_scale_every == 0
+        lipschitz, noise_scale = ([] if measure_lipschitz else None), ([] if measure_noise else None)
         for g, group in enumerate(groups):
             group_trials = slot_trial[g * per_group:(g + 1) * per_group]
             active = jnp.asarray((group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING))
             states, order = group if per_trial_order else (group, shared_order)
-            states, next_order, group_finite = programs.train_chunk(
+            states, next_order, group_finite, previous = programs.train_chunk(
                 states, active, order, jnp.int32(step), train_images, train_labels)
             group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
+            if measure_lipschitz:
+                lipschitz.append(measure.lipschitz(previous, states.params, states.mask,
+                                                   train_images[:lipschitz_examples], train_labels[:lipschitz_examples]))
+            if measure_noise:
+                noise_scale.append(measure.noise_scale(states.params, states.mask, train_images, train_labels,
+                                                       measurements.noise_scale_key(step + check_every)))
             groups[g] = (states, next_order) if per_trial_order else states
             errors.append(group_errors)
             finite.append(group_finite)
@@ -275,6 +318,8 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         # The one host read per check: an error and a finiteness flag per slot.
         errors, finite = np.concatenate(jax.device_get(errors)), np.concatenate(jax.device_get(finite))
         live_slots = np.flatnonzero((slot_trial >= 0) & (status[np.maximum(slot_trial, 0)] == RUNNING))
+        if measure_lipschitz or measure_noise:
+            record([lipschitz, noise_scale], live_slots, step)
         for slot in live_slots:
             index = slot_trial[slot]
             steps[index] = step
@@ -311,7 +356,9 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         _save_ended(final_states, slot_trial, None, flat[0] if per_trial_order else flat)
         final_state = stack_trees([final_states[i] for i in range(num_trials)])
     return CellResult(status, steps_to_result, best_val_error, last_val_error, steps, computed, needed,
-                      checks, time.perf_counter() - started, final_state)
+                      checks, time.perf_counter() - started, final_state,
+                      tuple(lipschitz_series) if measuring and measurements.lipschitz_every else (),
+                      tuple(noise_scale_series) if measuring and measurements.noise_scale_every else ())
 
 
 def default_trials_at_once(num_trials: int) -> int:
