@@ -344,7 +344,8 @@ def analyze(study: Study, num_resamples: int = 1000, scaling_tolerance: float = 
     flags = edge_flags(study, edge_tolerance)
     sparsities = sorted({s for s, _ in study.cells})
     config = study.config
-    return {
+    curves = [_curve(study, s, flags, num_resamples, scaling_tolerance) for s in sparsities]
+    result = {
         'goal_error': config.get('goal_error'),
         'dataset': config.get('dataset'),
         'model': config.get('model'),
@@ -352,8 +353,76 @@ def analyze(study: Study, num_resamples: int = 1000, scaling_tolerance: float = 
         'search_names': list(config.get('search_names', [])),
         'settings': {'num_resamples': num_resamples, 'quantiles': [0.1, 0.9],
                      'scaling_tolerance': scaling_tolerance, 'edge_tolerance': edge_tolerance},
-        'curves': [_curve(study, s, flags, num_resamples, scaling_tolerance) for s in sparsities],
+        'curves': curves,
     }
+    measured = smoothness_by_sparsity(study, curves)
+    if measured:
+        result['smoothness'] = measured
+    return result
+
+
+def _series_values(trial: Mapping[str, Any] | None, series: str, column: str, first_step_only: bool = False
+                   ) -> list[float]:
+    """The finite values of one column of a trial's stored series (only the step-0 value if asked)."""
+    if trial is None or series not in trial:
+        return []
+    steps, values = trial[series]['step'], trial[series][column]
+    return [float(value) for step, value in zip(steps, values)
+            if value is not None and math.isfinite(value) and (not first_step_only or step == 0)]
+
+
+def _stats(values: Sequence[float], how: str) -> float | None:
+    if not values:
+        return None
+    return float({'mean': np.mean, 'max': np.max, 'median': np.median}[how](values))
+
+
+def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per sparsity: L along training and B_simple, next to the fitted critical batch size.
+
+    L: mean and max over the measurements of each cell's best trial, and of every reached trial,
+    pooled over the sparsity's batch sizes. B_simple: median over all trials at step 0 (before
+    any training: a prediction) and median over the best trials' training. Empty if the study
+    measured neither.
+    """
+    rows = []
+    for curve in curves:
+        sparsity = curve['sparsity']
+        cells = [study.cells[(sparsity, b)] for b in curve['batch_sizes']]
+        if not any('lipschitz' in trial or 'noise_scale' in trial for cell in cells for trial in cell.trials):
+            continue
+        best = [best_trial(cell) for cell in cells]
+        reached = [trial for cell in cells for trial in cell.trials if _reached_steps(trial) is not None]
+        best_l = [v for trial in best for v in _series_values(trial, 'lipschitz', 'value')]
+        reached_l = [v for trial in reached for v in _series_values(trial, 'lipschitz', 'value')]
+        initial = [v for cell in cells for trial in cell.trials
+                   for v in _series_values(trial, 'noise_scale', 'b_simple', first_step_only=True)]
+        along = [v for trial in best for v in _series_values(trial, 'noise_scale', 'b_simple')]
+        fit = curve['fit'] or {}
+        rows.append({
+            'sparsity': sparsity,
+            'lipschitz_best_mean': _stats(best_l, 'mean'), 'lipschitz_best_max': _stats(best_l, 'max'),
+            'lipschitz_reached_mean': _stats(reached_l, 'mean'), 'lipschitz_reached_max': _stats(reached_l, 'max'),
+            'lipschitz_measurements': len(reached_l),
+            'b_simple_initial': _stats(initial, 'median'), 'b_simple_training': _stats(along, 'median'),
+            'b_crit': fit.get('b_crit'), 'b_crit_std': fit.get('b_crit_std'),
+        })
+    return rows
+
+
+def describe_smoothness(result: Mapping[str, Any]) -> str:
+    """A table of analyze()['smoothness']: L and B_simple per sparsity against the fitted B_crit."""
+    rows = result.get('smoothness')
+    if not rows:
+        return ''
+    show = lambda value, spec: '-' if value is None else format(value, spec)
+    lines = [f'{"sparsity":>8}  {"L mean":>8}  {"L max":>8}  {"B_simple@0":>10}  {"B_simple":>9}  {"B_crit":>7}']
+    for row in rows:
+        lines.append(f'{row["sparsity"]:>8g}  {show(row["lipschitz_best_mean"], ".3g"):>8}  '
+                     f'{show(row["lipschitz_best_max"], ".3g"):>8}  {show(row["b_simple_initial"], ".3g"):>10}  '
+                     f'{show(row["b_simple_training"], ".3g"):>9}  {show(row["b_crit"], ".0f"):>7}')
+    return ('smoothness (L of the best trial over training; B_simple median at step 0 and along training; '
+            'fitted B_crit):\n' + '\n'.join(lines))
 
 
 def write_analysis(workdir: str) -> dict:

@@ -142,6 +142,17 @@ def base_study_config():
     config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = 1600 // trials in [25, 1000]
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
     config.data_seed = 0                # data order seed
+    # --- Smoothness and gradient noise scale of every live trial along training (dps_jax/smoothness.py).
+    # Measured between training chunks on copies of the states: trajectories are the same on or off.
+    config.lipschitz_every = 0          # steps between Lipschitz estimates; 0 = off; else a multiple of check_every
+    config.lipschitz_examples = 0       # the estimate's gradients are over the first n training examples;
+                                        # 0 = the whole split (the reference); one estimate costs 10 gradient passes
+    config.noise_scale_every = 0        # steps between B_simple estimates (and one at step 0); 0 = off;
+                                        # else a multiple of check_every
+    config.noise_scale_batch_sizes = (64, 1024)  # (small, big) batch sizes of the two-batch estimator, small < big
+    config.noise_scale_draws = 16       # batch pairs drawn per estimate; their squared norms are averaged first
+    config.smoothness_chunk_size = 25   # examples per gradient chunk, per trial and point (L takes 10 points
+                                        # at once): ~25 was fastest on XLA:CPU; raise it on accelerators
     # --- The run itself.
     config.cells = ''                   # '' = every cell; else e.g. '0.9_64,0_128' (sparsity_batch) to split jobs
     config.plan_only = False            # write DIR/plan.json (cells, trials, budget) and exit
@@ -221,5 +232,28 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
         if not isinstance(_get(config, field), bool):
             raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
     require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)
+    _validate_smoothness(config, num_train_examples)
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")
+
+
+def _validate_smoothness(config: Any, num_train_examples: int | None) -> None:
+    """The smoothness and noise-scale fields: intervals on the check grid, batch sizes in order."""
+    check_every = config.check_every
+    for field in ('lipschitz_every', 'noise_scale_every'):
+        every = require_int(config, field, minimum=0)
+        if every % check_every:
+            raise ConfigError(f'config.{field}={every} must be 0 (off) or a multiple of '
+                              f'config.check_every={check_every}')
+    examples = require_int(config, 'lipschitz_examples', minimum=0)
+    if num_train_examples is not None and examples > num_train_examples:
+        raise ConfigError(f'config.lipschitz_examples={examples} is larger than the training split '
+                          f'({num_train_examples} examples)')
+    sizes = _require_sequence(config, 'noise_scale_batch_sizes', what='it needs (small, big)')
+    for index, size in enumerate(sizes):
+        require_int({f'noise_scale_batch_sizes[{index}]': size}, f'noise_scale_batch_sizes[{index}]', minimum=1)
+    if len(sizes) != 2 or sizes[0] >= sizes[1]:
+        raise ConfigError(f'config.noise_scale_batch_sizes={sizes!r} must be two batch sizes (small, big) '
+                          f'with small < big')
+    require_int(config, 'noise_scale_draws', minimum=1)
+    require_int(config, 'smoothness_chunk_size', minimum=1)

@@ -1,4 +1,5 @@
-"""Figures of a results store: steps-to-result vs batch size (log2-log2) and per-cell trial scatters.
+"""Figures of a results store: steps-to-result vs batch size (log2-log2), per-cell trial scatters and,
+when the study measured them, L over training and B_simple against the fitted B_crit.
 
 Figures are built as matplotlib.figure.Figure objects rendered by the Agg canvas, so nothing
 touches pyplot's global state and no interactive backend is needed.
@@ -167,6 +168,75 @@ def plot_trial_scatter(cell: Cell, config: Mapping[str, Any], path_stem: str,
     return _save(figure, path_stem, formats)
 
 
+def _shown_trial(cell: Cell) -> tuple[dict | None, str]:
+    """The trial a cell's smoothness line follows: its best trial, else the lowest validation error."""
+    best = analysis.best_trial(cell)
+    if best is not None:
+        return best, f'best trial {best["trial"]}'
+    measured = [trial for trial in cell.trials if trial.get('best_val_error') is not None]
+    if not measured:
+        return None, ''
+    lowest = min(measured, key=lambda trial: trial['best_val_error'])
+    return lowest, f'trial {lowest["trial"]}, not reached'
+
+
+def plot_lipschitz(study: Study, path_stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
+    """L over training steps, one line per sparsity (each cell's best trial), a panel per batch size."""
+    batch_sizes = sorted({b for (_, b), cell in study.cells.items() if any('lipschitz' in t for t in cell.trials)})
+    columns = min(len(batch_sizes), 3)
+    rows = -(-len(batch_sizes) // columns)
+    figure = _new_figure(5.0 * columns, 3.8 * rows)
+    sparsities = sorted({s for s, _ in study.cells})
+    for panel, batch_size in enumerate(batch_sizes):
+        axes = figure.add_subplot(rows, columns, panel + 1)
+        for sparsity in sparsities:
+            cell = study.cells.get((sparsity, batch_size))
+            trial, description = _shown_trial(cell) if cell is not None else (None, '')
+            if trial is None or 'lipschitz' not in trial:
+                continue
+            steps = np.asarray(trial['lipschitz']['step'], dtype=np.float64)
+            values = _as_float_array(trial['lipschitz']['value'])
+            colour = f'C{sparsities.index(sparsity) % 10}'
+            axes.plot(steps, values, marker='o', markersize=3, color=colour,
+                      label=f'sparsity {sparsity:g} ({description})')
+        axes.set_yscale('log')
+        axes.set_xlabel('training step')
+        axes.set_ylabel('Lipschitz constant L of the gradient')
+        axes.set_title(f'batch size {batch_size}')
+        axes.grid(True, which='major', alpha=0.3)
+        axes.legend(fontsize='small')
+    figure.suptitle(_study_title(study.config))
+    return _save(figure, path_stem, formats)
+
+
+def plot_noise_scale(analysis_result: Mapping[str, Any], config: Mapping[str, Any], path_stem: str,
+                     formats: Sequence[str] = FORMATS) -> list[str]:
+    """B_simple (at step 0 and along training) against the fitted critical batch size, per sparsity."""
+    rows = analysis_result.get('smoothness', [])
+    sparsity = np.array([row['sparsity'] for row in rows], dtype=np.float64)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.plot(sparsity, _as_float_array([row['b_simple_initial'] for row in rows]), marker='o',
+              label='B_simple at step 0 (median over trials)')
+    axes.plot(sparsity, _as_float_array([row['b_simple_training'] for row in rows]), marker='s',
+              label='B_simple along training (median, best trials)')
+    b_crit = _as_float_array([row['b_crit'] for row in rows])
+    if np.isfinite(b_crit).any():
+        error = _as_float_array([row['b_crit_std'] for row in rows])
+        axes.errorbar(sparsity, b_crit, yerr=np.where(np.isfinite(error), error, 0.0), marker='D', capsize=3,
+                      label='fitted B_crit of S(B) = S_min (1 + B_crit / B)')
+    else:
+        axes.text(0.5, 0.05, 'no B_crit fit (needs >= 3 reached batch sizes per sparsity)',
+                  transform=axes.transAxes, ha='center', fontsize='small')
+    axes.set_yscale('log')
+    axes.set_xlabel('sparsity')
+    axes.set_ylabel('batch size')
+    axes.set_title(_study_title(config))
+    axes.grid(True, which='major', alpha=0.3)
+    axes.legend(fontsize='small')
+    return _save(figure, path_stem, formats)
+
+
 def plot_all(workdir: str, formats: Sequence[str] = FORMATS) -> list[str]:
     """Draws every figure of the store into workdir/figures (scatters in figures/trials/); returns the paths."""
     study = analysis.load_study(workdir)
@@ -175,6 +245,10 @@ def plot_all(workdir: str, formats: Sequence[str] = FORMATS) -> list[str]:
     paths = plot_steps_vs_batch(study, analysis_result, os.path.join(figures, 'steps_vs_batch'), formats=formats)
     paths += plot_steps_vs_batch(study, analysis_result, os.path.join(figures, 'steps_vs_batch_normalized'),
                                  normalized=True, formats=formats)
+    if any('lipschitz' in trial for cell in study.cells.values() for trial in cell.trials):
+        paths += plot_lipschitz(study, os.path.join(figures, 'lipschitz'), formats=formats)
+    if any('noise_scale' in trial for cell in study.cells.values() for trial in cell.trials):
+        paths += plot_noise_scale(analysis_result, study.config, os.path.join(figures, 'noise_scale'), formats=formats)
     for _, cell in sorted(study.cells.items()):
         paths += plot_trial_scatter(cell, study.config, os.path.join(figures, 'trials', cell.name), formats=formats)
     return paths

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from dps_jax import config as config_lib
-from dps_jax import analysis, data, engine, masks, optim, plots, search, store, trial, workload
+from dps_jax import analysis, data, engine, masks, optim, plots, search, smoothness, store, trial, workload
 
 # Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
 # summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
@@ -99,9 +99,12 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
     if os.path.exists(path):
         with open(path) as file:
             try:
-                previous = _comparable(json.load(file))
+                previous = json.load(file)
             except json.JSONDecodeError:
                 previous = None
+        if previous is not None:
+            # A field the stored config lacks was added to dps_jax later; the study ran with its default.
+            previous = _comparable({**config_lib.base_study_config().to_dict(), **previous})
         current = _comparable(config.to_dict())
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
@@ -126,10 +129,24 @@ def is_finished(workdir: str, sparsity: float, batch_size: int) -> bool:
     return os.path.exists(os.path.join(cell_dir(workdir, sparsity, batch_size), 'summary.json'))
 
 
+def _json_number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def trial_records(result: engine.CellResult, values: dict[str, np.ndarray]) -> list[dict]:
-    """One JSON-able record per trial."""
+    """One JSON-able record per trial; with measurements, its series as columns (non-finite: null)."""
     records = []
     for i in range(len(result.status)):
+        series = {}
+        if result.lipschitz:
+            series['lipschitz'] = {'step': [int(step) for step, _ in result.lipschitz[i]],
+                                   'value': [_json_number(value) for _, value in result.lipschitz[i]]}
+        if result.noise_scale:
+            rows = result.noise_scale[i]
+            series['noise_scale'] = {
+                'step': [int(row[0]) for row in rows],
+                **{name: [_json_number(row[column]) for row in rows] for column, name in
+                   enumerate(('b_simple', 'gradient_norm_squared', 'trace_covariance'), start=1)}}
         records.append({
             'trial': i, 'seed': i,
             **{name: values[name][i].item() for name in values},
@@ -138,8 +155,38 @@ def trial_records(result: engine.CellResult, values: dict[str, np.ndarray]) -> l
             'steps': int(result.steps[i]),
             'best_val_error': float(result.best_val_error[i]) if np.isfinite(result.best_val_error[i]) else None,
             'last_val_error': float(result.last_val_error[i]) if np.isfinite(result.last_val_error[i]) else None,
+            **series,
         })
     return records
+
+
+def _lipschitz_stats(series: list[list]) -> dict | None:
+    values = np.array([value for trial_series in series for _, value in trial_series], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    return {'mean': float(values.mean()), 'max': float(values.max()), 'measurements': int(values.size)}
+
+
+def smoothness_summary(result: engine.CellResult) -> dict:
+    """Per cell: L over training (mean, max) of the best trial and of all reached trials; B_simple at
+    step 0 (median over trials: a prediction before any training) and over the best trial's training."""
+    summary = {}
+    best = result.best_trial
+    if result.lipschitz:
+        reached = np.flatnonzero(result.status == engine.REACHED)
+        summary['lipschitz'] = {
+            'best_trial': None if best is None else _lipschitz_stats([result.lipschitz[best]]),
+            'reached_trials': _lipschitz_stats([result.lipschitz[i] for i in reached]),
+            'num_reached_trials': int(reached.size)}
+    if result.noise_scale:
+        initial = np.array([rows[0][1] for rows in result.noise_scale if rows and rows[0][0] == 0], np.float64)
+        along = np.array([] if best is None else [row[1] for row in result.noise_scale[best]], np.float64)
+        finite_median = lambda values: _json_number(np.median(values[np.isfinite(values)])) \
+            if np.isfinite(values).any() else None
+        summary['noise_scale'] = {'initial_median': finite_median(initial),
+                                  'best_trial_median': finite_median(along)}
+    return summary
 
 
 def cell_summary(result: engine.CellResult, sparsity: float, batch_size: int, until: str) -> dict:
@@ -148,7 +195,7 @@ def cell_summary(result: engine.CellResult, sparsity: float, batch_size: int, un
             'best_trial': result.best_trial, 'counts': counts, 'until': until,
             'trial_steps_computed': int(result.trial_steps_computed),
             'trial_steps_needed': int(result.trial_steps_needed), 'checks': int(result.checks),
-            'wall_seconds': round(result.wall_seconds, 3)}
+            'wall_seconds': round(result.wall_seconds, 3), **smoothness_summary(result)}
 
 
 def write_cell(workdir: str, records: list[dict], summary: dict) -> None:
@@ -188,7 +235,10 @@ def report(workdir: str, log: Callable[[str], None] = print) -> None:
     """The steps-to-result table, analysis.json and the figures of the finished cells."""
     finished = analysis.load_study(workdir)
     log(analysis.steps_table(finished))
-    log(analysis.describe_curves(analysis.write_analysis(workdir)))
+    result = analysis.write_analysis(workdir)
+    log(analysis.describe_curves(result))
+    if result.get('smoothness'):
+        log(analysis.describe_smoothness(result))
     paths = plots.plot_all(workdir)
     log(f'{len(paths)} figures in {os.path.join(workdir, "figures")}')
 
@@ -214,6 +264,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         _run_cells(config, work, workdir, remaining, cells, log)
     write_summary_csv(workdir)
     report(workdir, log)
+
+
+def smoothness_measurements(config: ml_collections.ConfigDict, apply_fn) -> smoothness.Measurements | None:
+    """What the engine measures along training, from the config (None when nothing is)."""
+    if not (config.lipschitz_every or config.noise_scale_every):
+        return None
+    return smoothness.Measurements(
+        smoothness.make_example_losses(apply_fn), lipschitz_every=config.lipschitz_every,
+        noise_scale_every=config.noise_scale_every,
+        noise_scale_batch_sizes=tuple(int(b) for b in config.noise_scale_batch_sizes),
+        noise_scale_draws=config.noise_scale_draws, lipschitz_examples=config.lipschitz_examples,
+        chunk_size=config.smoothness_chunk_size, seed=config.data_seed)
 
 
 def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) -> None:
@@ -244,6 +306,14 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) 
         jax.block_until_ready(scores)
         log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
+    measurements = smoothness_measurements(config, apply_fn)
+    if measurements is not None:
+        examples = config.lipschitz_examples or train_images.shape[0]
+        log('measuring every live trial: ' + ', '.join(
+            ([f'L every {config.lipschitz_every} steps (10 gradients over {examples:,d} examples each)']
+             if config.lipschitz_every else []) +
+            ([f'B_simple at step 0 and every {config.noise_scale_every} steps ({config.noise_scale_draws} draws '
+              f'of batches {tuple(config.noise_scale_batch_sizes)})'] if config.noise_scale_every else [])))
     make_states = jax.jit(jax.vmap(lambda p, m, h: trial.new_trial_state(p, m, optimizer, h)))
     memory_bytes = engine.default_memory_bytes(config.memory_fraction)
     group_sizes: dict[int, int] = {}
@@ -272,7 +342,7 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) 
                 batch_size=batch_size, goal_error=config.goal_error, max_steps=config.max_steps,
                 check_every=config.check_every, data_seed=config.data_seed, until=config.until,
                 compaction=config.compaction, group_size=group_size,
-                per_trial_order=config.per_trial_data_order, log=log,
+                per_trial_order=config.per_trial_data_order, measurements=measurements, log=log,
                 log_every_seconds=config.progress_every_seconds)
             summary = cell_summary(result, sparsity, batch_size, config.until)
             write_cell(workdir, trial_records(result, values), summary)

@@ -88,3 +88,27 @@ def test_command_line_on_a_missing_store_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert 'config.json' in result.stderr and result.stdout == ''
+
+
+def test_lipschitz_and_noise_scale_figures_when_the_study_measured_them(tmp_path):
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    for sparsity in (0.0, 0.9):
+        path = os.path.join(workdir, 'cells', f'{sparsity:g}_32', 'trials.jsonl')
+        records = [json.loads(line) for line in open(path)]
+        for record in records:
+            record['lipschitz'] = {'step': [100, 200, 300], 'value': [5.0 * (1 + sparsity), None, 7.0]}
+            record['noise_scale'] = {'step': [0, 200], 'b_simple': [80.0, 120.0],
+                                     'gradient_norm_squared': [1.0, 0.5], 'trace_covariance': [80.0, 60.0]}
+        with open(path, 'w') as file:
+            file.writelines(json.dumps(record) + '\n' for record in records)
+    paths = plots.plot_all(workdir, formats=('png',))
+    names = {os.path.relpath(path, workdir) for path in paths}
+    assert {'figures/lipschitz.png', 'figures/noise_scale.png'} <= names
+    for name in ('lipschitz.png', 'noise_scale.png'):
+        assert_png(os.path.join(workdir, 'figures', name))
+
+
+def test_no_smoothness_figures_without_measurements(tmp_path):
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    names = {os.path.basename(path) for path in plots.plot_all(workdir, formats=('png',))}
+    assert 'lipschitz.png' not in names and 'noise_scale.png' not in names

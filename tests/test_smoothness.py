@@ -171,15 +171,20 @@ def test_engine_lipschitz_is_the_estimate_between_the_last_two_iterates():
     trials, tx, init_trial, hyper = cell_setup(rates=np.array([0.05, 0.2]))
     result = run(trials, tx, max_steps=30, check_every=10, goal_error=1e-6,
                  measurements=measurements(lipschitz_every=30, chunk_size=100, lipschitz_examples=300))
-    train_step = jax.jit(trial.make_train_step(APPLY, tx))
+    train_step = trial.make_train_step(APPLY, tx)
+
+    @jax.jit
+    def one_step(state, order, step):
+        order, indices = trial.next_batch_indices(order, step, 16)
+        return train_step(state, (TRAIN_IMAGES[indices], TRAIN_LABELS[indices]))[0], order
+
     losses = smoothness.make_example_losses(APPLY)
     for index in range(2):
         state = jax.tree.map(lambda leaf: leaf[index], trials)
         order = trial.init_data_order(0, TRAIN_IMAGES.shape[0])
         for step in range(30):
-            order, indices = trial.next_batch_indices(order, jnp.int32(step), 16)
             previous = state.params
-            state, _ = train_step(state, (TRAIN_IMAGES[indices], TRAIN_LABELS[indices]))
+            state, order = one_step(state, order, jnp.int32(step))
         expected = smoothness.lipschitz_estimate(losses, previous, state.params, state.mask, TRAIN_IMAGES[:300],
                                                  TRAIN_LABELS[:300], 100)
         (step, value), = result.lipschitz[index]

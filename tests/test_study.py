@@ -58,6 +58,43 @@ def test_cell_records_round_trip_through_the_store(tmp_path):
     assert study.is_finished(str(tmp_path), 0.8, 32) and not study.is_finished(str(tmp_path), 0.8, 128)
 
 
+def test_smoothness_series_and_their_cell_summary_are_stored(tmp_path):
+    result = fake_result()._replace(
+        lipschitz=([(20, 2.0), (40, 4.0)], [(20, float('nan'))], [(20, 3.0), (40, 5.0), (60, 7.0)]),
+        noise_scale=([(0, 100.0, 0.5, 50.0), (40, 300.0, 0.1, 30.0)], [(0, 50.0, 1.0, 50.0)],
+                     [(0, 80.0, 0.5, 40.0)]))
+    study.write_cell(str(tmp_path), study.trial_records(result, study.trial_metaparameters(tiny_config())),
+                     study.cell_summary(result, 0.8, 32, 'all'))
+    folder = tmp_path / 'cells' / '0.8_32'
+    lines = [json.loads(line) for line in (folder / 'trials.jsonl').read_text().splitlines()]
+    assert lines[0]['lipschitz'] == {'step': [20, 40], 'value': [2.0, 4.0]}
+    assert lines[1]['lipschitz'] == {'step': [20], 'value': [None]}  # nan is not JSON
+    assert lines[0]['noise_scale'] == {'step': [0, 40], 'b_simple': [100.0, 300.0],
+                                       'gradient_norm_squared': [0.5, 0.1], 'trace_covariance': [50.0, 30.0]}
+    summary = json.loads((folder / 'summary.json').read_text())
+    # Trial 0 is the best and the only reached trial.
+    assert summary['lipschitz'] == {'best_trial': {'mean': 3.0, 'max': 4.0, 'measurements': 2},
+                                    'reached_trials': {'mean': 3.0, 'max': 4.0, 'measurements': 2},
+                                    'num_reached_trials': 1}
+    assert summary['noise_scale'] == {'initial_median': 80.0, 'best_trial_median': 200.0}
+
+
+def test_without_measurements_records_have_no_series(tmp_path):
+    records = study.trial_records(fake_result(), study.trial_metaparameters(tiny_config()))
+    assert not any('lipschitz' in record or 'noise_scale' in record for record in records)
+    assert 'lipschitz' not in study.cell_summary(fake_result(), 0.8, 32, 'all')
+
+
+def test_a_workdir_from_before_a_config_field_existed_is_the_same_study(tmp_path):
+    study.prepare_workdir(tiny_config(), str(tmp_path), log=lambda line: None)
+    stored = json.loads((tmp_path / 'config.json').read_text())
+    del stored['lipschitz_every'], stored['noise_scale_batch_sizes']  # written by an older dps_jax
+    (tmp_path / 'config.json').write_text(json.dumps(stored))
+    study.prepare_workdir(tiny_config(), str(tmp_path))
+    with pytest.raises(config_lib.ConfigError, match='fields differ: lipschitz_every'):
+        study.prepare_workdir(tiny_config(lipschitz_every=20), str(tmp_path))
+
+
 def test_summary_csv_lists_finished_cells_in_order(tmp_path):
     config = tiny_config()
     values = study.trial_metaparameters(config)
@@ -120,6 +157,12 @@ def test_cells_selects_a_subset_and_rejects_unknown_names():
     ({'search_names': ()}, 'config.search_names is empty: nothing is searched'),
     ({'search_names': ('learning_rate', 'momentum')}, "searches 'momentum', which optimizer 'sgd'"),
     ({'cells': '0_32,0_32'}, 'names a cell twice'),
+    ({'lipschitz_every': 15}, 'config.lipschitz_every=15 must be 0 .off. or a multiple of config.check_every=10'),
+    ({'noise_scale_every': -10}, 'config.noise_scale_every=-10 must be >= 0'),
+    ({'noise_scale_batch_sizes': (256, 64)}, 'must be two batch sizes .small, big. with small < big'),
+    ({'noise_scale_batch_sizes': (64,)}, 'must be two batch sizes'),
+    ({'noise_scale_draws': 0}, 'config.noise_scale_draws=0 must be >= 1'),
+    ({'smoothness_chunk_size': 0}, 'config.smoothness_chunk_size=0 must be >= 1'),
 ])
 def test_bad_study_configs_are_refused_before_training(tmp_path, overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
@@ -130,6 +173,11 @@ def test_bad_study_configs_are_refused_before_training(tmp_path, overrides, mess
 def test_a_batch_size_larger_than_the_training_split_is_named():
     with pytest.raises(config_lib.ConfigError, match=r'config.batch_sizes\[1\]=60000 is larger than the training split'):
         config_lib.validate_study_config(tiny_config(batch_sizes=(32, 60000)), 54000)
+
+
+def test_lipschitz_examples_beyond_the_training_split_are_named():
+    with pytest.raises(config_lib.ConfigError, match='config.lipschitz_examples=60000 is larger than the training split'):
+        config_lib.validate_study_config(tiny_config(lipschitz_examples=60000), 54000)
 
 
 def launch(workdir, *extra):
