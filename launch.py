@@ -7,6 +7,12 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Path to an ml-collections config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for results.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  'jax.distributed.initialize(): auto = when a cluster environment (Slurm, Open MPI, TPU pod, '
+                  'JAX_COORDINATOR_ADDRESS) or --coordinator_address is present.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host runs outside a cluster manager).')
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process in a multi-host run (with --coordinator_address).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -29,8 +35,12 @@ def main(argv):
     # Imported here so that --help answers without loading JAX.
     logging.set_verbosity(logging.WARNING)  # absl's INFO would show JAX's backend probing
     from dps_jax import config as config_lib
-    from dps_jax import data, single_trial, study
+    from dps_jax import data, parallel, single_trial, study
     config = flags.FLAGS.config
+    # Before any computation: every process of a multi-host run joins; only process 0 writes.
+    if parallel.initialize_distributed(flags.FLAGS.distributed, flags.FLAGS.coordinator_address,
+                                       flags.FLAGS.num_processes, flags.FLAGS.process_id):
+        print(f'process {parallel.jax.process_index()} of {parallel.jax.process_count()}', flush=True)
     try:
         if 'sparsities' in config:  # a study: a grid of cells
             study.run(config, flags.FLAGS.workdir, log=lambda line: print(line, flush=True))

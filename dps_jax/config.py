@@ -93,7 +93,7 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
 
 # Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
 RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
-              'memory_fraction', 'eval_chunk_size', 'data_dir')
+              'memory_fraction', 'eval_chunk_size', 'data_dir', 'mesh', 'checkpoint_every')
 
 
 def base_study_config():
@@ -153,6 +153,12 @@ def base_study_config():
     config.noise_scale_draws = 16       # batch pairs drawn per estimate; their squared norms are averaged first
     config.smoothness_chunk_size = 25   # examples per gradient chunk, per trial and point (L takes 10 points
                                         # at once): ~25 was fastest on XLA:CPU; raise it on accelerators
+    # --- Devices and interruptions (dps_jax/parallel.py, dps_jax/checkpoints.py).
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.trial = 0               # devices along the 'trial' axis (trials split over them); 0 = all not on 'data'
+    config.mesh.data = 1                # devices along the 'data' axis (each batch split over them, gradients all-reduced)
+    config.checkpoint_every = 10        # checks between mid-cell checkpoints of every trial's state (orbax, in
+                                        # DIR/checkpoints/<cell>); a killed cell resumes from the last one; 0 = off
     # --- The run itself.
     config.cells = ''                   # '' = every cell; else e.g. '0.9_64,0_128' (sparsity_batch) to split jobs
     config.plan_only = False            # write DIR/plan.json (cells, trials, budget) and exit
@@ -233,6 +239,13 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
             raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
     require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)
     _validate_smoothness(config, num_train_examples)
+    mesh = _get(config, 'mesh')
+    for field, minimum in (('trial', 0), ('data', 1)):
+        try:
+            require_int(mesh, field, minimum=minimum)
+        except ConfigError as error:
+            raise ConfigError(str(error).replace(f'config.{field}', f'config.mesh.{field}')) from None
+    require_int(config, 'checkpoint_every', minimum=0)
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")
 

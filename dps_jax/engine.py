@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import smoothness, trial
+from dps_jax import parallel, smoothness, trial
 
 RUNNING, REACHED, DIVERGED, EXHAUSTED = range(4)
 STATUS_NAMES = trial.STATUSES  # index = code above
@@ -78,23 +78,30 @@ def tree_concatenate(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *trees)
 
 
-def bucket_layout(num_live: int, group_size: int) -> tuple[int, int]:
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
+
+
+def bucket_layout(num_live: int, group_size: int, multiple: int = 1) -> tuple[int, int]:
     """(groups, slots per group) for `num_live` trials with at most `group_size` per group.
 
     One group: the next power of two, so retirement recompiles only O(log N) times. Several
     groups: as few as fit, balanced and rounded up to a multiple of 4 (N = 100 in groups of at
     most 33 is 4 x 28 slots, not 4 x 33), which bounds both padding and the number of shapes.
+    Slots per group are also a multiple of `multiple` (the devices on the mesh's 'trial' axis);
+    group_size is raised to it if smaller.
     """
+    group_size = _round_up(max(group_size, 1), multiple)
     if num_live <= group_size:
-        return 1, min(group_size, 1 << max(0, math.ceil(math.log2(max(num_live, 1)))))
+        return 1, min(group_size, _round_up(1 << max(0, math.ceil(math.log2(max(num_live, 1)))), multiple))
     num_groups = math.ceil(num_live / group_size)
-    per_group = min(group_size, 4 * math.ceil(math.ceil(num_live / num_groups) / 4))
+    per_group = min(group_size, _round_up(math.ceil(num_live / num_groups), math.lcm(4, multiple)))
     return num_groups, per_group
 
 
-def bucket_size(num_live: int, group_size: int) -> int:
+def bucket_size(num_live: int, group_size: int, multiple: int = 1) -> int:
     """Slots for `num_live` trials (see bucket_layout)."""
-    num_groups, per_group = bucket_layout(num_live, group_size)
+    num_groups, per_group = bucket_layout(num_live, group_size, multiple)
     return num_groups * per_group
 
 
@@ -136,7 +143,7 @@ def _save_ended(saved: dict, slot_trial: np.ndarray, status: np.ndarray | None, 
     for slot, index in enumerate(slot_trial):
         index = int(index)
         if index >= 0 and index not in saved and (status is None or status[index] != RUNNING):
-            saved[index] = jax.device_get(jax.tree.map(lambda leaf: leaf[slot], states))
+            saved[index] = parallel.to_host(jax.tree.map(lambda leaf: leaf[slot], states))
 
 
 def _next_batch_indices_per_trial(orders: trial.DataOrder, step: jax.Array, batch_size: int
@@ -169,21 +176,29 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def compile_programs(train_step, val_error, batch_size: int, check_every: int,
-                      per_trial_order: bool) -> Programs:
+                      per_trial_order: bool, mesh: Any = None) -> Programs:
     """The jitted, vmapped chunk and evaluation; jit caches one program per slot count.
 
     Cached on its arguments, so the cells of a study that share a batch size (every sparsity)
-    compile once.
+    compile once. With a mesh whose 'data' axis has several devices, each batch is sharded
+    over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
     """
     batched_step = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
     batched_indices = _next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
+    if parallel.data_count(mesh) > 1:
+        spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)
+        shard_batch = lambda batch: jax.lax.with_sharding_constraint(
+            batch, jax.sharding.NamedSharding(mesh, spec))
+    else:
+        shard_batch = lambda batch: batch
 
     def train_chunk(states, active, order, step, train_images, train_labels):
         def body(carry, _):
             states, order, step, finite, _ = carry
             previous = states.params
             order, indices = batched_indices(order, step, batch_size)
-            stepped, metrics = batched_step(states, (train_images[indices], train_labels[indices]))
+            batch = shard_batch((train_images[indices], train_labels[indices]))
+            stepped, metrics = batched_step(states, batch)
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
             states = jax.tree.map(
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
@@ -206,12 +221,31 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
     return Programs(jax.jit(train_chunk, donate_argnums=donate), jax.jit(evaluate))
 
 
+def _cell_identity(num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
+                   group_size, per_trial_order, mesh, measurements) -> dict:
+    """What a checkpoint must match to continue this cell (JSON)."""
+    return {'num_trials': num_trials, 'batch_size': batch_size, 'goal_error': goal_error, 'max_steps': max_steps,
+            'check_every': check_every, 'data_seed': data_seed, 'until': until, 'compaction': compaction,
+            'group_size': group_size, 'per_trial_order': per_trial_order,
+            'mesh': None if mesh is None else dict(mesh.shape),
+            'measurements': None if measurements is None else [
+                measurements.lipschitz_every, measurements.noise_scale_every,
+                list(measurements.noise_scale_batch_sizes), measurements.noise_scale_draws,
+                measurements.lipschitz_examples, measurements.chunk_size, measurements.seed]}
+
+
+def _float_list(values: np.ndarray) -> list:
+    """JSON floats; inf and nan as strings, which float() reads back."""
+    return [float(v) if np.isfinite(v) else str(float(v)) for v in values]
+
+
 def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Callable,
              train_images: jax.Array, train_labels: jax.Array, val_images: jax.Array,
              val_labels: jax.Array, batch_size: int, goal_error: float, max_steps: int,
              check_every: int, data_seed: int = 0, until: str = 'first', compaction: bool = True,
              group_size: int | None = None, per_trial_order: bool = False,
              keep_final_state: bool = False, measurements: smoothness.Measurements | None = None,
+             mesh: Any = None, checkpoints: Any = None,
              log: Callable[[str], None] | None = None, log_every_seconds: float = 10.0) -> CellResult:
     """Trains the N stacked `trials` of one cell and returns each trial's steps-to-result.
 
@@ -220,6 +254,10 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     group_size caps the trials on the device at once (None: all); per_trial_order gives trial i
     the data seed data_seed + i instead of one shared order. `measurements` adds the smoothness
     and noise-scale series of every live trial (on copies: trajectories do not change).
+    With a `mesh` (parallel.make_mesh) the slots of each group are sharded over its 'trial' axis
+    (padded to a multiple of it with inert copies that never count) and batches over its 'data'
+    axis. `checkpoints` (checkpoints.CellCheckpoints) saves the whole cell every few checks and
+    resumes from the newest intact checkpoint; the result is the same as an uninterrupted run.
     """
     if until not in UNTIL:
         raise ValueError(f'until must be one of {", ".join(UNTIL)}, got {until!r}')
@@ -227,17 +265,23 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         raise ValueError(f'max_steps={max_steps} must be a multiple of check_every={check_every}')
     if batch_size > train_images.shape[0]:
         raise ValueError(f'batch_size={batch_size} is larger than the training split ({train_images.shape[0]})')
+    if checkpoints is not None and keep_final_state:
+        raise ValueError('keep_final_state cannot be combined with checkpoints')
+    if batch_size % parallel.data_count(mesh):
+        raise ValueError(f'batch_size={batch_size} is not divisible by the {parallel.data_count(mesh)} devices '
+                         f"of the mesh's 'data' axis")
     started = time.perf_counter()
     num_trials = int(jax.tree.leaves(trials)[0].shape[0])
     group_size = num_trials if group_size is None else max(1, min(group_size, num_trials))
-    programs = compile_programs(train_step, val_error, batch_size, check_every, per_trial_order)
+    multiple = parallel.trial_count(mesh)
+    programs = compile_programs(train_step, val_error, batch_size, check_every, per_trial_order, mesh)
     measuring = measurements is not None and measurements.active
     if measuring:
         smoothness.validate_measurements(measurements, check_every, int(train_images.shape[0]))
         measure = smoothness.compile_measurements(measurements)
         lipschitz_examples = measurements.lipschitz_examples or int(train_images.shape[0])
-    lipschitz_series: list[list] = [[] for _ in range(num_trials)]
-    noise_scale_series: list[list] = [[] for _ in range(num_trials)]
+    train_images, train_labels, val_images, val_labels = parallel.place_replicated(
+        (train_images, train_labels, val_images, val_labels), mesh)
 
     status = np.full(num_trials, RUNNING)
     steps_to_result = np.full(num_trials, -1)
@@ -245,31 +289,35 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     last_val_error = np.full(num_trials, np.nan)
     steps = np.zeros(num_trials, dtype=np.int64)
     final_states: dict[int, Any] = {}
+    lipschitz_series: list[list] = [[] for _ in range(num_trials)]
+    noise_scale_series: list[list] = [[] for _ in range(num_trials)]
 
     num_examples = int(train_images.shape[0])
+    shared_order = None
     if per_trial_order:
         orders = stack_trees([trial.init_data_order(data_seed + i, num_examples) for i in range(num_trials)])
     else:
-        shared_order = trial.init_data_order(data_seed, num_examples)
+        shared_order = parallel.place_replicated(trial.init_data_order(data_seed, num_examples), mesh)
 
     # Slots: padded to whole groups with copies of trial 0 that never count (slot_trial = -1).
     def layout(trial_indices: np.ndarray, source: Any, source_slot_of: dict[int, int]):
-        num_groups, per_group = bucket_layout(len(trial_indices), group_size)
+        num_groups, per_group = bucket_layout(len(trial_indices), group_size, multiple)
         size = num_groups * per_group
         slot_trial = np.full(size, -1)
         slot_trial[:len(trial_indices)] = trial_indices
         rows = np.array([source_slot_of[int(t)] for t in trial_indices] +
                         [source_slot_of[int(trial_indices[0])]] * (size - len(trial_indices)))
         taken = tree_take(source, rows)
-        groups = [jax.tree.map(lambda leaf: leaf[g:g + per_group], taken) for g in range(0, size, per_group)]
+        groups = [parallel.place_trials(jax.tree.map(lambda leaf: leaf[g:g + per_group], taken), mesh)
+                  for g in range(0, size, per_group)]
         return slot_trial, groups
 
-    slot_trial, groups = layout(np.arange(num_trials), (trials, orders) if per_trial_order else trials,
-                                {i: i for i in range(num_trials)})
+    def states_of(group):
+        return group[0] if per_trial_order else group
 
     def record(pending: list, live_slots: np.ndarray, at_step: int) -> None:
         """Appends this check's measurements (one host read with the check's) to the live trials' series."""
-        lipschitz, noise_scale = jax.device_get(pending)
+        lipschitz, noise_scale = parallel.to_host(pending)
         if lipschitz is not None:
             values = np.concatenate([estimate.lipschitz for estimate in lipschitz])
             for slot in live_slots:
@@ -280,43 +328,81 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
             for slot in live_slots:
                 noise_scale_series[slot_trial[slot]].append((at_step,) + tuple(float(c[slot]) for c in columns))
 
-    def group_params(group):
-        return (group[0] if per_trial_order else group).params, (group[0] if per_trial_order else group).mask
+    step, checks, computed, needed, elapsed_before = 0, 0, 0, 0, 0.0
+    restored = None
+    if checkpoints is not None:
+        checkpoints.require({'engine': _cell_identity(
+            num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction, group_size,
+            per_trial_order, mesh, measurements if measuring else None)})
+        template = jax.tree.map(lambda leaf: leaf[0], (trials, orders) if per_trial_order else trials)
+        sharding = parallel.trial_sharding(mesh) if mesh is not None else None
 
-    step, checks, computed, needed, last_log = 0, 0, 0, 0, started
-    if measuring and measurements.noise_scale_every:
-        key = measurements.noise_scale_key(0)
-        record([None, [measure.noise_scale(*group_params(group), train_images, train_labels, key)
-                       for group in groups]], np.flatnonzero(slot_trial >= 0), 0)
+        def abstract_arrays(host):
+            group = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+                (host['per_group'],) + leaf.shape, leaf.dtype, sharding=sharding or leaf.sharding), template)
+            order = None if per_trial_order else jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), shared_order)
+            return {'groups': [group] * host['num_groups'], 'shared_order': order}
+
+        restored = checkpoints.restore(abstract_arrays)
+    if restored is not None:
+        arrays, host = restored
+        groups, shared_order = list(arrays['groups']), arrays['shared_order']
+        slot_trial = np.asarray(host['slot_trial'], dtype=np.int64)
+        step, checks, computed, needed = host['step'], host['checks'], host['computed'], host['needed']
+        elapsed_before = host['elapsed_seconds']
+        status[:] = host['status']
+        steps_to_result[:] = host['steps_to_result']
+        best_val_error[:] = [float(v) for v in host['best_val_error']]
+        last_val_error[:] = [float(v) for v in host['last_val_error']]
+        steps[:] = host['steps']
+        lipschitz_series = [[(s, float(v)) for s, v in series] for series in host['lipschitz']]
+        noise_scale_series = [[(row[0],) + tuple(float(v) for v in row[1:]) for row in series]
+                              for series in host['noise_scale']]
+        if log is not None:
+            log(f'  resumed from checkpoint at step {step} ({checks} checks)')
+    else:
+        slot_trial, groups = layout(np.arange(num_trials), (trials, orders) if per_trial_order else trials,
+                                    {i: i for i in range(num_trials)})
+        if measuring and measurements.noise_scale_every:
+            key = measurements.noise_scale_key(0)
+            record([None, [measure.noise_scale(states_of(group).params, states_of(group).mask, train_images,
+                                               train_labels, key) for group in groups]],
+                   np.flatnonzero(slot_trial >= 0), 0)
+    started -= elapsed_before
+    last_log = time.perf_counter()
+
     while step < max_steps and (status == RUNNING).any():
         per_group = len(slot_trial) // len(groups)
         errors, finite = [], []
-        measure_lipschitz = measuring and measurements.lipschitz_every and (step + check_every) % measurements.lipschitz_every == 0
-        measure_noise = measuring and measurements.noise_scale_every and (step + check_every) % measurements.noise_scale_every == 0
+        next_step = step + check_every
+        measure_lipschitz = measuring and measurements.lipschitz_every and next_step % measurements.lipschitz_every == 0
+        measure_noise = measuring and measurements.noise_scale_every and next_step % measurements.noise_scale_every == 0
         lipschitz, noise_scale = ([] if measure_lipschitz else None), ([] if measure_noise else None)
         for g, group in enumerate(groups):
             group_trials = slot_trial[g * per_group:(g + 1) * per_group]
-            active = jnp.asarray((group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING))
+            # numpy, not a device array: jit treats it as replicated, on one host or several.
+            active = (group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING)
             states, order = group if per_trial_order else (group, shared_order)
             states, next_order, group_finite, previous = programs.train_chunk(
-                states, active, order, jnp.int32(step), train_images, train_labels)
+                states, active, order, np.int32(step), train_images, train_labels)
             group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
             if measure_lipschitz:
                 lipschitz.append(measure.lipschitz(previous, states.params, states.mask,
                                                    train_images[:lipschitz_examples], train_labels[:lipschitz_examples]))
             if measure_noise:
                 noise_scale.append(measure.noise_scale(states.params, states.mask, train_images, train_labels,
-                                                       measurements.noise_scale_key(step + check_every)))
+                                                       measurements.noise_scale_key(next_step)))
             groups[g] = (states, next_order) if per_trial_order else states
             errors.append(group_errors)
             finite.append(group_finite)
         if not per_trial_order:
             shared_order = next_order
-        step += check_every
+        step = next_step
         checks += 1
         computed += len(slot_trial) * check_every
         # The one host read per check: an error and a finiteness flag per slot.
-        errors, finite = np.concatenate(jax.device_get(errors)), np.concatenate(jax.device_get(finite))
+        errors, finite = (np.concatenate(values) for values in parallel.to_host((errors, finite)))
         live_slots = np.flatnonzero((slot_trial >= 0) & (status[np.maximum(slot_trial, 0)] == RUNNING))
         if measure_lipschitz or measure_noise:
             record([lipschitz, noise_scale], live_slots, step)
@@ -343,13 +429,26 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         if until == 'first' and (status == REACHED).any():
             break
         live = np.flatnonzero(status == RUNNING)
-        if compaction and len(live) and bucket_size(len(live), group_size) < len(slot_trial):
+        if compaction and len(live) and bucket_size(len(live), group_size, multiple) < len(slot_trial):
             flat = tree_concatenate(groups)
             if keep_final_state:
                 _save_ended(final_states, slot_trial, status, flat[0] if per_trial_order else flat)
             slot_of = {int(t): s for s, t in enumerate(slot_trial) if t >= 0}
             slot_trial, groups = layout(live, flat, slot_of)
+        if checkpoints is not None and len(live) and step < max_steps and checkpoints.due(checks):
+            checkpoints.save(checks, {'groups': groups, 'shared_order': shared_order}, {
+                'step': step, 'checks': checks, 'computed': computed, 'needed': needed,
+                'elapsed_seconds': time.perf_counter() - started, 'num_groups': len(groups),
+                'per_group': len(slot_trial) // len(groups), 'slot_trial': slot_trial.tolist(),
+                'status': status.tolist(), 'steps_to_result': steps_to_result.tolist(),
+                'best_val_error': _float_list(best_val_error), 'last_val_error': _float_list(last_val_error),
+                'steps': steps.tolist(),
+                'lipschitz': [[[s, _float_list([v])[0]] for s, v in series] for series in lipschitz_series],
+                'noise_scale': [[[row[0]] + _float_list(np.asarray(row[1:])) for row in series]
+                                for series in noise_scale_series]})
 
+    if checkpoints is not None:
+        checkpoints.close()
     final_state = None
     if keep_final_state:
         flat = tree_concatenate(groups)

@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 
 from dps_jax import config as config_lib
-from dps_jax import analysis, data, engine, masks, optim, plots, search, smoothness, store, trial, workload
+from dps_jax import (analysis, checkpoints, data, engine, masks, optim, parallel, plots, search, smoothness, store,
+                     trial, workload)
 
 # Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
 # summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
@@ -119,6 +120,19 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                     os.replace(os.path.join(workdir, name), os.path.join(aside, name))
             log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
     store.atomic_write_json(path, config.to_dict())
+
+
+def study_mesh(config: ml_collections.ConfigDict):
+    """The device mesh of config.mesh; None on a single device."""
+    try:
+        mesh = parallel.make_mesh(config.mesh.trial, config.mesh.data)
+    except ValueError as error:
+        raise config_lib.ConfigError(f'config.{error}') from None
+    for batch_size in config.batch_sizes:
+        if batch_size % config.mesh.data:
+            raise config_lib.ConfigError(f'config.batch_sizes has {batch_size}, which config.mesh.data='
+                                         f'{config.mesh.data} devices cannot split evenly')
+    return None if mesh.size == 1 else mesh
 
 
 def cell_dir(workdir: str, sparsity: float, batch_size: int) -> str:
@@ -244,26 +258,36 @@ def report(workdir: str, log: Callable[[str], None] = print) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> None:
-    """Runs (or resumes) the study of `config` in `workdir` and writes the results store."""
+    """Runs (or resumes) the study of `config` in `workdir` and writes the results store.
+
+    In a multi-host run every process computes and only process 0 writes and logs.
+    """
+    main = parallel.is_main_process()
+    log = log if main else (lambda line: None)
     config_lib.validate_study_config(config)
     cells = grid_cells(config)
+    mesh = study_mesh(config)
     work = None
     if not config.plan_only:
         # Checks against the training split come before config.json is written, so a refused
         # value does not lock the workdir to it.
         work = workload.load_workload(config)
         config_lib.validate_study_config(config, work.num_train_examples)
-    prepare_workdir(config, workdir, log)
-    store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
+    if main:
+        prepare_workdir(config, workdir, log)
+        store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
+    parallel.barrier('workdir prepared')  # the other processes read which cells are finished
     if config.plan_only:
         log(f'plan: {len(cells)} cells x {config.num_trials} trials, written to {os.path.join(workdir, "plan.json")}')
         return
     remaining = [cell for cell in cells if not is_finished(workdir, *cell)]
     log(f'{len(cells)} cells, {len(cells) - len(remaining)} already finished, {len(remaining)} to run')
     if remaining:
-        _run_cells(config, work, workdir, remaining, cells, log)
-    write_summary_csv(workdir)
-    report(workdir, log)
+        log(f'devices: {parallel.describe(mesh)}')
+        _run_cells(config, work, workdir, remaining, cells, log, mesh)
+    if main:
+        write_summary_csv(workdir)
+        report(workdir, log)
 
 
 def smoothness_measurements(config: ml_collections.ConfigDict, apply_fn) -> smoothness.Measurements | None:
@@ -278,7 +302,7 @@ def smoothness_measurements(config: ml_collections.ConfigDict, apply_fn) -> smoo
         chunk_size=config.smoothness_chunk_size, seed=config.data_seed)
 
 
-def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) -> None:
+def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None) -> None:
     log(data.describe(work.dataset))
     model, apply_fn, optimizer, example_shape = work.model, work.apply_fn, work.optimizer, work.example_shape
     train_images, train_labels = work.train_images, work.train_labels
@@ -330,23 +354,35 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log) 
             states = make_states(params, mask, hyperparameters)
             group_size = config.trials_per_group or group_sizes.get(batch_size)
             if not group_size:
-                group_size = engine.estimate_group_size(
-                    train_step, jax.tree.map(lambda leaf: leaf[0], states), example_shape, batch_size,
-                    memory_bytes, num_trials)
+                # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group.
+                group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
+                    train_step, jax.tree.map(lambda leaf: leaf[0], states), example_shape,
+                    batch_size // parallel.data_count(mesh), memory_bytes, num_trials)
+                group_size = min(group_size, num_trials)
                 group_sizes[batch_size] = group_size
                 if group_size < num_trials:
                     log(f'  memory: {group_size} trials at a time')
+            cell_checkpoints = None
+            if config.checkpoint_every:
+                cell_checkpoints = checkpoints.CellCheckpoints(
+                    os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
+                    identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())},
+                    log=log)
             result = engine.run_cell(
                 states, train_step=train_step, val_error=val_error, train_images=train_images,
                 train_labels=train_labels, val_images=val_images, val_labels=val_labels,
                 batch_size=batch_size, goal_error=config.goal_error, max_steps=config.max_steps,
                 check_every=config.check_every, data_seed=config.data_seed, until=config.until,
                 compaction=config.compaction, group_size=group_size,
-                per_trial_order=config.per_trial_data_order, measurements=measurements, log=log,
+                per_trial_order=config.per_trial_data_order, measurements=measurements, mesh=mesh,
+                checkpoints=cell_checkpoints, log=log,
                 log_every_seconds=config.progress_every_seconds)
             summary = cell_summary(result, sparsity, batch_size, config.until)
-            write_cell(workdir, trial_records(result, values), summary)
-            write_summary_csv(workdir)
+            if parallel.is_main_process():
+                write_cell(workdir, trial_records(result, values), summary)
+                write_summary_csv(workdir)
+            if cell_checkpoints is not None:
+                cell_checkpoints.remove()  # after the results: a kill in between resumes, not restarts
             steps = summary['steps_to_result']
             outcome = f'{steps} (trial {summary["best_trial"]})' if steps is not None else 'not reached'
             log(f'  -> steps-to-result {outcome}, {summary["trial_steps_computed"]:,d} trial-steps '

@@ -19,9 +19,11 @@ FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 needs_data = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
 
 # A study small enough for a test: 3 cells of one batch size (one compile), 3 trials, a few checks.
+# Six checks per cell and a checkpoint after each, so that a cell can be killed between two.
 TINY = ['--config.sparsities=(0.0,0.5,0.8)', '--config.batch_sizes=(32,)', '--config.num_trials=3',
-        '--config.goal_error=0.5', '--config.check_every=20', '--config.max_steps=40',
-        '--config.snip_examples=300', '--config.until=all', '--config.compaction=False']
+        '--config.goal_error=0.2', '--config.check_every=10', '--config.max_steps=60',
+        '--config.snip_examples=300', '--config.until=all', '--config.compaction=False',
+        '--config.checkpoint_every=1']
 
 
 def tiny_config(**overrides):
@@ -175,6 +177,18 @@ def test_a_batch_size_larger_than_the_training_split_is_named():
         config_lib.validate_study_config(tiny_config(batch_sizes=(32, 60000)), 54000)
 
 
+def test_mesh_fields_are_checked_against_the_devices():
+    config = tiny_config()
+    config.mesh.trial = -1
+    with pytest.raises(config_lib.ConfigError, match=r'config.mesh.trial=-1 must be >= 0'):
+        config_lib.validate_study_config(config)
+    config.mesh.trial = 3  # this process has 1 device
+    with pytest.raises(config_lib.ConfigError, match=r'config.mesh.trial=3 x mesh.data=1 = 3 devices, but there are 1'):
+        study.study_mesh(config)
+    config.mesh.trial = 0
+    assert study.study_mesh(config) is None  # one device: no mesh
+
+
 def test_lipschitz_examples_beyond_the_training_split_are_named():
     with pytest.raises(config_lib.ConfigError, match='config.lipschitz_examples=60000 is larger than the training split'):
         config_lib.validate_study_config(tiny_config(lipschitz_examples=60000), 54000)
@@ -186,27 +200,53 @@ def launch(workdir, *extra):
                              *TINY, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
-@needs_data
-def test_a_study_killed_mid_way_resumes_to_the_same_summary(tmp_path):
-    whole, killed = tmp_path / 'whole', tmp_path / 'killed'
+@pytest.fixture(scope='module')
+def uninterrupted_study(tmp_path_factory):
+    whole = tmp_path_factory.mktemp('whole')
     first = launch(whole)
     output = first.communicate(timeout=900)[0]
     assert first.returncode == 0, output[-3000:]
-    assert 'steps to result (goal validation error 0.5)' in output
+    assert 'steps to result (goal validation error 0.2)' in output
+    assert not (whole / 'checkpoints' / '0_32').exists()  # removed once the cell's results are written
+    return whole
 
-    victim = launch(killed)
-    deadline = time.time() + 900
-    while not (killed / 'cells' / '0_32' / 'summary.json').exists():
+
+def kill_when(victim, condition, deadline_seconds=900):
+    deadline = time.time() + deadline_seconds
+    while not condition():
         assert victim.poll() is None and time.time() < deadline, 'the study ended before it could be killed'
-        time.sleep(0.05)
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert not (killed / 'cells' / '0.8_32' / 'summary.json').exists()
 
-    resumed = launch(killed)
+
+def assert_same_store(got, want):
+    assert (got / 'summary.csv').read_text() == (want / 'summary.csv').read_text()
+    for cell in ('0_32', '0.5_32', '0.8_32'):
+        assert (got / 'cells' / cell / 'trials.jsonl').read_text() == (want / 'cells' / cell / 'trials.jsonl').read_text()
+
+
+@needs_data
+def test_a_study_killed_between_cells_resumes_to_the_same_summary(tmp_path, uninterrupted_study):
+    victim = launch(tmp_path)
+    kill_when(victim, lambda: (tmp_path / 'cells' / '0_32' / 'summary.json').exists())
+    assert not (tmp_path / 'cells' / '0.8_32' / 'summary.json').exists()
+    resumed = launch(tmp_path)
     output = resumed.communicate(timeout=900)[0]
     assert resumed.returncode == 0, output[-3000:]
     assert '3 cells, 1 already finished, 2 to run' in output or '3 cells, 2 already finished, 1 to run' in output
-    assert (killed / 'summary.csv').read_text() == (whole / 'summary.csv').read_text()
-    for cell in ('0_32', '0.5_32', '0.8_32'):
-        assert (killed / 'cells' / cell / 'trials.jsonl').read_text() == (whole / 'cells' / cell / 'trials.jsonl').read_text()
+    assert_same_store(tmp_path, uninterrupted_study)
+
+
+@needs_data
+def test_a_cell_killed_mid_way_resumes_from_its_checkpoint_to_the_same_results(tmp_path, uninterrupted_study):
+    checkpoints = tmp_path / 'checkpoints' / '0_32'
+    victim = launch(tmp_path)
+    kill_when(victim, lambda: checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+    assert not (tmp_path / 'cells' / '0_32' / 'summary.json').exists()
+    resumed = launch(tmp_path)
+    output = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert '3 cells, 0 already finished, 3 to run' in output
+    assert 'resumed from checkpoint at step' in output
+    assert_same_store(tmp_path, uninterrupted_study)

@@ -1,0 +1,113 @@
+"""Cost of the device mesh and of mid-cell checkpoints, as ratios against baselines of the same run.
+
+1. trial-steps/s of the engine's training chunk (Simple-CNN, 16 trials, batch 64) with the
+   'trial' axis over 1, 2 and 8 forced CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count,
+   one subprocess each). The devices share the machine's cores, so this measures the overhead
+   of partitioning, not a speed-up.
+2. a whole cell (run_cell until 'all' with a budget) with checkpoints every `checkpoint_every`
+   checks against the same cell without checkpoints: wall time.
+
+    python benchmarks/devices.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+NUM_TRIALS, BATCH_SIZE = 16, 64
+
+
+def setup(num_examples=4096):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dps_jax import engine, models, optim, search, trial
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32)
+    model = models.SimpleCNN()
+    apply_fn = lambda params, batch: model.apply({'params': params}, batch)
+    optimizer = optim.make_optimizer('sgd')
+    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.5)
+    rates = search.search_points(['learning_rate'], NUM_TRIALS)['learning_rate']
+    trials = engine.init_trials(init_trial, np.arange(NUM_TRIALS), {'learning_rate': rates}, images, labels)
+    return images, labels, apply_fn, optimizer, trials
+
+
+def throughput(steps: int) -> dict:
+    """In a process with forced devices: trial-steps/s of the chunk with all devices on 'trial'."""
+    import jax
+    import numpy as np
+
+    from dps_jax import engine, parallel, trial
+
+    images, labels, apply_fn, optimizer, trials = setup()
+    mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error(apply_fn),
+                                       BATCH_SIZE, steps, False, mesh)
+    trials = parallel.place_trials(trials, mesh)
+    images, labels = parallel.place_replicated((images, labels), mesh)
+    order = parallel.place_replicated(trial.init_data_order(0, images.shape[0]), mesh)
+    active = np.ones(NUM_TRIALS, bool)
+    run = lambda: programs.train_chunk(trials, active, order, np.int32(0), images, labels)
+    jax.block_until_ready(run())
+    best = float('inf')
+    for _ in range(3):
+        started = time.perf_counter()
+        jax.block_until_ready(run())
+        best = min(best, time.perf_counter() - started)
+    return {'devices': jax.device_count(), 'trial_steps_per_second': NUM_TRIALS * steps / best}
+
+
+def checkpoint_overhead(quick: bool) -> None:
+    from dps_jax import checkpoints, engine, trial
+
+    images, labels, apply_fn, optimizer, trials = setup()
+    settings = dict(train_step=trial.make_train_step(apply_fn, optimizer), val_error=trial.make_val_error(apply_fn, 100),
+                    train_images=images[:3584], train_labels=labels[:3584], val_images=images[3584:],
+                    val_labels=labels[3584:], batch_size=BATCH_SIZE, goal_error=1e-6, check_every=20,
+                    max_steps=100 if quick else 400, until='all')
+    engine.run_cell(trials, **{**settings, 'max_steps': 20})  # compile outside the timings
+    plain = engine.run_cell(trials, **settings).wall_seconds
+    for every in (10, 1):
+        with tempfile.TemporaryDirectory() as directory:
+            saver = checkpoints.CellCheckpoints(directory, every, identity={'benchmark': True})
+            taken = engine.run_cell(trials, **settings, checkpoints=saver).wall_seconds
+            saves = len(range(every, settings['max_steps'] // 20, every))
+        print(f'  checkpoint every {every:>2d} checks ({saves} saves of {NUM_TRIALS} trials): '
+              f'{taken:6.1f} s vs {plain:6.1f} s without, overhead {100 * (taken / plain - 1):+5.1f}%', flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true')
+    parser.add_argument('--child_steps', type=int, default=0, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    sys.path.insert(0, ROOT)
+    if arguments.child_steps:
+        print(json.dumps(throughput(arguments.child_steps)))
+        return
+    steps = 5 if arguments.quick else 20
+    print(f'1. training chunk, {NUM_TRIALS} Simple-CNN trials, batch {BATCH_SIZE}, trial axis over forced CPU devices:')
+    baseline = None
+    for devices in (1, 2, 8):
+        env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+        output = subprocess.run([sys.executable, os.path.abspath(__file__), f'--child_steps={steps}'], env=env,
+                                capture_output=True, text=True, check=True).stdout
+        rate = json.loads(output.strip().splitlines()[-1])['trial_steps_per_second']
+        baseline = baseline or rate
+        print(f'  {devices} device(s): {rate:7.1f} trial-steps/s, {rate / baseline:.3f}x of 1 device', flush=True)
+    print('2. a whole cell with and without mid-cell checkpoints (1 device):')
+    checkpoint_overhead(arguments.quick)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,68 @@
+"""Runs one small engine cell on forced CPU devices and prints its results as JSON (last line).
+
+Started by tests/test_parallel.py in a subprocess, because the device count is fixed when JAX
+starts:
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.devices_worker meshes
+    python -m tests.devices_worker process PROCESS_ID PORT   # one of two processes, 4 devices each
+"""
+
+import json
+import os
+import sys
+
+
+def cell(mesh=None, num_trials=7, keep_final_state=True, **overrides):
+    import jax
+    import numpy as np
+
+    from dps_jax import parallel
+    from tests.test_engine import RATES, cell_setup, run
+
+    rates = np.resize(RATES, num_trials)
+    trials, tx, _, _ = cell_setup(rates=rates)
+    settings = dict(max_steps=100, check_every=10, goal_error=0.14, until='all', compaction=True,
+                    keep_final_state=keep_final_state, mesh=mesh)
+    settings.update(overrides)
+    result = run(trials, tx, **settings)
+    record = {'status': result.status.tolist(), 'steps_to_result': result.steps_to_result.tolist(),
+              'steps': result.steps.tolist(), 'last_val_error': result.last_val_error.tolist(),
+              'trial_steps_computed': int(result.trial_steps_computed), 'devices': jax.device_count()}
+    if keep_final_state:
+        record['params'] = [leaf.tolist() for leaf in jax.tree.leaves(parallel.to_host(result.final_state.params))]
+    return record
+
+
+def meshes():
+    import jax
+
+    from dps_jax import parallel
+
+    devices = jax.devices()
+    return {
+        'one_device': cell(None),
+        'trial_8': cell(parallel.make_mesh(trial=8)),
+        'data_2_trial_4': cell(parallel.make_mesh(trial=4, data=2)),
+        'one_device_5': cell(None, num_trials=5),
+        'trial_8_5': cell(parallel.make_mesh(trial=8), num_trials=5),
+        'trial_8_devices': [str(device) for device in devices],
+    }
+
+
+def process(process_id, port):
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    from dps_jax import parallel
+
+    parallel.initialize_distributed('on', f'localhost:{port}', 2, process_id)
+    result = cell(parallel.make_mesh(), keep_final_state=False)
+    result['process_index'] = parallel.jax.process_index()
+    result['main'] = parallel.is_main_process()
+    return result
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if sys.argv[1] == 'meshes':
+        output = meshes()
+    else:
+        output = process(int(sys.argv[2]), sys.argv[3])
+    print(json.dumps(output))
