@@ -25,21 +25,9 @@ NUM_TRIALS, BATCH_SIZE = 16, 64
 
 
 def setup(num_examples=4096):
-    import jax.numpy as jnp
-    import numpy as np
-
-    from dps_jax import engine, models, optim, search, trial
-
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32)
-    model = models.SimpleCNN()
-    apply_fn = lambda params, batch: model.apply({'params': params}, batch)
-    optimizer = optim.make_optimizer('sgd')
-    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.5)
-    rates = search.search_points(['learning_rate'], NUM_TRIALS)['learning_rate']
-    trials = engine.init_trials(init_trial, np.arange(NUM_TRIALS), {'learning_rate': rates}, images, labels)
-    return images, labels, apply_fn, optimizer, trials
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import simple_cnn_trials
+    return simple_cnn_trials(NUM_TRIALS, num_examples)
 
 
 def throughput(steps: int) -> dict:

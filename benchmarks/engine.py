@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dps_jax import engine, models, optim, search, trial  # noqa: E402
+from common import seconds  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_flops_per_second,  # noqa: E402
                     simple_cnn_training_flops_per_example)
 
@@ -43,17 +44,6 @@ def make_trials(model, optimizer, num_trials, images, labels):
     init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.9)
     rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
-
-
-def seconds(run, repeats=2):
-    """Best of `repeats` timed runs after one warm-up (compile) run."""
-    jax.block_until_ready(run())
-    best = float('inf')
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(run())
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def steps_for(num_trials, batch_size, quick):

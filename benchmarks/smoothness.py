@@ -19,40 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from dps_jax import engine, models, optim, search, smoothness, trial  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import seconds, simple_cnn_trials as setup  # noqa: E402
+
+from dps_jax import engine, smoothness, trial  # noqa: E402
 
 BATCH_SIZE = 64
-
-
-def seconds(run, repeats=2):
-    """Best of `repeats` timed runs after one warm-up (compile) run."""
-    jax.block_until_ready(run())
-    best = float('inf')
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(run())
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def setup(num_trials, num_examples):
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32)
-    model = models.SimpleCNN()
-    apply_fn = lambda params, batch: model.apply({'params': params}, batch)
-    optimizer = optim.make_optimizer('sgd')
-    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.5)
-    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
-    trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
-    return images, labels, apply_fn, optimizer, trials
 
 
 def training_step_seconds(apply_fn, optimizer, trials, images, labels, steps):
