@@ -361,14 +361,11 @@ def analyze(study: Study, num_resamples: int = 1000, scaling_tolerance: float = 
     return result
 
 
-def _series_values(trial: Mapping[str, Any] | None, series: str, column: str, first_step_only: bool = False
-                   ) -> list[float]:
-    """The finite values of one column of a trial's stored series (only the step-0 value if asked)."""
+def _series_values(trial: Mapping[str, Any] | None, series: str, column: str) -> list[float]:
+    """The finite values of one column of a trial's stored series."""
     if trial is None or series not in trial:
         return []
-    steps, values = trial[series]['step'], trial[series][column]
-    return [float(value) for step, value in zip(steps, values)
-            if value is not None and math.isfinite(value) and (not first_step_only or step == 0)]
+    return [float(value) for value in trial[series][column] if value is not None and math.isfinite(value)]
 
 
 def _stats(values: Sequence[float], how: str) -> float | None:
@@ -377,13 +374,29 @@ def _stats(values: Sequence[float], how: str) -> float | None:
     return float({'mean': np.mean, 'max': np.max, 'median': np.median}[how](values))
 
 
+def _b_simple(trials: Sequence[Mapping[str, Any] | None], first_step_only: bool = False) -> float | None:
+    """Mean tr(Sigma) / mean |G|^2 over the trials' stored noise-scale rows (REFERENCE.md: average
+    numerator and denominator separately); None without rows or when the mean |G|^2 <= 0."""
+    pairs = []
+    for trial in trials:
+        if trial is None or 'noise_scale' not in trial:
+            continue
+        series = trial['noise_scale']
+        for step, norm, trace in zip(series['step'], series['gradient_norm_squared'], series['trace_covariance']):
+            if norm is not None and trace is not None and (not first_step_only or step == 0):
+                pairs.append((norm, trace))
+    if not pairs or np.mean([norm for norm, _ in pairs]) <= 0:
+        return None
+    return float(np.mean([trace for _, trace in pairs]) / np.mean([norm for norm, _ in pairs]))
+
+
 def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per sparsity: L along training and B_simple, next to the fitted critical batch size.
 
     L: mean and max over the measurements of each cell's best trial, and of every reached trial,
-    pooled over the sparsity's batch sizes. B_simple: median over all trials at step 0 (before
-    any training: a prediction) and median over the best trials' training. Empty if the study
-    measured neither.
+    pooled over the sparsity's batch sizes. B_simple: over all trials at step 0 (before any
+    training: a prediction) and over the best trials' training, each as mean tr(Sigma) / mean
+    |G|^2. Empty if the study measured neither.
     """
     rows = []
     for curve in curves:
@@ -395,16 +408,15 @@ def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) ->
         reached = [trial for cell in cells for trial in cell.trials if _reached_steps(trial) is not None]
         best_l = [v for trial in best for v in _series_values(trial, 'lipschitz', 'value')]
         reached_l = [v for trial in reached for v in _series_values(trial, 'lipschitz', 'value')]
-        initial = [v for cell in cells for trial in cell.trials
-                   for v in _series_values(trial, 'noise_scale', 'b_simple', first_step_only=True)]
-        along = [v for trial in best for v in _series_values(trial, 'noise_scale', 'b_simple')]
+        initial = _b_simple([trial for cell in cells for trial in cell.trials], first_step_only=True)
+        along = _b_simple(best)
         fit = curve['fit'] or {}
         rows.append({
             'sparsity': sparsity,
             'lipschitz_best_mean': _stats(best_l, 'mean'), 'lipschitz_best_max': _stats(best_l, 'max'),
             'lipschitz_reached_mean': _stats(reached_l, 'mean'), 'lipschitz_reached_max': _stats(reached_l, 'max'),
             'lipschitz_measurements': len(reached_l),
-            'b_simple_initial': _stats(initial, 'median'), 'b_simple_training': _stats(along, 'median'),
+            'b_simple_initial': initial, 'b_simple_training': along,
             'b_crit': fit.get('b_crit'), 'b_crit_std': fit.get('b_crit_std'),
         })
     return rows
@@ -421,7 +433,7 @@ def describe_smoothness(result: Mapping[str, Any]) -> str:
         lines.append(f'{row["sparsity"]:>8g}  {show(row["lipschitz_best_mean"], ".3g"):>8}  '
                      f'{show(row["lipschitz_best_max"], ".3g"):>8}  {show(row["b_simple_initial"], ".3g"):>10}  '
                      f'{show(row["b_simple_training"], ".3g"):>9}  {show(row["b_crit"], ".0f"):>7}')
-    return ('smoothness (L of the best trial over training; B_simple median at step 0 and along training; '
+    return ('smoothness (L of the best trial over training; B_simple at step 0 and along training; '
             'fitted B_crit):\n' + '\n'.join(lines))
 
 

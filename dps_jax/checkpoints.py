@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from typing import Any, Callable
 
@@ -23,10 +24,12 @@ from dps_jax import parallel
 FORMAT = 1  # bump when the saved layout changes: older checkpoints are then ignored, not misread
 
 
+_leaf_sums = jax.jit(lambda leaves: [jnp.sum(leaf.astype(jnp.float32)) for leaf in leaves])
+
+
 def fingerprint(tree: Any) -> list[float]:
     """One float per leaf (the sum of its entries as float32), to check arrays read back intact."""
-    sums = jax.jit(lambda leaves: [jnp.sum(leaf.astype(jnp.float32)) for leaf in leaves])(jax.tree.leaves(tree))
-    return [float(value) for value in parallel.to_host(sums)]
+    return [float(value) for value in parallel.to_host(_leaf_sums(jax.tree.leaves(tree)))]
 
 
 def _same_fingerprint(saved: list, restored: list) -> bool:
@@ -50,12 +53,12 @@ class CellCheckpoints:
 
         logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs ~60 INFO lines per save
         self._ocp = ocp
-        self.directory = directory
+        self.directory = os.path.abspath(directory)  # orbax refuses relative paths
         self.every_checks = every_checks
         self.identity = json.loads(json.dumps({'format': FORMAT, **identity}))
         self.log = log or (lambda line: None)
         self.manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True))
 
     def require(self, identity: dict) -> None:
         """Adds `identity` (JSON-able) to what a checkpoint must match to be used."""
@@ -83,20 +86,32 @@ class CellCheckpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 meta = self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore())).meta
-                if meta.get('identity') != self.identity:
-                    raise ValueError('it was made by another setup of this cell')
+            except Exception as error:
+                self._unusable(step, error)
+                continue
+            if meta.get('identity') != self.identity:
+                # Deleted rather than kept: orbax keeps the highest steps, so an old run's
+                # checkpoints would crowd out this run's new ones.
+                self.log(f'  warning: checkpoint {self.directory}/{step} was made by another setup of this cell '
+                         f'(a different config, engine settings or mesh); deleting it')
+                self._delete(step)
+                continue
+            try:
                 arrays = self.manager.restore(step, args=self._ocp.args.Composite(
                     arrays=self._ocp.args.StandardRestore(abstract_arrays(meta['host'])))).arrays
                 if not _same_fingerprint(meta['fingerprint'], fingerprint(arrays)):
                     raise ValueError('its arrays do not match the fingerprint saved with them')
             except Exception as error:  # orbax raises bare Exception for unreadable array data
-                self.log(f'  warning: checkpoint {self.directory}/{step} is unusable '
-                         f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
-                         f'deleting it and trying an older one')
-                self._delete(step)
+                self._unusable(step, error)
                 continue
             return arrays, meta['host']
         return None
+
+    def _unusable(self, step: int, error: Exception) -> None:
+        self.log(f'  warning: checkpoint {self.directory}/{step} is unusable '
+                 f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
+                 f'deleting it and trying an older one')
+        self._delete(step)
 
     def _delete(self, step: int) -> None:
         try:
@@ -115,5 +130,6 @@ class CellCheckpoints:
     def remove(self) -> None:
         """Deletes every checkpoint of the cell (once its results are written)."""
         self.close()
+        parallel.barrier('checkpoints closed')  # no process may still be writing into it
         if parallel.is_main_process():
             shutil.rmtree(self.directory, ignore_errors=True)

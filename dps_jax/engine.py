@@ -222,11 +222,12 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
 
 
 def _cell_identity(num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
-                   group_size, per_trial_order, mesh, measurements) -> dict:
-    """What a checkpoint must match to continue this cell (JSON)."""
+                   per_trial_order, mesh, measurements) -> dict:
+    """What a checkpoint must match to continue this cell (JSON). Not the group size: a restored
+    cell is re-laid out into this run's groups, which changes no trial's numbers."""
     return {'num_trials': num_trials, 'batch_size': batch_size, 'goal_error': goal_error, 'max_steps': max_steps,
             'check_every': check_every, 'data_seed': data_seed, 'until': until, 'compaction': compaction,
-            'group_size': group_size, 'per_trial_order': per_trial_order,
+            'per_trial_order': per_trial_order,
             'mesh': None if mesh is None else dict(mesh.shape),
             'measurements': None if measurements is None else [
                 measurements.lipschitz_every, measurements.noise_scale_every,
@@ -332,7 +333,7 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     restored = None
     if checkpoints is not None:
         checkpoints.require({'engine': _cell_identity(
-            num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction, group_size,
+            num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
             per_trial_order, mesh, measurements if measuring else None)})
         template = jax.tree.map(lambda leaf: leaf[0], (trials, orders) if per_trial_order else trials)
         sharding = parallel.trial_sharding(mesh) if mesh is not None else None
@@ -359,6 +360,11 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         lipschitz_series = [[(s, float(v)) for s, v in series] for series in host['lipschitz']]
         noise_scale_series = [[(row[0],) + tuple(float(v) for v in row[1:]) for row in series]
                               for series in host['noise_scale']]
+        kept = slot_trial[slot_trial >= 0]
+        if bucket_layout(len(kept), group_size, multiple) != (len(groups), len(slot_trial) // len(groups)):
+            # Saved with another group size (trials_per_group, or memory on another machine).
+            flat = tree_concatenate(groups)
+            slot_trial, groups = layout(kept, flat, {int(t): s for s, t in enumerate(slot_trial) if t >= 0})
         if log is not None:
             log(f'  resumed from checkpoint at step {step} ({checks} checks)')
     else:

@@ -112,7 +112,11 @@ def in_cluster(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether the environment says this process is one of several."""
     for name in CLUSTER_VARIABLES:
         value = environ.get(name)
-        if value and (name in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES') or value.strip() != '1'):
+        if not value:
+            continue
+        if name == 'SLURM_NTASKS' and 'SLURM_STEP_ID' not in environ:
+            continue  # the batch script itself, not one of srun's tasks: no peers will join
+        if name in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES') or value.strip() != '1':
             return True
     return False
 

@@ -217,9 +217,9 @@ def plot_noise_scale(analysis_result: Mapping[str, Any], config: Mapping[str, An
     figure = _new_figure()
     axes = figure.add_subplot()
     axes.plot(sparsity, _as_float_array([row['b_simple_initial'] for row in rows]), marker='o',
-              label='B_simple at step 0 (median over trials)')
+              label='B_simple at step 0 (all trials)')
     axes.plot(sparsity, _as_float_array([row['b_simple_training'] for row in rows]), marker='s',
-              label='B_simple along training (median, best trials)')
+              label='B_simple along training (best trials)')
     b_crit = _as_float_array([row['b_crit'] for row in rows])
     if np.isfinite(b_crit).any():
         error = _as_float_array([row['b_crit_std'] for row in rows])

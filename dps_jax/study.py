@@ -90,11 +90,14 @@ def _comparable(config_dict: dict) -> dict:
     return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> None:
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
+                    write: bool = True) -> None:
     """Writes config.json, or checks that an existing one is the same study.
 
-    With config.overwrite and a different config, the old results (cells/, summary.csv,
-    analysis.json, figures/) are moved aside to replaced-<time>/ so they cannot mix with the new.
+    With config.overwrite and a different config, the old results (cells/, checkpoints/,
+    summary.csv, analysis.json, figures/) are moved aside to replaced-<time>/ so they cannot mix
+    with the new. write=False only checks (the other processes of a multi-host run, so that
+    they refuse a workdir together with process 0 instead of waiting for it).
     """
     path = os.path.join(workdir, 'config.json')
     if os.path.exists(path):
@@ -113,13 +116,16 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                 raise config_lib.ConfigError(
                     f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)}); '
                     f'use another --workdir, or --config.overwrite=True to reuse it')
+            if not write:
+                return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
-            for name in ('cells', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json'):
+            for name in ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json'):
                 if os.path.exists(os.path.join(workdir, name)):
                     os.makedirs(aside, exist_ok=True)
                     os.replace(os.path.join(workdir, name), os.path.join(aside, name))
             log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
-    store.atomic_write_json(path, config.to_dict())
+    if write:
+        store.atomic_write_json(path, config.to_dict())
 
 
 def study_mesh(config: ml_collections.ConfigDict):
@@ -182,9 +188,20 @@ def _lipschitz_stats(series: list[list]) -> dict | None:
     return {'mean': float(values.mean()), 'max': float(values.max()), 'measurements': int(values.size)}
 
 
+def b_simple_of_rows(rows: list) -> float | None:
+    """tr(Sigma) / |G|^2 from (step, B_simple, |G|^2, tr Sigma) rows, numerator and denominator
+    averaged over the rows first (REFERENCE.md); None if no row is finite or the mean |G|^2 <= 0."""
+    values = np.array([row[2:4] for row in rows], np.float64).reshape(-1, 2)
+    values = values[np.isfinite(values).all(axis=1)]
+    if not len(values) or values[:, 0].mean() <= 0:
+        return None
+    return float(values[:, 1].mean() / values[:, 0].mean())
+
+
 def smoothness_summary(result: engine.CellResult) -> dict:
     """Per cell: L over training (mean, max) of the best trial and of all reached trials; B_simple at
-    step 0 (median over trials: a prediction before any training) and over the best trial's training."""
+    step 0 (over trials: a prediction before any training) and over the best trial's training, each
+    as mean tr(Sigma) / mean |G|^2."""
     summary = {}
     best = result.best_trial
     if result.lipschitz:
@@ -194,12 +211,9 @@ def smoothness_summary(result: engine.CellResult) -> dict:
             'reached_trials': _lipschitz_stats([result.lipschitz[i] for i in reached]),
             'num_reached_trials': int(reached.size)}
     if result.noise_scale:
-        initial = np.array([rows[0][1] for rows in result.noise_scale if rows and rows[0][0] == 0], np.float64)
-        along = np.array([] if best is None else [row[1] for row in result.noise_scale[best]], np.float64)
-        finite_median = lambda values: _json_number(np.median(values[np.isfinite(values)])) \
-            if np.isfinite(values).any() else None
-        summary['noise_scale'] = {'initial_median': finite_median(initial),
-                                  'best_trial_median': finite_median(along)}
+        initial = [rows[0] for rows in result.noise_scale if rows and rows[0][0] == 0]
+        along = [] if best is None else list(result.noise_scale[best])
+        summary['noise_scale'] = {'initial': b_simple_of_rows(initial), 'best_trial': b_simple_of_rows(along)}
     return summary
 
 
@@ -273,8 +287,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         # value does not lock the workdir to it.
         work = workload.load_workload(config)
         config_lib.validate_study_config(config, work.num_train_examples)
+    prepare_workdir(config, workdir, log, write=main)
     if main:
-        prepare_workdir(config, workdir, log)
         store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
     parallel.barrier('workdir prepared')  # the other processes read which cells are finished
     if config.plan_only:

@@ -205,15 +205,15 @@ def test_analyze_is_json_and_write_analysis_round_trips(tmp_path):
     assert result['dataset'] == 'mnist' and result['goal_error'] == 0.02
 
 
-def with_series(record, lipschitz=None, b_simple=None):
-    """A trial record with stored smoothness series: lipschitz [(step, L)], b_simple [(step, value)]."""
+def with_series(record, lipschitz=None, noise=None):
+    """A trial record with stored series: lipschitz [(step, L)], noise [(step, |G|^2, tr Sigma)]."""
     record = dict(record)
     if lipschitz is not None:
         record['lipschitz'] = {'step': [s for s, _ in lipschitz], 'value': [v for _, v in lipschitz]}
-    if b_simple is not None:
-        record['noise_scale'] = {'step': [s for s, _ in b_simple], 'b_simple': [v for _, v in b_simple],
-                                 'gradient_norm_squared': [1.0] * len(b_simple),
-                                 'trace_covariance': [1.0] * len(b_simple)}
+    if noise is not None:
+        record['noise_scale'] = {'step': [s for s, _, _ in noise], 'b_simple': [t / g for _, g, t in noise],
+                                 'gradient_norm_squared': [g for _, g, _ in noise],
+                                 'trace_covariance': [t for _, _, t in noise]}
     return record
 
 
@@ -224,9 +224,9 @@ def test_smoothness_by_sparsity_pools_best_and_reached_trials_next_to_b_crit(tmp
         json.dump(CONFIG, file)
     for batch_size, steps in [(16, 3000), (32, 2000), (64, 1500)]:  # S(B) = 1000 (1 + 32 / B)
         write_cell(workdir, 0.0, batch_size, [
-            with_series(trial(0, 'reached', steps), [(100, 2.0), (200, 4.0)], [(0, 40.0), (100, 60.0)]),
-            with_series(trial(1, 'reached', steps + 100), [(100, 9.0), (200, None)], [(0, 20.0)]),
-            with_series(trial(2, 'exhausted'), [(100, 100.0)], [(0, 1000.0)])])
+            with_series(trial(0, 'reached', steps), [(100, 2.0), (200, 4.0)], [(0, 1.0, 40.0), (100, 0.5, 30.0)]),
+            with_series(trial(1, 'reached', steps + 100), [(100, 9.0), (200, None)], [(0, 2.0, 40.0)]),
+            with_series(trial(2, 'exhausted'), [(100, 100.0)], [(0, -0.1, 100.0)])])
     write_cell(workdir, 0.9, 16, [trial(0, 'reached', 500)])  # measured nothing
     result = analysis.analyze(analysis.load_study(workdir), num_resamples=10)
     row, = result['smoothness']
@@ -234,8 +234,9 @@ def test_smoothness_by_sparsity_pools_best_and_reached_trials_next_to_b_crit(tmp
     assert row['lipschitz_best_mean'] == 3.0 and row['lipschitz_best_max'] == 4.0
     assert row['lipschitz_reached_mean'] == 5.0 and row['lipschitz_reached_max'] == 9.0  # 2, 4, 9 per cell
     assert row['lipschitz_measurements'] == 9
-    assert row['b_simple_initial'] == 40.0   # median of 40, 20, 1000 in every cell
-    assert row['b_simple_training'] == 50.0  # median of the best trials' 40 and 60
+    # Numerator and denominator averaged separately: the -0.1 estimate of |G|^2 does not blow up.
+    assert row['b_simple_initial'] == pytest.approx((40 + 40 + 100) / (1.0 + 2.0 - 0.1))
+    assert row['b_simple_training'] == pytest.approx((40 + 30) / (1.0 + 0.5))
     assert row['b_crit'] == pytest.approx(32.0, rel=1e-3)
     table = analysis.describe_smoothness(result)
     assert 'B_crit' in table and '32' in table.splitlines()[-1]

@@ -54,15 +54,40 @@ def test_checkpointing_does_not_change_the_result_and_keeps_two(tmp_path, uninte
     assert len(kept) == 2 and kept[1] < result.checks  # no checkpoint of the finished cell
 
 
-@pytest.mark.parametrize('compaction', [True, False])
-def test_a_cell_resumed_from_its_last_checkpoint_ends_as_the_uninterrupted_run(tmp_path, uninterrupted, compaction):
+@pytest.mark.parametrize('options', [dict(compaction=True), dict(compaction=False),
+                                     dict(per_trial_order=True, group_size=4)])
+def test_a_cell_resumed_from_its_last_checkpoint_ends_as_the_uninterrupted_run(tmp_path, options):
     trials, tx, _, _ = cell_setup()
+    uninterrupted = run(trials, tx, **{**SETTINGS, **options})
     # A first run leaves its last two checkpoints behind, as a killed one would.
-    run(trials, tx, checkpoints=cell_checkpoints(tmp_path, []), **{**SETTINGS, 'compaction': compaction})
+    run(trials, tx, checkpoints=cell_checkpoints(tmp_path, []), **{**SETTINGS, **options})
     lines = []
-    resumed = run(trials, tx, checkpoints=cell_checkpoints(tmp_path, lines), log=lines.append,
-                  **{**SETTINGS, 'compaction': compaction})
+    resumed = run(trials, tx, checkpoints=cell_checkpoints(tmp_path, lines), log=lines.append, **{**SETTINGS, **options})
     assert any('resumed from checkpoint at step' in line for line in lines), lines
+    assert_same_result(resumed, uninterrupted)
+
+
+def test_an_early_checkpoint_in_a_relative_directory_resumes_to_the_same_result(tmp_path, uninterrupted, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trials, tx, _, _ = cell_setup()
+    # Checkpoints every 3 checks; of the two kept, resume from the older one (6 checks before the end).
+    run(trials, tx, checkpoints=cell_checkpoints('relative/cell', [], every=3), **SETTINGS)
+    steps = sorted(int(name) for name in os.listdir('relative/cell') if name.isdigit())
+    assert steps == [6, 9]
+    cell_checkpoints('relative/cell', []).manager.delete(9)
+    lines = []
+    resumed = run(trials, tx, checkpoints=cell_checkpoints('relative/cell', lines, every=3), log=lines.append,
+                  **SETTINGS)
+    assert any('resumed from checkpoint at step 60 (6 checks)' in line for line in lines), lines
+    assert_same_result(resumed, uninterrupted)
+
+
+def test_a_checkpoint_saved_with_another_group_size_is_regrouped(tmp_path, uninterrupted):
+    trials, tx, _, _ = cell_setup()
+    run(trials, tx, checkpoints=cell_checkpoints(tmp_path, []), group_size=2, **SETTINGS)
+    lines = []
+    resumed = run(trials, tx, checkpoints=cell_checkpoints(tmp_path, lines), log=lines.append, **SETTINGS)
+    assert any('resumed from checkpoint' in line for line in lines), lines
     assert_same_result(resumed, uninterrupted)
 
 

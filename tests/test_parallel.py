@@ -108,7 +108,9 @@ def test_make_mesh_names_the_field_that_does_not_fit():
 
 
 @pytest.mark.parametrize('environ, expected', [
-    ({}, False), ({'SLURM_NTASKS': '1'}, False), ({'SLURM_NTASKS': '4'}, True),
+    ({}, False), ({'SLURM_NTASKS': '1', 'SLURM_STEP_ID': '0'}, False),
+    ({'SLURM_NTASKS': '4', 'SLURM_STEP_ID': '0'}, True),
+    ({'SLURM_NTASKS': '4'}, False),  # an sbatch script outside srun
     ({'OMPI_COMM_WORLD_SIZE': '2'}, True), ({'JAX_COORDINATOR_ADDRESS': 'host:1234'}, True),
 ])
 def test_cluster_environment_detection(environ, expected):
@@ -116,7 +118,7 @@ def test_cluster_environment_detection(environ, expected):
 
 
 def test_distributed_off_or_no_cluster_never_initializes_and_bad_modes_are_named():
-    assert parallel.initialize_distributed('off', environ={'SLURM_NTASKS': '4'}) is False
+    assert parallel.initialize_distributed('off', environ={'SLURM_NTASKS': '4', 'SLURM_STEP_ID': '0'}) is False
     assert parallel.initialize_distributed('auto', environ={}) is False
     with pytest.raises(ValueError, match="distributed='maybe' is not accepted"):
         parallel.initialize_distributed('maybe')

@@ -126,13 +126,29 @@ def test_noise_scale_estimators_converge_to_exact_values_as_draws_grow():
 
 
 def test_noise_scale_averages_norms_before_dividing():
-    # Two draws whose own ratios average to something else than the ratio of the averages.
-    estimate = smoothness.noise_scale_from_norms(jnp.array(5.0), jnp.array(2.0), 10, 100)
-    gradient_norm_squared = (100 * 2.0 - 10 * 5.0) / 90
-    trace = (5.0 - 2.0) / (0.1 - 0.01)
-    np.testing.assert_allclose(float(estimate.gradient_norm_squared), gradient_norm_squared, rtol=1e-6)
-    np.testing.assert_allclose(float(estimate.trace_covariance), trace, rtol=1e-6)
-    np.testing.assert_allclose(float(estimate.b_simple), trace / gradient_norm_squared, rtol=1e-6)
+    """Two draws replayed in numpy: the estimate is the estimators of the MEAN norms, not a mean of
+    per-draw ratios (which differ here by more than the tolerance)."""
+    key, small, big = jax.random.PRNGKey(11), 4, 16
+    estimate = noise_scale(key, 2, small=small, big=big, chunk_size=5)
+    x, y, w = LSQ_X.astype(np.float64), LSQ_Y.astype(np.float64), np.asarray(LSQ_W['w'], np.float64)
+
+    def norm_squared(draw_key, size):
+        rows = np.asarray(jax.random.randint(draw_key, (size,), 0, len(x)))
+        gradient = (x[rows] * (x[rows] @ w - y[rows])[:, None]).mean(axis=0)
+        return gradient @ gradient
+
+    norms = []
+    for draw_key in jax.random.split(key, 2):
+        small_key, big_key = jax.random.split(draw_key)
+        norms.append((norm_squared(small_key, small), norm_squared(big_key, big)))
+    mean_small, mean_big = np.mean(norms, axis=0)
+    gradient_norm_squared = (big * mean_big - small * mean_small) / (big - small)
+    trace = (mean_small - mean_big) / (1 / small - 1 / big)
+    np.testing.assert_allclose(float(estimate.gradient_norm_squared), gradient_norm_squared, rtol=1e-4)
+    np.testing.assert_allclose(float(estimate.trace_covariance), trace, rtol=1e-4)
+    np.testing.assert_allclose(float(estimate.b_simple), trace / gradient_norm_squared, rtol=1e-4)
+    per_draw = [((s - b) / (1 / small - 1 / big)) / ((big * b - small * s) / (big - small)) for s, b in norms]
+    assert abs(np.mean(per_draw) - trace / gradient_norm_squared) > 1e-2 * abs(trace / gradient_norm_squared)
 
 
 def test_noise_scale_rejects_batch_sizes_out_of_order():

@@ -78,7 +78,9 @@ def test_smoothness_series_and_their_cell_summary_are_stored(tmp_path):
     assert summary['lipschitz'] == {'best_trial': {'mean': 3.0, 'max': 4.0, 'measurements': 2},
                                     'reached_trials': {'mean': 3.0, 'max': 4.0, 'measurements': 2},
                                     'num_reached_trials': 1}
-    assert summary['noise_scale'] == {'initial_median': 80.0, 'best_trial_median': 200.0}
+    # mean tr(Sigma) / mean |G|^2: step 0 over trials (50+50+40)/(0.5+1+0.5); the best trial's (50+30)/(0.5+0.1)
+    assert summary['noise_scale']['initial'] == pytest.approx(70.0)
+    assert summary['noise_scale']['best_trial'] == pytest.approx(80 / 0.6)
 
 
 def test_without_measurements_records_have_no_series(tmp_path):
