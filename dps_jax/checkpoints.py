@@ -133,3 +133,7 @@ class CellCheckpoints:
         parallel.barrier('checkpoints closed')  # no process may still be writing into it
         if parallel.is_main_process():
             shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(self.directory))  # DIR/checkpoints, once no cell has any
+            except OSError:
+                pass
