@@ -120,9 +120,6 @@ class CellCheckpoints:
             shutil.rmtree(f'{self.directory}/{step}', ignore_errors=True)
             self.manager.reload()
 
-    def steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
