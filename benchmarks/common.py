@@ -25,16 +25,24 @@ def seconds(run, repeats=2):
     return best
 
 
+def synthetic_split(num_examples, seed=0):
+    """(images (n, 28, 28, 1), labels (n,)) of random values: the timings do not depend on pixels."""
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32),
+            jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32))
+
+
+def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
+    """N trials of `model` with random masks (the compute is dense either way) and Sobol learning rates."""
+    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=sparsity)
+    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
+    return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
+
+
 def simple_cnn_trials(num_trials, num_examples, sparsity=0.5):
-    """(images, labels, apply_fn, optimizer, trials): N SGD Simple-CNN trials with random masks
-    (the compute is dense either way) on a synthetic split; the timings do not depend on pixels."""
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32)
+    """(images, labels, apply_fn, optimizer, trials): N SGD Simple-CNN trials on a synthetic split."""
+    images, labels = synthetic_split(num_examples)
     model = models.SimpleCNN()
     apply_fn = lambda params, batch: model.apply({'params': params}, batch)
     optimizer = optim.make_optimizer('sgd')
-    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=sparsity)
-    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
-    trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
-    return images, labels, apply_fn, optimizer, trials
+    return images, labels, apply_fn, optimizer, make_trials(model, optimizer, num_trials, images, labels, sparsity)

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dps_jax import engine, models, optim, search, trial  # noqa: E402
+import common  # noqa: E402
 from common import seconds  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_flops_per_second,  # noqa: E402
                     simple_cnn_training_flops_per_example)
@@ -33,17 +34,13 @@ from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_
 EXAMPLES = 4096  # synthetic resident training split for the throughput parts
 
 
-def synthetic_split(num_examples=EXAMPLES, seed=0):
-    rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32),
-            jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32))
+def synthetic_split(num_examples=EXAMPLES):
+    return common.synthetic_split(num_examples)
 
 
 def make_trials(model, optimizer, num_trials, images, labels):
-    """N Simple-CNN trials, random masks at sparsity 0.9 (the compute is dense either way)."""
-    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=0.9)
-    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
-    return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
+    """N Simple-CNN trials, random masks at sparsity 0.9."""
+    return common.make_trials(model, optimizer, num_trials, images, labels, sparsity=0.9)
 
 
 def steps_for(num_trials, batch_size, quick):

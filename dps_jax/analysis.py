@@ -278,7 +278,7 @@ def edge_flags(study: Study, tolerance: float = 0.05) -> dict[CellKey, list[str]
     return flags
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     """JSON has no inf or nan: both become null."""
     return float(value) if math.isfinite(value) else None
 
@@ -311,7 +311,7 @@ def _curve(study: Study, sparsity: float, flags: Mapping[CellKey, list[str]],
     else:
         try:
             fit = fit_steps_vs_batch([b for b, _ in reached], [s for _, s in reached])._asdict()
-            fit = {name: _finite_or_none(value) for name, value in fit.items()}
+            fit = {name: finite_or_none(value) for name, value in fit.items()}
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as error:
             fit_reason = f'fit failed: {error}'
     best = [best_trial(cell) for cell in cells]
@@ -320,9 +320,9 @@ def _curve(study: Study, sparsity: float, flags: Mapping[CellKey, list[str]],
         'batch_sizes': batch_sizes,
         'steps': steps,
         'best_trial': [None if trial is None else int(trial['trial']) for trial in best],
-        'bootstrap_low': [_finite_or_none(band[0]) for band in bands],
-        'bootstrap_median': [_finite_or_none(band[1]) for band in bands],
-        'bootstrap_high': [_finite_or_none(band[2]) for band in bands],
+        'bootstrap_low': [finite_or_none(band[0]) for band in bands],
+        'bootstrap_median': [finite_or_none(band[1]) for band in bands],
+        'bootstrap_high': [finite_or_none(band[2]) for band in bands],
         'bootstrap_is_upper_bound': band_is_upper_bound,
         'fit': fit,
         'fit_reason': fit_reason,
@@ -374,20 +374,28 @@ def _stats(values: Sequence[float], how: str) -> float | None:
     return float({'mean': np.mean, 'max': np.max, 'median': np.median}[how](values))
 
 
+def b_simple_from_pairs(pairs: Sequence[tuple[float | None, float | None]]) -> float | None:
+    """tr(Sigma) / |G|^2 from (|G|^2, tr Sigma) estimates, numerator and denominator averaged
+    separately first (REFERENCE.md); pairs with a missing or non-finite value are skipped. None
+    without pairs or when the mean |G|^2 <= 0 (the noise swamps the signal)."""
+    kept = np.array([pair for pair in pairs if None not in pair and np.isfinite(pair).all()],
+                    dtype=np.float64).reshape(-1, 2)
+    if not len(kept) or kept[:, 0].mean() <= 0:
+        return None
+    return float(kept[:, 1].mean() / kept[:, 0].mean())
+
+
 def _b_simple(trials: Sequence[Mapping[str, Any] | None], first_step_only: bool = False) -> float | None:
-    """Mean tr(Sigma) / mean |G|^2 over the trials' stored noise-scale rows (REFERENCE.md: average
-    numerator and denominator separately); None without rows or when the mean |G|^2 <= 0."""
+    """b_simple_from_pairs over the trials' stored noise-scale rows (only step 0 if asked)."""
     pairs = []
     for trial in trials:
         if trial is None or 'noise_scale' not in trial:
             continue
         series = trial['noise_scale']
-        for step, norm, trace in zip(series['step'], series['gradient_norm_squared'], series['trace_covariance']):
-            if norm is not None and trace is not None and (not first_step_only or step == 0):
-                pairs.append((norm, trace))
-    if not pairs or np.mean([norm for norm, _ in pairs]) <= 0:
-        return None
-    return float(np.mean([trace for _, trace in pairs]) / np.mean([norm for norm, _ in pairs]))
+        pairs += [(norm, trace) for step, norm, trace in
+                  zip(series['step'], series['gradient_norm_squared'], series['trace_covariance'])
+                  if not first_step_only or step == 0]
+    return b_simple_from_pairs(pairs)
 
 
 def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) -> list[dict]:

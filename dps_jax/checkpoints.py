@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import parallel
+from dps_jax.analysis import finite_or_none
 
 FORMAT = 1  # bump when the saved layout changes: older checkpoints are then ignored, not misread
 
@@ -35,10 +36,6 @@ def fingerprint(tree: Any) -> list[float]:
 def _same_fingerprint(saved: list, restored: list) -> bool:
     return len(saved) == len(restored) and all(
         (a is None and not np.isfinite(b)) or (a is not None and (a == b)) for a, b in zip(saved, restored))
-
-
-def _json_fingerprint(values: list[float]) -> list[float | None]:
-    return [value if np.isfinite(value) else None for value in values]
 
 
 class CellCheckpoints:
@@ -72,7 +69,7 @@ class CellCheckpoints:
 
         The write runs in the background; the next save, restore or close waits for it.
         """
-        meta = {'identity': self.identity, 'host': host, 'fingerprint': _json_fingerprint(fingerprint(arrays))}
+        meta = {'identity': self.identity, 'host': host, 'fingerprint': [finite_or_none(value) for value in fingerprint(arrays)]}
         self.manager.save(checks, args=self._ocp.args.Composite(
             arrays=self._ocp.args.StandardSave(arrays), meta=self._ocp.args.JsonSave(meta)))
 

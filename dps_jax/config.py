@@ -241,10 +241,7 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     _validate_smoothness(config, num_train_examples)
     mesh = _get(config, 'mesh')
     for field, minimum in (('trial', 0), ('data', 1)):
-        try:
-            require_int(mesh, field, minimum=minimum)
-        except ConfigError as error:
-            raise ConfigError(str(error).replace(f'config.{field}', f'config.mesh.{field}')) from None
+        require_int({f'mesh.{field}': _get(mesh, field)}, f'mesh.{field}', minimum=minimum)
     require_int(config, 'checkpoint_every', minimum=0)
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")

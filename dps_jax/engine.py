@@ -229,10 +229,8 @@ def _cell_identity(num_trials, batch_size, goal_error, max_steps, check_every, d
             'check_every': check_every, 'data_seed': data_seed, 'until': until, 'compaction': compaction,
             'per_trial_order': per_trial_order,
             'mesh': None if mesh is None else dict(mesh.shape),
-            'measurements': None if measurements is None else [
-                measurements.lipschitz_every, measurements.noise_scale_every,
-                list(measurements.noise_scale_batch_sizes), measurements.noise_scale_draws,
-                measurements.lipschitz_examples, measurements.chunk_size, measurements.seed]}
+            'measurements': None if measurements is None else {
+                name: value for name, value in measurements._asdict().items() if name != 'example_losses'}}
 
 
 def _float_list(values: np.ndarray) -> list:
@@ -280,9 +278,11 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     if measuring:
         smoothness.validate_measurements(measurements, check_every, int(train_images.shape[0]))
         measure = smoothness.compile_measurements(measurements)
-        lipschitz_examples = measurements.lipschitz_examples or int(train_images.shape[0])
     train_images, train_labels, val_images, val_labels = parallel.place_replicated(
         (train_images, train_labels, val_images, val_labels), mesh)
+    if measuring:
+        lipschitz_examples = measurements.lipschitz_examples or int(train_images.shape[0])
+        lipschitz_images, lipschitz_labels = train_images[:lipschitz_examples], train_labels[:lipschitz_examples]
 
     status = np.full(num_trials, RUNNING)
     steps_to_result = np.full(num_trials, -1)
@@ -394,8 +394,8 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
                 states, active, order, np.int32(step), train_images, train_labels)
             group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
             if measure_lipschitz:
-                lipschitz.append(measure.lipschitz(previous, states.params, states.mask,
-                                                   train_images[:lipschitz_examples], train_labels[:lipschitz_examples]))
+                lipschitz.append(measure.lipschitz(previous, states.params, states.mask, lipschitz_images,
+                                                   lipschitz_labels))
             if measure_noise:
                 noise_scale.append(measure.noise_scale(states.params, states.mask, train_images, train_labels,
                                                        measurements.noise_scale_key(next_step)))

@@ -149,10 +149,6 @@ def is_finished(workdir: str, sparsity: float, batch_size: int) -> bool:
     return os.path.exists(os.path.join(cell_dir(workdir, sparsity, batch_size), 'summary.json'))
 
 
-def _json_number(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
 def trial_records(result: engine.CellResult, values: dict[str, np.ndarray]) -> list[dict]:
     """One JSON-able record per trial; with measurements, its series as columns (non-finite: null)."""
     records = []
@@ -160,12 +156,12 @@ def trial_records(result: engine.CellResult, values: dict[str, np.ndarray]) -> l
         series = {}
         if result.lipschitz:
             series['lipschitz'] = {'step': [int(step) for step, _ in result.lipschitz[i]],
-                                   'value': [_json_number(value) for _, value in result.lipschitz[i]]}
+                                   'value': [analysis.finite_or_none(value) for _, value in result.lipschitz[i]]}
         if result.noise_scale:
             rows = result.noise_scale[i]
             series['noise_scale'] = {
                 'step': [int(row[0]) for row in rows],
-                **{name: [_json_number(row[column]) for row in rows] for column, name in
+                **{name: [analysis.finite_or_none(row[column]) for row in rows] for column, name in
                    enumerate(('b_simple', 'gradient_norm_squared', 'trace_covariance'), start=1)}}
         records.append({
             'trial': i, 'seed': i,
@@ -188,16 +184,6 @@ def _lipschitz_stats(series: list[list]) -> dict | None:
     return {'mean': float(values.mean()), 'max': float(values.max()), 'measurements': int(values.size)}
 
 
-def b_simple_of_rows(rows: list) -> float | None:
-    """tr(Sigma) / |G|^2 from (step, B_simple, |G|^2, tr Sigma) rows, numerator and denominator
-    averaged over the rows first (REFERENCE.md); None if no row is finite or the mean |G|^2 <= 0."""
-    values = np.array([row[2:4] for row in rows], np.float64).reshape(-1, 2)
-    values = values[np.isfinite(values).all(axis=1)]
-    if not len(values) or values[:, 0].mean() <= 0:
-        return None
-    return float(values[:, 1].mean() / values[:, 0].mean())
-
-
 def smoothness_summary(result: engine.CellResult) -> dict:
     """Per cell: L over training (mean, max) of the best trial and of all reached trials; B_simple at
     step 0 (over trials: a prediction before any training) and over the best trial's training, each
@@ -213,7 +199,9 @@ def smoothness_summary(result: engine.CellResult) -> dict:
     if result.noise_scale:
         initial = [rows[0] for rows in result.noise_scale if rows and rows[0][0] == 0]
         along = [] if best is None else list(result.noise_scale[best])
-        summary['noise_scale'] = {'initial': b_simple_of_rows(initial), 'best_trial': b_simple_of_rows(along)}
+        # Rows are (step, B_simple, |G|^2, tr Sigma).
+        summary['noise_scale'] = {'initial': analysis.b_simple_from_pairs([row[2:4] for row in initial]),
+                                  'best_trial': analysis.b_simple_from_pairs([row[2:4] for row in along])}
     return summary
 
 
