@@ -7,17 +7,23 @@ at every batch size and sparsity, so a cell's trials are comparable across the g
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
-from scipy.stats import qmc
 
 SCALES = ('log', 'reverse_log', 'linear', 'int')
 
 
 class Parameter(NamedTuple):
-    """One searched metaparameter: a closed range [low, high] and how the unit interval maps to it."""
+    """One searched metaparameter: a closed range [low, high] and how the unit interval maps to it.
+
+    Scales, as the reference maps a unit coordinate u:
+      log          low * (high / low) ** u (base-10 logarithms, as the reference computes it);
+      reverse_log  1 - value log-uniform, u = 0 at HIGH: 1 - 10 ** (log10(1 - high)
+                   + u * (log10(1 - low) - log10(1 - high))), so momentum 0.9999 at u = 0;
+      linear       low + u * (high - low);
+      int          int(low + u * (high - low)): truncated, not rounded.
+    """
     low: float
     high: float
     scale: str
@@ -31,33 +37,85 @@ SEARCH_SPACE: Mapping[str, Parameter] = {
         'end_learning_rate_factor': Parameter(1e-4, 0.1, 'log'),
 }
 
+# Sobol's primitive polynomials and initial direction numbers m_1..m_degree for dimensions 1-40,
+# as published by Bratley and Fox (ACM TOMS Algorithm 659, 1988) and used by the reference's
+# generator. A polynomial is written as the integer of its binary coefficients (x^2 + x + 1 = 7);
+# dimension 1 (polynomial 1) has every direction number equal to 1. scipy's Sobol uses Joe and
+# Kuo's numbers, which agree with these in dimensions 1-2 only.
+SOBOL_DIRECTION_TABLE: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (1, (1,)), (3, (1,)), (7, (1, 1)), (11, (1, 3, 7)), (13, (1, 1, 5)),
+    (19, (1, 3, 1, 1)), (25, (1, 1, 3, 7)), (37, (1, 3, 3, 9, 9)), (59, (1, 3, 7, 13, 3)),
+    (47, (1, 1, 5, 11, 27)), (61, (1, 3, 5, 1, 15)), (55, (1, 1, 7, 3, 29)), (41, (1, 3, 7, 7, 21)),
+    (67, (1, 1, 1, 9, 23, 37)), (97, (1, 3, 3, 5, 19, 33)), (91, (1, 1, 3, 13, 11, 7)),
+    (109, (1, 1, 7, 13, 25, 5)), (103, (1, 3, 5, 11, 7, 11)), (115, (1, 1, 1, 3, 13, 39)),
+    (131, (1, 3, 1, 15, 17, 63, 13)), (193, (1, 1, 5, 5, 1, 27, 33)), (137, (1, 3, 3, 3, 25, 17, 115)),
+    (145, (1, 1, 3, 15, 29, 15, 41)), (143, (1, 3, 1, 7, 3, 23, 79)), (241, (1, 3, 7, 9, 31, 29, 17)),
+    (157, (1, 1, 5, 13, 11, 3, 29)), (185, (1, 3, 1, 9, 5, 21, 119)), (167, (1, 1, 3, 1, 23, 13, 75)),
+    (229, (1, 3, 3, 11, 27, 31, 73)), (171, (1, 1, 7, 7, 19, 25, 105)), (213, (1, 3, 5, 5, 21, 9, 7)),
+    (191, (1, 1, 1, 15, 5, 49, 59)), (253, (1, 1, 1, 1, 1, 33, 65)), (203, (1, 3, 5, 15, 17, 19, 21)),
+    (211, (1, 1, 7, 11, 13, 29, 3)), (239, (1, 3, 7, 5, 7, 11, 113)), (247, (1, 1, 5, 3, 15, 19, 61)),
+    (285, (1, 3, 1, 1, 9, 27, 89, 7)), (369, (1, 1, 3, 7, 31, 15, 45, 23)),
+    (299, (1, 3, 3, 9, 9, 25, 107, 39)),
+)
+MAX_SOBOL_DIMENSION = len(SOBOL_DIRECTION_TABLE)
+SOBOL_BITS = 30  # points are multiples of 2^-30: at most 2^30 - 1 of them
+
+
+def sobol_direction_numbers(dimension: int, bits: int = SOBOL_BITS) -> np.ndarray:
+    """Direction numbers v[d, j] = m_j 2^(bits - j) as integers; int64 (dimension, bits).
+
+    m_j beyond the initial ones follow Sobol's recurrence for the dimension's polynomial of
+    degree s with coefficients a_1..a_(s-1):
+    m_j = 2 a_1 m_(j-1) ^ 4 a_2 m_(j-2) ^ ... ^ 2^s m_(j-s) ^ m_(j-s).
+    """
+    numbers = np.zeros((dimension, bits), dtype=np.int64)
+    for d, (polynomial, initial) in enumerate(SOBOL_DIRECTION_TABLE[:dimension]):
+        degree = polynomial.bit_length() - 1
+        m = list(initial) + [1] * (bits - len(initial)) if degree == 0 else list(initial)
+        for j in range(len(m), bits):
+            value = m[j - degree] ^ (m[j - degree] << degree)
+            for k in range(1, degree):
+                if (polynomial >> (degree - k)) & 1:
+                    value ^= m[j - k] << k
+            m.append(value)
+        numbers[d] = [m[j] << (bits - 1 - j) for j in range(bits)]
+    return numbers
+
 
 def unit_sobol_points(num_points: int, dimension: int) -> np.ndarray:
-    """The first `num_points` unscrambled Sobol points after the all-zeros one; (num_points, dimension) in [0, 1)."""
+    """The reference's Sobol points 1..num_points (the all-zeros point 0 skipped); (num_points, dimension).
+
+    Point i is the XOR of the direction numbers of the set bits of i's Gray code (Antonov and
+    Saleev's order), so the first point is the centre of the box.
+    """
     if num_points < 1:
         raise ValueError(f'num_points must be >= 1, got {num_points}')
-    if dimension < 1:
-        raise ValueError(f'dimension must be >= 1, got {dimension}')
-    sampler = qmc.Sobol(d=dimension, scramble=False)
-    # random_base2 draws a power of two, which keeps scipy's balance warning quiet.
-    exponent = max(1, math.ceil(math.log2(num_points + 1)))
-    return sampler.random_base2(exponent)[1:num_points + 1]
+    if not 1 <= dimension <= MAX_SOBOL_DIMENSION:
+        raise ValueError(f'dimension must be in [1, {MAX_SOBOL_DIMENSION}], got {dimension}')
+    if num_points >= 1 << SOBOL_BITS:
+        raise ValueError(f'num_points must be below 2^{SOBOL_BITS}, got {num_points}')
+    numbers = sobol_direction_numbers(dimension)
+    index = np.arange(1, num_points + 1, dtype=np.int64)
+    gray = index ^ (index >> 1)
+    points = np.zeros((num_points, dimension), dtype=np.int64)
+    for bit in range(SOBOL_BITS):
+        points ^= np.where(((gray >> bit) & 1).astype(bool)[:, None], numbers[:, bit][None, :], 0)
+    return points / float(1 << SOBOL_BITS)
 
 
 def to_range(unit: np.ndarray, parameter: Parameter) -> np.ndarray:
-    """Maps points in [0, 1] to `parameter`'s range on its scale; ints for scale 'int'."""
+    """Maps points in [0, 1] to `parameter`'s range on its scale, with the reference's arithmetic."""
     unit = np.asarray(unit, dtype=np.float64)
     low, high = float(parameter.low), float(parameter.high)
     if parameter.scale == 'log':
-        return np.exp(np.log(low) + unit * (np.log(high) - np.log(low)))
+        return 10.0 ** (unit * (np.log10(high) - np.log10(low)) + np.log10(low))
     if parameter.scale == 'reverse_log':
-        # 1 - value is log-uniform, which spreads points towards 1 (momentum 0.99, 0.999, ...).
-        gap_low, gap_high = 1.0 - low, 1.0 - high
-        return 1.0 - np.exp(np.log(gap_low) + unit * (np.log(gap_high) - np.log(gap_low)))
+        return 1.0 - 10.0 ** (unit * (np.log10(1.0 - low) - np.log10(1.0 - high)) + np.log10(1.0 - high))
     if parameter.scale == 'linear':
-        return low + unit * (high - low)
+        return unit * (high - low) + low
     if parameter.scale == 'int':
-        return np.rint(low + unit * (high - low)).astype(np.int64)
+        # int() truncates towards zero; the values are >= low, so floor is the same.
+        return np.floor(unit * (high - low) + low).astype(np.int64)
     raise ValueError(f'unknown scale {parameter.scale!r}; accepted: {", ".join(SCALES)}')
 
 
@@ -66,9 +124,10 @@ def to_unit(value: np.ndarray, parameter: Parameter) -> np.ndarray:
     value = np.asarray(value, dtype=np.float64)
     low, high = float(parameter.low), float(parameter.high)
     if parameter.scale == 'log':
-        return (np.log(value) - np.log(low)) / (np.log(high) - np.log(low))
+        return (np.log10(value) - np.log10(low)) / (np.log10(high) - np.log10(low))
     if parameter.scale == 'reverse_log':
-        return (np.log(1.0 - value) - np.log(1.0 - low)) / (np.log(1.0 - high) - np.log(1.0 - low))
+        return ((np.log10(1.0 - value) - np.log10(1.0 - high))
+                / (np.log10(1.0 - low) - np.log10(1.0 - high)))
     if parameter.scale in ('linear', 'int'):
         return (value - low) / (high - low)
     raise ValueError(f'unknown scale {parameter.scale!r}; accepted: {", ".join(SCALES)}')
@@ -96,6 +155,8 @@ def search_points(names: Sequence[str], num_points: int,
                                     space: Mapping[str, Parameter] = SEARCH_SPACE) -> dict[str, np.ndarray]:
     """Trial metaparameters: {name: array of shape (num_points,)}, Sobol dimension i = names[i]."""
     validate_space(names, space)
+    if len(names) > MAX_SOBOL_DIMENSION:
+        raise ValueError(f'at most {MAX_SOBOL_DIMENSION} metaparameters can be searched, got {len(names)}')
     unit = unit_sobol_points(num_points, len(names))
     return {name: to_range(unit[:, i], space[name]) for i, name in enumerate(names)}
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from dps_jax import config as config_lib
@@ -55,3 +56,24 @@ def test_cifar_plan_has_every_cell_and_integer_decay_steps(tmp_path):
     assert len(plan['cells']) == 4 * 14 and len(plan['trials']) == 100
     assert all(isinstance(trial['decay_steps'], int) for trial in plan['trials'])
     assert plan['trials'][0]['learning_rate'] == pytest.approx(0.01)
+
+
+REFERENCE_SEARCHES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                                                 'reference_metaparameters.json')))['searches']
+
+
+@pytest.mark.parametrize('name', ['mnist_simple_cnn_sgd', 'mnist_simple_cnn_momentum', 'cifar10_resnet8_nesterov'])
+def test_plan_trials_are_the_reference_metaparameters(name, tmp_path):
+    config = load(next(path for path in CONFIGS if os.path.basename(path) == name + '.py'))
+    config.plan_only = True
+    study.run(config, str(tmp_path), log=lambda line: None)
+    plan = json.loads((tmp_path / 'plan.json').read_text())
+    expected = REFERENCE_SEARCHES[','.join(config.search_names)]['values']
+    assert plan['searched'] == list(config.search_names)
+    assert [trial['seed'] for trial in plan['trials']] == list(range(100))
+    for column, values in expected.items():
+        got = [trial[column] for trial in plan['trials']]
+        if column == 'decay_steps':
+            assert got == values and all(isinstance(v, int) for v in got)
+        else:
+            np.testing.assert_allclose(got, values, rtol=1e-12, atol=0, err_msg=column)

@@ -1,10 +1,53 @@
-"""Search spaces and Sobol trial points."""
+"""Search spaces and Sobol trial points, against the reference study's own metaparameters."""
+
+import json
+import os
 
 import numpy as np
 import pytest
 from scipy.stats import qmc
 
 from dps_jax import search
+
+# The reference code's metaparameters for its three searches, 100 points each (unit Sobol
+# coordinates and mapped values), produced by the reference's generator, not by this package.
+ORACLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference_metaparameters.json')
+REFERENCE_SEARCHES = json.load(open(ORACLE_PATH))['searches']
+
+
+@pytest.mark.parametrize('searched', sorted(REFERENCE_SEARCHES))
+def test_unit_points_equal_the_reference_generator(searched):
+    names = searched.split(',')
+    unit = search.unit_sobol_points(100, len(names))
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(unit[:, i], REFERENCE_SEARCHES[searched]['unit'][name], err_msg=name)
+
+
+@pytest.mark.parametrize('searched', sorted(REFERENCE_SEARCHES))
+def test_mapped_values_equal_the_reference(searched):
+    names = searched.split(',')
+    points = search.search_points(names, 100)
+    for name in names:
+        expected = REFERENCE_SEARCHES[searched]['values'][name]
+        if name == 'decay_steps':
+            assert points[name].dtype.kind == 'i'
+            np.testing.assert_array_equal(points[name], expected)
+        else:
+            np.testing.assert_allclose(points[name], expected, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_first_two_dimensions_equal_scipy_and_the_third_does_not():
+    # scipy (Joe and Kuo's direction numbers) agrees with Bratley and Fox's in dimensions 1-2.
+    scipy_points = qmc.Sobol(d=3, scramble=False).random_base2(7)[1:101]
+    ours = search.unit_sobol_points(100, 3)
+    np.testing.assert_array_equal(ours[:, :2], scipy_points[:, :2])
+    assert not np.array_equal(ours[:, 2], scipy_points[:, 2])
+
+
+def test_third_dimension_by_hand():
+    # Dimension 3: x^2 + x + 1 with m = 1, 1, so v = 1/2, 1/4, then m_3 = 2 m_2 ^ 4 m_1 ^ m_1 = 7: 7/8.
+    # Points in Gray-code order: v1, v1^v2, v2, v2^v3, v1^v2^v3; in binary .100, .110, .010, .101, .001.
+    np.testing.assert_array_equal(search.unit_sobol_points(5, 3)[:, 2], [0.5, 0.75, 0.25, 0.625, 0.125])
 
 
 def test_learning_rate_alone_starts_at_the_reference_values():
@@ -13,33 +56,40 @@ def test_learning_rate_alone_starts_at_the_reference_values():
 
 
 def test_first_point_is_the_centre_of_the_box_in_every_dimension():
-    unit = search.unit_sobol_points(5, 4)
-    np.testing.assert_array_equal(unit[0], [0.5, 0.5, 0.5, 0.5])
+    unit = search.unit_sobol_points(5, search.MAX_SOBOL_DIMENSION)
+    np.testing.assert_array_equal(unit[0], np.full(search.MAX_SOBOL_DIMENSION, 0.5))
 
 
-def test_points_are_the_unscrambled_sobol_sequence_without_its_zero_point():
-    expected = qmc.Sobol(d=3, scramble=False).random_base2(4)[1:11]
-    np.testing.assert_array_equal(search.unit_sobol_points(10, 3), expected)
+def test_every_dimension_is_balanced_over_a_power_of_two():
+    # The first 2^k points of a Sobol sequence (with point 0) put one point in each dyadic interval.
+    unit = np.concatenate([np.zeros((1, search.MAX_SOBOL_DIMENSION)),
+                           search.unit_sobol_points(63, search.MAX_SOBOL_DIMENSION)])
+    for d in range(search.MAX_SOBOL_DIMENSION):
+        np.testing.assert_array_equal(np.sort(np.floor(unit[:, d] * 64)), np.arange(64), err_msg=f'dimension {d + 1}')
 
 
-def test_reverse_log_makes_one_minus_momentum_log_uniform():
-    momentum = search.search_points(['momentum'], 3)['momentum']
-    # Centre, then the 3/4 and 1/4 points of log10(1 - m) in [-1, -4].
-    np.testing.assert_allclose(1 - momentum, [10**-2.5, 10**-3.25, 10**-1.75], rtol=1e-9)
+def test_momentum_is_0_9999_at_zero_and_0_9_at_one():
+    parameter = search.SEARCH_SPACE['momentum']
+    np.testing.assert_allclose(search.to_range(np.array([0.0, 0.5, 1.0]), parameter),
+                               [0.9999, 1 - 10**-2.5, 0.9], rtol=1e-12)
+
+
+def test_momentum_of_the_second_trial_is_the_reference_value():
+    # REFERENCE.md: trial 2 (learning rate 0.1) has momentum 1 - 10^(-4 + 3 * 0.25).
+    momentum = search.search_points(['learning_rate', 'momentum'], 3)['momentum']
+    assert momentum[1] == pytest.approx(1 - 10**-3.25, rel=1e-12)
+    assert momentum[1] == pytest.approx(0.99944, abs=1e-5)
+
+
+def test_decay_steps_are_truncated_not_rounded():
+    parameter = search.SEARCH_SPACE['decay_steps']
+    np.testing.assert_array_equal(search.to_range(np.array([0.0, 0.99999 / 30000, 0.5, 1.0 - 1e-9, 1.0]), parameter),
+                                  [30000, 30000, 45000, 59999, 60000])
 
 
 def test_range_ends_map_to_the_bounds():
-    parameter = search.SEARCH_SPACE['momentum']
-    np.testing.assert_allclose(search.to_range(np.array([0.0, 1.0]), parameter), [0.9, 0.9999])
     parameter = search.SEARCH_SPACE['end_learning_rate_factor']
-    np.testing.assert_allclose(search.to_range(np.array([0.0, 1.0]), parameter), [1e-4, 0.1])
-
-
-def test_integer_parameters_are_ints_in_range():
-    steps = search.search_points(['decay_steps'], 20)['decay_steps']
-    assert steps.dtype.kind == 'i'
-    assert steps[0] == 45000
-    assert steps.min() >= 30000 and steps.max() <= 60000
+    np.testing.assert_allclose(search.to_range(np.array([0.0, 1.0]), parameter), [1e-4, 0.1], rtol=1e-12)
 
 
 def test_to_unit_inverts_to_range_for_every_scale():
@@ -49,15 +99,6 @@ def test_to_unit_inverts_to_range_for_every_scale():
             continue
         np.testing.assert_allclose(search.to_unit(search.to_range(unit, parameter), parameter), unit,
                                    atol=1e-12, err_msg=name)
-
-
-def test_all_four_parameters_use_one_sobol_dimension_each():
-    names = ['learning_rate', 'momentum', 'decay_steps', 'end_learning_rate_factor']
-    points = search.search_points(names, 8)
-    unit = search.unit_sobol_points(8, 4)
-    for i, name in enumerate(names):
-        np.testing.assert_allclose(search.to_unit(points[name], search.SEARCH_SPACE[name]), unit[:, i],
-                                   atol=2e-5)
 
 
 def test_edge_detection():
@@ -75,3 +116,8 @@ def test_unknown_parameter_is_named_in_the_error():
 def test_zero_points_is_an_error():
     with pytest.raises(ValueError, match='num_points'):
         search.search_points(['learning_rate'], 0)
+
+
+def test_too_many_dimensions_is_an_error():
+    with pytest.raises(ValueError, match='dimension must be in \\[1, 40\\]'):
+        search.unit_sobol_points(4, 41)
