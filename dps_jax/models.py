@@ -99,8 +99,19 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:
-    """Average pool, window = stride, VALID: (B, H, W, C) -> (B, H//window, W//window, C)."""
-    return jnp.mean(_windows(x, window), axis=(2, 4))
+    """Average pool, window = stride, TensorFlow SAME: (B, H, W, C) -> (B, ceil(H/window), ceil(W/window), C).
+
+    A window that runs past the edge averages only the pixels inside (TF's rule: padding is not
+    counted); for sizes divisible by `window` this is the plain VALID average.
+    """
+    height, width = x.shape[1], x.shape[2]
+    pad_h, pad_w = same_padding(height, window, window), same_padding(width, window, window)
+    if pad_h == (0, 0) and pad_w == (0, 0):
+        return jnp.mean(_windows(x, window), axis=(2, 4))
+    padding = ((0, 0), pad_h, pad_w, (0, 0))
+    sums = jnp.sum(_windows(jnp.pad(x, padding), window), axis=(2, 4))
+    counts = jnp.sum(_windows(jnp.pad(jnp.ones((1, height, width, 1), x.dtype), padding), window), axis=(2, 4))
+    return sums / counts
 
 
 def pad_channels(x: jax.Array, features: int) -> jax.Array:
@@ -112,7 +123,7 @@ def pad_channels(x: jax.Array, features: int) -> jax.Array:
 
 
 def residual_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
-    """Parameter-free shortcut: avg pool by stride, then zero-pad channels to features."""
+    """Parameter-free shortcut: avg pool by stride (TF SAME), then zero-pad channels to features."""
     if stride > 1:
         x = avg_pool(x, stride)
     return pad_channels(x, features)
@@ -151,16 +162,24 @@ class SimpleCNN(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation residual block without norm: (B, H, W, Cin) -> (B, H/stride, W/stride, features)."""
+    """Pre-activation residual block without norm: (B, H, W, Cin) -> (B, H/stride, W/stride, features).
+
+    out = conv2(relu(conv1(relu(x)))) + shortcut, shortcut = x when neither width nor size
+    changes, else avg_pool_stride(relu(x)) with zero channels appended.
+    """
     features: int
     stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        residual = Conv2D(self.features, 3, self.stride, name='conv1')(nn.relu(x))
+        activated = nn.relu(x)
+        residual = Conv2D(self.features, 3, self.stride, name='conv1')(activated)
         residual = Conv2D(self.features, 3, 1, name='conv2')(nn.relu(residual))
-        # The shortcut takes the block input before the ReLU (identity path stays linear).
-        return residual + residual_shortcut(x, self.features, self.stride)
+        # As the reference: only an identity shortcut keeps the pre-ReLU input; a shortcut that
+        # pools or widens takes the activated input.
+        if self.stride == 1 and x.shape[-1] == self.features:
+            return residual + x
+        return residual + residual_shortcut(activated, self.features, self.stride)
 
 
 class ResNet8(nn.Module):

@@ -196,9 +196,11 @@ def test_max_pool_2x2_splits_gradient_among_ties():
 
 @pytest.mark.parametrize('window', [2, 3])
 @pytest.mark.parametrize('shape', POOL_SHAPES[:3])
-def test_avg_pool_equals_flax_avg_pool(shape, window):
+def test_avg_pool_equals_tensorflow_same_average_pool(shape, window):
+    # TF's SAME average pool does not count the padding: flax's count_include_pad=False.
     x = _normal(0, shape)
-    expected = nn.avg_pool(x, (window, window), strides=(window, window), padding='VALID')
+    expected = nn.avg_pool(x, (window, window), strides=(window, window), padding='SAME', count_include_pad=False)
+    assert models.avg_pool(x, window).shape == expected.shape
     np.testing.assert_allclose(models.avg_pool(x, window), expected, **TOLERANCE)
 
 
@@ -225,9 +227,67 @@ def test_resnet_block_with_zero_convs_outputs_its_shortcut():
     params = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
     out = _apply(block, params, x)
     assert out.shape == (2, 4, 4, 32)
-    pooled = np.asarray(x).reshape(2, 4, 2, 4, 2, 16).mean(axis=(2, 4))
+    # The downsampling shortcut pools the block input AFTER the ReLU.
+    pooled = np.maximum(np.asarray(x), 0).reshape(2, 4, 2, 4, 2, 16).mean(axis=(2, 4))
     np.testing.assert_allclose(out[..., :16], pooled, **TOLERANCE)
     np.testing.assert_array_equal(out[..., 16:], 0.0)
+
+
+def test_identity_block_with_zero_convs_outputs_its_input_before_the_relu():
+    block = models.PreActBlock(features=16, stride=1)
+    x = _normal(0, (2, 8, 8, 16))
+    shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)['params']
+    params = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    np.testing.assert_array_equal(_apply(block, params, x), x)
+
+
+def _lax_resnet8(params, images):
+    """ResNet-8 as REFERENCE.md states it, from plain lax ops (convolution, reduce_window)."""
+    highest = lax.Precision.HIGHEST
+
+    def conv(x, layer, stride):
+        y = lax.conv_general_dilated(x, layer['kernel'], (stride, stride), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=highest)
+        return y + layer['bias']
+
+    def tf_same_avg_pool(x, stride):
+        window = (1, stride, stride, 1)
+        total = lax.reduce_window(x, 0.0, lax.add, window, window, 'SAME')
+        count = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, window, window, 'SAME')
+        return total / count
+
+    def block(x, layer, stride):
+        x_relu = jnp.maximum(x, 0.0)
+        out = conv(jnp.maximum(conv(x_relu, layer['conv1'], stride), 0.0), layer['conv2'], 1)
+        width = layer['conv2']['kernel'].shape[-1]
+        if stride == 1 and x.shape[-1] == width:
+            return out + x
+        pooled = tf_same_avg_pool(x_relu, stride)
+        zeros = jnp.zeros(pooled.shape[:-1] + (width - pooled.shape[-1],), pooled.dtype)
+        return out + jnp.concatenate([pooled, zeros], axis=-1)
+
+    x = conv(images, params['stem'], 1)
+    x = block(x, params['block1'], 1)
+    x = block(x, params['block2'], 2)
+    x = block(x, params['block3'], 2)
+    features = jnp.mean(jnp.maximum(x, 0.0), axis=(1, 2))
+    return jnp.dot(features, params['dense']['kernel'], precision=highest) + params['dense']['bias']
+
+
+@pytest.mark.parametrize('image_size', [32, 28])
+def test_resnet8_equals_a_plain_lax_forward_pass(image_size):
+    model = models.get_model('resnet8')
+    params = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, image_size, image_size, 3)))['params']
+    # Random biases too (they start at zero), so every bias is checked as well.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    params = jax.tree_util.tree_unflatten(treedef, [
+        leaf if leaf.ndim > 1 else _normal(10 + i, leaf.shape, 0.1) for i, leaf in enumerate(leaves)])
+    images = _normal(4, (4, image_size, image_size, 3))
+    with jax.default_matmul_precision('highest'):
+        got = _apply(model, params, images)
+    expected = jax.jit(_lax_resnet8)(params, images)
+    # Float32 precision: both sides use full-precision matmuls and convolutions.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_resnet8_stride_two_stages_halve_the_spatial_size():
