@@ -39,13 +39,13 @@ def throughput(steps: int) -> dict:
 
     images, labels, apply_fn, optimizer, trials = setup()
     mesh = parallel.make_mesh() if jax.device_count() > 1 else None
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error(apply_fn),
+    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
                                        BATCH_SIZE, steps, False, mesh)
     trials = parallel.place_trials(trials, mesh)
     images, labels = parallel.place_replicated((images, labels), mesh)
     order = parallel.place_replicated(trial.init_data_order(0, images.shape[0]), mesh)
     active = np.ones(NUM_TRIALS, bool)
-    run = lambda: programs.train_chunk(trials, active, order, np.int32(0), images, labels)
+    run = lambda: programs.train_chunk(trials, active, order, images, labels)
     jax.block_until_ready(run())
     best = float('inf')
     for _ in range(3):
@@ -61,7 +61,7 @@ def checkpoint_overhead(quick: bool) -> None:
     from dps_jax import checkpoints, engine, trial
 
     images, labels, apply_fn, optimizer, trials = setup()
-    settings = dict(train_step=trial.make_train_step(apply_fn, optimizer), val_error=trial.make_val_error(apply_fn, 100),
+    settings = dict(train_step=trial.make_train_step(apply_fn, optimizer), val_error=trial.make_val_error_count(apply_fn, 100),
                     train_images=images[:3584], train_labels=labels[:3584], val_images=images[3584:],
                     val_labels=labels[3584:], batch_size=BATCH_SIZE, goal_error=1e-6, check_every=20,
                     max_steps=100 if quick else 200, until='all')

@@ -60,10 +60,10 @@ def engine_vs_sequential(quick):
         for num_trials in (1, 8, 64):
             steps = steps_for(num_trials, batch_size, quick)
             trials = make_trials(model, optimizer, num_trials, images, labels)
-            programs = engine.compile_programs(train_step, trial.make_val_error(apply_fn), batch_size, steps, False)
+            programs = engine.compile_programs(train_step, trial.make_val_error_count(apply_fn), batch_size, steps, False)
             order = trial.init_data_order(0, EXAMPLES)
             active = jnp.ones(num_trials, bool)
-            vectorized = seconds(lambda: programs.train_chunk(trials, active, order, jnp.int32(0), images, labels))
+            vectorized = seconds(lambda: programs.train_chunk(trials, active, order, images, labels))
             single_chunk = jax.jit(trial.make_train_chunk(train_step, batch_size, steps))
             # The sequential baseline runs min(N, 8) trials one after another and scales to N:
             # every trial is the same work, so the sum is N times one trial's time.
@@ -91,7 +91,7 @@ def engine_vs_naive(num_trials, batch_size, steps):
     def naive():
         state, current = params, order
         for step in range(steps):
-            current, indices = trial.next_batch_indices(current, jnp.int32(step), batch_size)
+            current, indices = trial.next_batch_indices(current, batch_size)
             state, _ = naive_step(state, (images[indices], labels[indices]))
         return state
 
@@ -99,10 +99,10 @@ def engine_vs_naive(num_trials, batch_size, steps):
     apply_fn = lambda p, x: model.apply({'params': p}, x)
     optimizer = optim.make_optimizer('sgd')
     trials = make_trials(model, optimizer, num_trials, images, labels)
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error(apply_fn),
+    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
                                        batch_size, steps, False)
     active = jnp.ones(num_trials, bool)
-    vectorized = seconds(lambda: programs.train_chunk(trials, active, order, jnp.int32(0), images, labels))
+    vectorized = seconds(lambda: programs.train_chunk(trials, active, order, images, labels))
     naive_seconds = seconds(naive, repeats=1)
     return num_trials * steps / vectorized, num_trials * steps / naive_seconds
 
@@ -126,7 +126,7 @@ def real_cell(args):
     for until in ('first', 'all'):
         results[until] = engine.run_cell(
             trials, train_step=trial.make_train_step(apply_fn, optimizer),
-            val_error=trial.make_val_error(apply_fn, max(50, 8192 // args.trials)),
+            val_error=trial.make_val_error_count(apply_fn, max(50, 8192 // args.trials)),
             train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
             batch_size=64, goal_error=0.15, max_steps=args.budget, check_every=100, until=until,
             log=lambda line: print(line, flush=True), log_every_seconds=60)
@@ -155,7 +155,7 @@ def memory_check(num_trials=64, batch_size=4096):
     memory = engine.default_memory_bytes(0.5)
     group_size = engine.estimate_group_size(train_step, jax.tree.map(lambda leaf: leaf[0], trials), (28, 28, 1),
                                             batch_size, memory, num_trials)
-    result = engine.run_cell(trials, train_step=train_step, val_error=trial.make_val_error(apply_fn, 25),
+    result = engine.run_cell(trials, train_step=train_step, val_error=trial.make_val_error_count(apply_fn, 25),
                              train_images=images, train_labels=labels, val_images=images[:6000],
                              val_labels=labels[:6000], batch_size=batch_size, goal_error=1e-9, max_steps=1,
                              check_every=1, until='all', group_size=group_size)

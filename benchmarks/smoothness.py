@@ -33,11 +33,11 @@ BATCH_SIZE = 64
 
 def training_step_seconds(apply_fn, optimizer, trials, images, labels, steps):
     """Seconds per step of the engine's chunk for all trials at BATCH_SIZE."""
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error(apply_fn),
+    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
                                        BATCH_SIZE, steps, False)
     order = trial.init_data_order(0, images.shape[0])
     active = jnp.ones(jax.tree.leaves(trials)[0].shape[0], bool)
-    return seconds(lambda: programs.train_chunk(trials, active, order, jnp.int32(0), images, labels)) / steps
+    return seconds(lambda: programs.train_chunk(trials, active, order, images, labels)) / steps
 
 
 def measurement_costs(num_trials, num_examples, steps):
@@ -80,7 +80,7 @@ def carry_overhead(num_trials, steps):
     def without_carry(states, active, order, step):
         def body(carry, _):
             states, order, step, finite = carry
-            order, indices = trial.next_batch_indices(order, step, BATCH_SIZE)
+            order, indices = trial.next_batch_indices(order, BATCH_SIZE)
             stepped, metrics = batched_step(states, (images[indices], labels[indices]))
             states = jax.tree.map(
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), stepped, states)

@@ -146,32 +146,9 @@ def _save_ended(saved: dict, slot_trial: np.ndarray, status: np.ndarray | None, 
             saved[index] = parallel.to_host(jax.tree.map(lambda leaf: leaf[slot], states))
 
 
-def _next_batch_indices_per_trial(orders: trial.DataOrder, step: jax.Array, batch_size: int
-                                  ) -> tuple[trial.DataOrder, jax.Array]:
-    """trial.next_batch_indices for stacked per-trial orders: indices (trials, batch_size).
-
-    Trials run in lockstep, so they change epoch at the same step: the test is made once, outside
-    vmap, so that the permutations are drawn only at epoch ends (a vmapped cond would draw them
-    at every step).
-    """
-    num_examples = orders.permutation.shape[-1]
-    steps_per_epoch = num_examples // batch_size
-    epoch = (step // steps_per_epoch).astype(jnp.int32)
-    new_permutations = jax.vmap(trial.epoch_permutation, in_axes=(0, None, None))
-    orders = jax.lax.cond(
-        epoch == orders.epoch[0],
-        lambda: orders,
-        lambda: trial.DataOrder(orders.key, jnp.full_like(orders.epoch, epoch),
-                                new_permutations(orders.key, epoch, num_examples)))
-    start = (step % steps_per_epoch) * batch_size
-    indices = jax.vmap(lambda permutation: jax.lax.dynamic_slice(permutation, (start,), (batch_size,)))(
-        orders.permutation)
-    return orders, indices
-
-
 class Programs(NamedTuple):
-    train_chunk: Callable   # (states, active, order, step, images, labels) -> (states, order, finite, previous)
-    evaluate: Callable      # (params, mask, images, labels) -> errors (slots,)
+    train_chunk: Callable   # (states, active, order, images, labels) -> (states, order, finite, previous)
+    evaluate: Callable      # (params, mask, images, labels) -> error counts (slots,)
 
 
 @functools.lru_cache(maxsize=32)
@@ -184,7 +161,7 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
     over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
     """
     batched_step = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
-    batched_indices = _next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
+    batched_indices = trial.next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
     if parallel.data_count(mesh) > 1:
         spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)
         shard_batch = lambda batch: jax.lax.with_sharding_constraint(
@@ -192,11 +169,11 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
     else:
         shard_batch = lambda batch: batch
 
-    def train_chunk(states, active, order, step, train_images, train_labels):
+    def train_chunk(states, active, order, train_images, train_labels):
         def body(carry, _):
-            states, order, step, finite, _ = carry
+            states, order, finite, _ = carry
             previous = states.params
-            order, indices = batched_indices(order, step, batch_size)
+            order, indices = batched_indices(order, batch_size)
             batch = shard_batch((train_images[indices], train_labels[indices]))
             stepped, metrics = batched_step(states, batch)
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
@@ -204,13 +181,13 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
                 stepped, states)
             finite = finite & jnp.isfinite(metrics.loss)
-            return (states, order, step + 1, finite, previous), None
+            return (states, order, finite, previous), None
 
         # The parameters before the chunk's last step come out too, for the smoothness estimate;
         # they are always carried so that the training program is the same with it on or off.
         finite = jnp.ones(active.shape, bool)
-        (states, order, _, finite, previous), _ = jax.lax.scan(
-            body, (states, order, step, finite, states.params), None, length=check_every)
+        (states, order, finite, previous), _ = jax.lax.scan(
+            body, (states, order, finite, states.params), None, length=check_every)
         # The losses are taken before each update, so a step that breaks the weights at the end
         # of the chunk shows only in the weights themselves.
         return states, order, finite & jax.vmap(trial.all_finite)(states.params), previous
@@ -247,6 +224,10 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
              mesh: Any = None, checkpoints: Any = None,
              log: Callable[[str], None] | None = None, log_every_seconds: float = 10.0) -> CellResult:
     """Trains the N stacked `trials` of one cell and returns each trial's steps-to-result.
+
+    val_error(params, mask, images, labels) is one trial's validation result: an integer error
+    count over the split (trial.make_val_error_count; the goal is decided as the reference does)
+    or a float error value compared with goal_error directly.
 
     until='first' ends at the first check where any trial reaches the goal (that step is the
     minimum over trials, as they run in lockstep); 'all' runs every trial to its own end.
@@ -293,12 +274,14 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     lipschitz_series: list[list] = [[] for _ in range(num_trials)]
     noise_scale_series: list[list] = [[] for _ in range(num_trials)]
 
-    num_examples = int(train_images.shape[0])
+    num_examples, num_val_examples = int(train_images.shape[0]), int(val_images.shape[0])
     shared_order = None
     if per_trial_order:
-        orders = stack_trees([trial.init_data_order(data_seed + i, num_examples) for i in range(num_trials)])
+        orders = stack_trees([trial.init_data_order(data_seed + i, num_examples, batch_size=batch_size)
+                             for i in range(num_trials)])
     else:
-        shared_order = parallel.place_replicated(trial.init_data_order(data_seed, num_examples), mesh)
+        shared_order = parallel.place_replicated(
+            trial.init_data_order(data_seed, num_examples, batch_size=batch_size), mesh)
 
     # Slots: padded to whole groups with copies of trial 0 that never count (slot_trial = -1).
     def layout(trial_indices: np.ndarray, source: Any, source_slot_of: dict[int, int]):
@@ -391,7 +374,7 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
             active = (group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING)
             states, order = group if per_trial_order else (group, shared_order)
             states, next_order, group_finite, previous = programs.train_chunk(
-                states, active, order, np.int32(step), train_images, train_labels)
+                states, active, order, train_images, train_labels)
             group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
             if measure_lipschitz:
                 lipschitz.append(measure.lipschitz(previous, states.params, states.mask, lipschitz_images,
@@ -407,8 +390,10 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         step = next_step
         checks += 1
         computed += len(slot_trial) * check_every
-        # The one host read per check: an error and a finiteness flag per slot.
+        # The one host read per check: an error count and a finiteness flag per slot.
         errors, finite = (np.concatenate(values) for values in parallel.to_host((errors, finite)))
+        reached = trial.reached_goal(errors, num_val_examples, goal_error)
+        rates = trial.error_rate(errors, num_val_examples)
         live_slots = np.flatnonzero((slot_trial >= 0) & (status[np.maximum(slot_trial, 0)] == RUNNING))
         if measure_lipschitz or measure_noise:
             record([lipschitz, noise_scale], live_slots, step)
@@ -416,12 +401,13 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
             index = slot_trial[slot]
             steps[index] = step
             needed += check_every
-            last_val_error[index] = errors[slot]
-            best_val_error[index] = min(best_val_error[index], errors[slot])
-            if not finite[slot] or not np.isfinite(errors[slot]):
-                status[index] = DIVERGED
-            elif trial.reaches_goal(errors[slot], goal_error):
+            last_val_error[index] = rates[slot]
+            best_val_error[index] = min(best_val_error[index], rates[slot])
+            # The reference's order: the goal first, then a non-finite loss or weights.
+            if reached[slot]:
                 status[index], steps_to_result[index] = REACHED, step
+            elif not finite[slot] or not np.isfinite(rates[slot]):
+                status[index] = DIVERGED
             elif step >= max_steps:
                 status[index] = EXHAUSTED
         now = time.perf_counter()

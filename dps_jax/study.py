@@ -315,7 +315,7 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, 
     train_step = trial.make_train_step(apply_fn, optimizer)
     # ~1,600 rows per vmapped matmul was fastest on XLA:CPU (16 trials x 100: 70 GFLOP/s, x 1000: 47).
     eval_chunk = config.eval_chunk_size or int(np.clip(1600 // num_trials, 25, 1000))
-    val_error = trial.make_val_error(apply_fn, eval_chunk)
+    val_error = trial.make_val_error_count(apply_fn, eval_chunk)
 
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params = jax.jit(jax.vmap(lambda seed: trial.init_params(model, example_shape, seed)))(seeds)

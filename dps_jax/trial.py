@@ -69,17 +69,17 @@ def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformationEx
     return train_step
 
 
-def make_val_error(apply_fn: ApplyFn, chunk_size: int = 1000
-                   ) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
-    """val_error(params, mask, images, labels) -> error rate (float32) over the WHOLE split.
+def make_val_error_count(apply_fn: ApplyFn, chunk_size: int = 1000
+                         ) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
+    """val_error_count(params, mask, images, labels) -> misclassified examples (int32) of the WHOLE split.
 
-    Evaluated in chunks of `chunk_size` examples (a lax.map, then the remainder), exactly:
-    errors are counted as integers and divided once.
+    Evaluated in chunks of `chunk_size` examples (a lax.map, then the remainder). The count, not
+    a rate, goes to the host, where `reached_goal` decides as the reference does.
     """
     if chunk_size < 1:
         raise ValueError(f'eval chunk_size must be >= 1, got {chunk_size}')
 
-    def val_error(params, mask, images, labels):
+    def val_error_count(params, mask, images, labels):
         masked = apply_mask(params, mask)
         num_examples = images.shape[0]
         num_full = num_examples // chunk_size
@@ -93,21 +93,56 @@ def make_val_error(apply_fn: ApplyFn, chunk_size: int = 1000
         if num_examples % chunk_size:
             rest = slice(num_full * chunk_size, num_examples)
             errors = errors + losses.error_count(apply_fn(masked, images[rest]), labels[rest])
-        return errors.astype(jnp.float32) / num_examples
+        return errors
 
-    return val_error
+    return val_error_count
+
+
+def max_errors_at_goal(num_examples: int, goal_error: float) -> int:
+    """The most errors of `num_examples` that the reference counts as reaching `goal_error` (-1: none).
+
+    The reference's rule: err = 1 - a, with a the float32 mean of the float32 per-example
+    accuracies (correctly rounded: the sum of 0/1 values is exact below 2^24 examples), then
+    err <= goal in float64. So 720 errors of 6,000 (err 0.12000000477) miss goal 0.12, while
+    120 of 6,000 (err 0.01999998) reach goal 0.02. err grows with the count, so a threshold suffices.
+    """
+    errors = np.arange(num_examples + 1)
+    accuracy = (np.float32(num_examples) - errors.astype(np.float32)) / np.float32(num_examples)
+    reached = np.flatnonzero(1.0 - accuracy.astype(np.float64) <= float(goal_error))
+    return int(reached[-1]) if reached.size else -1
+
+
+def reached_goal(errors, num_examples: int, goal_error: float) -> np.ndarray:
+    """Whether each validation result reaches the goal (bool array, host-side numpy).
+
+    Integer `errors` are error counts over a split of `num_examples`, decided exactly as the
+    reference does (max_errors_at_goal); float `errors` are error values of another metric (a
+    loss, say), compared as error <= goal_error.
+    """
+    errors = np.asarray(errors)
+    if errors.dtype.kind in 'iu':
+        return errors <= max_errors_at_goal(num_examples, goal_error)
+    return errors.astype(np.float64) <= float(goal_error)
+
+
+def error_rate(errors, num_examples: int) -> np.ndarray:
+    """Validation error as a float64 fraction: count / num_examples for integer counts, else as given."""
+    errors = np.asarray(errors)
+    return errors / num_examples if errors.dtype.kind in 'iu' else errors.astype(np.float64)
 
 
 class DataOrder(NamedTuple):
-    """Which examples the next batches take: a fresh permutation each epoch, from a data seed.
+    """An endless shuffled stream of training-example indices, positioned at one step.
 
-    Every batch is full: an epoch is num_examples // batch_size steps; the remainder of each
-    permutation is skipped. The order is a pure function of (seed, step), so any step can be
-    resumed.
+    A fresh permutation per epoch, and a batch that runs past the end of one permutation
+    continues into the next, as the reference's stream: nothing is dropped. `window` holds the
+    permutations of `epoch` and `epoch + 1`; the next batch starts at `offset` in it. With a
+    leading trial axis it is one stream per trial (all at the same position).
     """
-    key: jax.Array          # uint32[2] raw key of the data seed
-    epoch: jax.Array        # int32, the epoch `permutation` belongs to
-    permutation: jax.Array  # int32 (num_examples,)
+    key: jax.Array     # uint32[2] raw key of the data seed
+    epoch: jax.Array   # int32, the epoch of the window's first half
+    offset: jax.Array  # int32 in [0, num_examples): where the next batch starts
+    window: jax.Array  # int32 (2 * num_examples,): permutations of epoch and epoch + 1
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
@@ -115,24 +150,59 @@ def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> ja
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples).astype(jnp.int32)
 
 
+def _epoch_window(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    return jnp.concatenate([epoch_permutation(key, epoch, num_examples),
+                            epoch_permutation(key, epoch + 1, num_examples)])
+
+
 def init_data_order(seed: int, num_examples: int, step: int = 0, batch_size: int = 1) -> DataOrder:
-    """The data order positioned for `step` (epoch = step // (num_examples // batch_size))."""
+    """The stream of data seed `seed` positioned for training step `step` at `batch_size`.
+
+    The position is step * batch_size examples into the stream (Python integers: exact at any
+    step), so the order is a pure function of (seed, step, batch_size) and any step can resume.
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f'batch_size={batch_size} must be in [1, {num_examples}] (the training split)')
     key = jax.random.PRNGKey(seed)
-    epoch = jnp.asarray(step // max(1, num_examples // batch_size), jnp.int32)
-    return DataOrder(key, epoch, epoch_permutation(key, epoch, num_examples))
+    epoch, offset = divmod(int(step) * int(batch_size), int(num_examples))
+    epoch = jnp.asarray(epoch, jnp.int32)
+    return DataOrder(key, epoch, jnp.asarray(offset, jnp.int32), _epoch_window(key, epoch, num_examples))
 
 
-def next_batch_indices(order: DataOrder, step: jax.Array, batch_size: int) -> tuple[DataOrder, jax.Array]:
-    """(order, indices (batch_size,) int32) for training step `step`; reshuffles at epoch ends."""
-    num_examples = order.permutation.shape[0]
-    steps_per_epoch = num_examples // batch_size
-    epoch = (step // steps_per_epoch).astype(jnp.int32)
-    order = jax.lax.cond(
-        epoch == order.epoch,
-        lambda: order,
-        lambda: DataOrder(order.key, epoch, epoch_permutation(order.key, epoch, num_examples)))
-    start = (step % steps_per_epoch) * batch_size
-    return order, jax.lax.dynamic_slice(order.permutation, (start,), (batch_size,))
+def _advance(order: DataOrder, batch_size: int, window_of_epoch: Callable) -> DataOrder:
+    """The order after one batch: once the offset passes the first permutation, the window
+    moves on by one epoch (a cond, so new permutations are drawn only at epoch ends)."""
+    num_examples = order.window.shape[-1] // 2
+    offset = order.offset + batch_size
+    # All streams are at the same position: one test (outside any vmap) for all of them.
+    crossed = jnp.reshape(offset, (-1,))[0] >= num_examples
+
+    def next_epoch():
+        epoch = order.epoch + 1
+        window = jnp.concatenate([order.window[..., num_examples:], window_of_epoch(order.key, epoch + 1)], axis=-1)
+        return DataOrder(order.key, epoch, offset - num_examples, window)
+
+    return jax.lax.cond(crossed, next_epoch, lambda: order._replace(offset=offset))
+
+
+def next_batch_indices(order: DataOrder, batch_size: int) -> tuple[DataOrder, jax.Array]:
+    """(order, indices (batch_size,) int32) of the next batch of the stream."""
+    num_examples = order.window.shape[-1] // 2
+    if batch_size > num_examples:
+        raise ValueError(f'batch_size={batch_size} is larger than the training split ({num_examples})')
+    indices = jax.lax.dynamic_slice(order.window, (order.offset,), (batch_size,))
+    return _advance(order, batch_size, lambda key, epoch: epoch_permutation(key, epoch, num_examples)), indices
+
+
+def next_batch_indices_per_trial(orders: DataOrder, batch_size: int) -> tuple[DataOrder, jax.Array]:
+    """next_batch_indices for stacked per-trial streams: indices (trials, batch_size)."""
+    num_examples = orders.window.shape[-1] // 2
+    if batch_size > num_examples:
+        raise ValueError(f'batch_size={batch_size} is larger than the training split ({num_examples})')
+    indices = jax.vmap(lambda window, offset: jax.lax.dynamic_slice(window, (offset,), (batch_size,)))(
+        orders.window, orders.offset)
+    permutations = jax.vmap(epoch_permutation, in_axes=(0, 0, None))
+    return _advance(orders, batch_size, lambda keys, epochs: permutations(keys, epochs, num_examples)), indices
 
 
 def make_train_chunk(train_step, batch_size: int, num_steps: int):
@@ -145,7 +215,7 @@ def make_train_chunk(train_step, batch_size: int, num_steps: int):
     def train_chunk(state, order, train_images, train_labels):
         def body(carry, _):
             state, order = carry
-            order, indices = next_batch_indices(order, state.step, batch_size)
+            order, indices = next_batch_indices(order, batch_size)
             state, metrics = train_step(state, (train_images[indices], train_labels[indices]))
             return (state, order), metrics
 
@@ -192,15 +262,6 @@ def make_init_trial(model, optimizer, example_shape: tuple, *, pruning: str, spa
     return init_trial
 
 
-def reaches_goal(error, goal_error: float):
-    """error <= goal_error, compared in float32 where the error was computed.
-
-    count / n is rounded to float32 once; rounding the goal the same way keeps an error exactly
-    at the goal (e.g. 84 / 600 = 0.14) counted as reached. Works on numpy arrays too.
-    """
-    return np.asarray(error, np.float32) <= np.float32(goal_error)
-
-
 class TrialResult(NamedTuple):
     """How one trial ended."""
     status: str                  # one of STATUSES except 'running'
@@ -216,31 +277,36 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
               check_every: int, data_seed: int, log: Callable[[str], None] | None = None) -> TrialResult:
     """Trains one trial until its validation error <= goal_error, it diverges, or max_steps.
 
-    The host reads two scalars per check (val error, loss finiteness), never per step.
+    val_error(params, mask, images, labels) gives the split's error count (make_val_error_count;
+    a float error value also works, see reached_goal). The host reads a few scalars per check,
+    never per step.
     """
     started = time.perf_counter()
-    order = init_data_order(data_seed, train_images.shape[0])
+    order = init_data_order(data_seed, train_images.shape[0], batch_size=batch_size)
     train_chunk = jax.jit(make_train_chunk(train_step, batch_size, check_every))
     evaluate = jax.jit(val_error)
+    num_val = int(val_images.shape[0])
     history, best = [], float('inf')
     steps, status, steps_to_result = 0, 'exhausted', None
     while steps < max_steps:
         state, order, metrics = train_chunk(state, order, train_images, train_labels)
         steps += check_every
-        error = float(evaluate(state.params, state.mask, val_images, val_labels))
         # One host read: losses are taken before each update, so a broken last step shows only
         # in the weights.
-        finite = bool(jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params))
-        last_loss = float(metrics.loss[-1])
+        errors, finite, last_loss = jax.device_get((
+            evaluate(state.params, state.mask, val_images, val_labels),
+            jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params), metrics.loss[-1]))
+        error, finite, last_loss = float(error_rate(errors, num_val)), bool(finite), float(last_loss)
         history.append((steps, error, last_loss))
         best = min(best, error)
         if log is not None:
             log(f'step {steps:>7d}  val error {error:.4f}  train loss {last_loss:.4f}  '
                 f'({time.perf_counter() - started:.1f} s)')
+        # The reference's order: the goal first, then a non-finite loss.
+        if reached_goal(errors, num_val, goal_error):
+            status, steps_to_result = 'reached', steps
+            break
         if not finite or not np.isfinite(error):
             status = 'diverged'
-            break
-        if reaches_goal(error, goal_error):
-            status, steps_to_result = 'reached', steps
             break
     return TrialResult(status, steps_to_result, steps, best, history, time.perf_counter() - started)

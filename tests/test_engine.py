@@ -49,7 +49,7 @@ def cell_setup(optimizer='momentum', sparsity=0.2, rates=RATES, seeds=None):
 
 
 def run(trials, tx, **overrides):
-    settings = dict(train_step=trial.make_train_step(APPLY, tx), val_error=trial.make_val_error(APPLY, 64),
+    settings = dict(train_step=trial.make_train_step(APPLY, tx), val_error=trial.make_val_error_count(APPLY, 64),
                     train_images=TRAIN_IMAGES, train_labels=TRAIN_LABELS, val_images=VAL_IMAGES,
                     val_labels=VAL_LABELS, batch_size=16, goal_error=0.14, max_steps=300, check_every=10,
                     data_seed=0, until='all')
@@ -63,7 +63,7 @@ def test_vmapped_trials_match_each_trial_run_alone():
     for index, rate in enumerate(RATES):
         single = jax.jit(init_trial)(index, {'learning_rate': rate, 'momentum': 0.5}, TRAIN_IMAGES, TRAIN_LABELS)
         alone = trial.run_trial(state=single, train_step=trial.make_train_step(APPLY, tx),
-                                val_error=trial.make_val_error(APPLY, 64), train_images=TRAIN_IMAGES,
+                                val_error=trial.make_val_error_count(APPLY, 64), train_images=TRAIN_IMAGES,
                                 train_labels=TRAIN_LABELS, val_images=VAL_IMAGES, val_labels=VAL_LABELS,
                                 batch_size=16, goal_error=0.14, max_steps=300, check_every=10, data_seed=0)
         assert engine.STATUS_NAMES[result.status[index]] == alone.status, index
@@ -226,3 +226,29 @@ def test_group_size_estimate_shrinks_with_batch_size_and_memory():
     large_batch = engine.estimate_group_size(step, one, (6,), 4096, 1 << 20, 1000)
     assert roomy == 1000  # capped at the number of trials
     assert 1 <= large_batch < small_batch < 1000
+
+
+def test_goal_is_checked_before_a_non_finite_loss_and_at_the_reference_threshold():
+    # Each trial's "network" reports a fixed error count of 6,000 and optionally a NaN loss.
+    counts = jnp.array([719, 720, 700, 900], jnp.int32)
+    nan_loss = jnp.array([False, False, True, True])
+
+    def step_with_fixed_loss(state, batch):
+        loss = jnp.where(state.params['nan_loss'], jnp.nan, 0.0)
+        return state._replace(step=state.step + 1), trial.StepMetrics(loss, jnp.zeros(()))
+
+    def fixed_error_count(params, mask, images, labels):
+        return params['errors']
+
+    params = {'errors': counts, 'nan_loss': nan_loss}
+    trials = trial.TrainState(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
+                              jnp.zeros(4), jnp.zeros(4, jnp.int32))
+    result = engine.run_cell(trials, train_step=step_with_fixed_loss, val_error=fixed_error_count,
+                             train_images=jnp.zeros((20, 1)), train_labels=jnp.zeros(20, jnp.int32),
+                             val_images=jnp.zeros((6000, 1)), val_labels=jnp.zeros(6000, jnp.int32),
+                             batch_size=8, goal_error=0.12, max_steps=20, check_every=10, until='all')
+    # 719 / 6,000 reaches 0.12 and 720 / 6,000 does not (err 0.12000000477); a trial at the goal
+    # with a NaN loss counts as reached, one above it as diverged.
+    assert result.status_names() == ['reached', 'exhausted', 'reached', 'diverged']
+    np.testing.assert_array_equal(result.steps_to_result, [10, -1, 10, -1])
+    np.testing.assert_allclose(result.last_val_error, [719 / 6000, 720 / 6000, 700 / 6000, 900 / 6000])

@@ -274,7 +274,7 @@ def _lax_resnet8(params, images):
     return jnp.dot(features, params['dense']['kernel'], precision=highest) + params['dense']['bias']
 
 
-@pytest.mark.parametrize('image_size', [32, 28])
+@pytest.mark.parametrize('image_size', [32])
 def test_resnet8_equals_a_plain_lax_forward_pass(image_size):
     model = models.get_model('resnet8')
     params = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, image_size, image_size, 3)))['params']

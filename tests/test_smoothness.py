@@ -191,7 +191,7 @@ def test_engine_lipschitz_is_the_estimate_between_the_last_two_iterates():
 
     @jax.jit
     def one_step(state, order, step):
-        order, indices = trial.next_batch_indices(order, step, 16)
+        order, indices = trial.next_batch_indices(order, 16)
         return train_step(state, (TRAIN_IMAGES[indices], TRAIN_LABELS[indices]))[0], order
 
     losses = smoothness.make_example_losses(APPLY)

@@ -70,9 +70,9 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
     labels = jnp.asarray(RNG.integers(0, 3, size=1037))
     logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
         state.params['dense']['bias'], np.float64)
-    expected = np.mean(logits.argmax(1) != np.asarray(labels))
-    got = jax.jit(trial.make_val_error(linear_apply, chunk_size))(state.params, state.mask, images, labels)
-    assert float(got) == pytest.approx(expected, abs=1e-7)
+    expected = np.sum(logits.argmax(1) != np.asarray(labels))
+    got = jax.jit(trial.make_val_error_count(linear_apply, chunk_size))(state.params, state.mask, images, labels)
+    assert got.dtype == jnp.int32 and int(got) == expected
 
 
 def test_val_error_uses_the_masked_network():
@@ -81,41 +81,123 @@ def test_val_error_uses_the_masked_network():
     labels = jnp.asarray(RNG.integers(0, 3, size=64))
     unpruned = {'dense': {'kernel': state.params['dense']['kernel'] + 1.0, 'bias': state.params['dense']['bias']}}
     nothing_kept = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, bool), state.mask)
-    error = trial.make_val_error(linear_apply, 10)(unpruned, nothing_kept, images, labels)
+    error = trial.make_val_error_count(linear_apply, 10)(unpruned, nothing_kept, images, labels)
     # All logits zero: argmax is class 0 everywhere.
-    assert float(error) == pytest.approx(float(np.mean(np.asarray(labels) != 0)))
+    assert int(error) == int(np.sum(np.asarray(labels) != 0))
 
 
 def test_a_non_finite_network_counts_every_example_as_an_error():
     state, _ = make_state()
     broken = jax.tree.map(lambda leaf: leaf * jnp.nan, state.params)
     images = jnp.ones((10, 5))
-    error = trial.make_val_error(linear_apply, 4)(broken, state.mask, images, jnp.zeros(10, jnp.int32))
-    assert float(error) == 1.0
+    error = trial.make_val_error_count(linear_apply, 4)(broken, state.mask, images, jnp.zeros(10, jnp.int32))
+    assert int(error) == 10
 
 
-def test_each_epoch_is_a_fresh_permutation_of_full_batches():
-    order = trial.init_data_order(seed=3, num_examples=10)
-    seen = []
-    next_indices = jax.jit(trial.next_batch_indices, static_argnums=2)
-    for step in range(9):  # 3 steps of 3 per epoch, the 10th example skipped each epoch
-        order, indices = next_indices(order, jnp.int32(step), 3)
-        seen.append(np.asarray(indices))
-    epochs = [np.concatenate(seen[i:i + 3]) for i in (0, 3, 6)]
-    for epoch in epochs:
-        assert len(set(epoch.tolist())) == 9 and epoch.min() >= 0 and epoch.max() < 10
-    assert not np.array_equal(epochs[0], epochs[1])
+def reference_stream(seed, num_examples, num_epochs):
+    """The reference's endless stream, written out: epoch permutations one after another."""
+    key = jax.random.PRNGKey(seed)
+    return np.concatenate([np.asarray(trial.epoch_permutation(key, epoch, num_examples))
+                           for epoch in range(num_epochs)])
 
 
-def test_data_order_is_a_pure_function_of_seed_and_step():
-    batch_size, step = 4, 7
-    order = trial.init_data_order(5, 18)
-    for s in range(step):
-        order, _ = trial.next_batch_indices(order, jnp.int32(s), batch_size)
-    _, continued = trial.next_batch_indices(order, jnp.int32(step), batch_size)
-    resumed_order = trial.init_data_order(5, 18, step=step, batch_size=batch_size)
-    _, resumed = trial.next_batch_indices(resumed_order, jnp.int32(step), batch_size)
-    np.testing.assert_array_equal(continued, resumed)
+def test_batches_run_across_epoch_boundaries_and_nothing_is_dropped():
+    # 4 does not divide 10: batches 2, 4, 7 span two permutations.
+    num_examples, batch_size, steps = 10, 4, 10
+    stream = reference_stream(3, num_examples, 5)
+    order = trial.init_data_order(seed=3, num_examples=num_examples, batch_size=batch_size)
+    next_indices = jax.jit(trial.next_batch_indices, static_argnums=1)
+    batches = []
+    for step in range(steps):
+        order, indices = next_indices(order, batch_size)
+        np.testing.assert_array_equal(indices, stream[step * batch_size:(step + 1) * batch_size], err_msg=f'step {step}')
+        batches.append(np.asarray(indices))
+    seen = np.concatenate(batches)
+    for epoch in range(steps * batch_size // num_examples):  # every example once per epoch, none dropped
+        np.testing.assert_array_equal(np.sort(seen[epoch * num_examples:(epoch + 1) * num_examples]),
+                                      np.arange(num_examples))
+    assert not np.array_equal(seen[:10], seen[10:20])  # a fresh permutation each epoch
+
+
+def test_batch_equal_to_the_split_is_one_whole_epoch_per_step():
+    order = trial.init_data_order(seed=1, num_examples=6, batch_size=6)
+    stream = reference_stream(1, 6, 3)
+    for step in range(3):
+        order, indices = trial.next_batch_indices(order, 6)
+        np.testing.assert_array_equal(indices, stream[6 * step:6 * step + 6])
+
+
+@pytest.mark.parametrize('step', [2, 5, 9])
+def test_resume_inside_a_batch_that_spans_two_epochs(step):
+    # At batch 4 of 18 examples, step 2 starts at 8 (within epoch 0), step 5 at 20 (epoch 1, after
+    # a batch that spanned 16..19), step 9 at 36 (exactly epoch 2): the batches that follow match.
+    batch_size, num_examples = 4, 18
+    order = trial.init_data_order(5, num_examples, batch_size=batch_size)
+    for _ in range(step):
+        order, _ = trial.next_batch_indices(order, batch_size)
+    resumed = trial.init_data_order(5, num_examples, step=step, batch_size=batch_size)
+    chex.assert_trees_all_equal(order, resumed)
+    stream = reference_stream(5, num_examples, 5)
+    for later in range(step, step + 6):
+        order, indices = trial.next_batch_indices(order, batch_size)
+        np.testing.assert_array_equal(indices, stream[later * batch_size:(later + 1) * batch_size])
+
+
+def test_resume_position_is_exact_beyond_int32_example_counts():
+    # 100,000 steps at batch 32,768 is 3.3e9 examples, past int32: the position is still exact.
+    order = trial.init_data_order(0, 54000, step=100000, batch_size=32768)
+    epoch, offset = divmod(100000 * 32768, 54000)
+    assert (int(order.epoch), int(order.offset)) == (epoch, offset)
+
+
+def test_per_trial_streams_each_follow_their_own_seed():
+    orders = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                          *[trial.init_data_order(seed, 10, batch_size=4) for seed in (7, 8)])
+    streams = [reference_stream(seed, 10, 4) for seed in (7, 8)]
+    for step in range(8):
+        orders, indices = trial.next_batch_indices_per_trial(orders, 4)
+        for row, stream in enumerate(streams):
+            np.testing.assert_array_equal(indices[row], stream[4 * step:4 * step + 4])
+
+
+def test_batch_larger_than_the_split_is_refused():
+    with pytest.raises(ValueError, match='batch_size=11 must be in \\[1, 10\\]'):
+        trial.init_data_order(0, 10, batch_size=11)
+
+
+def reference_error(errors, num_examples):
+    """The reference's err: 1 - numpy mean of float32 per-example accuracies, then a Python float."""
+    accuracies = np.ones(num_examples, np.float32)
+    accuracies[:errors] = 0.0
+    return 1 - np.mean(accuracies).astype(float)
+
+
+def test_goal_at_exact_equality_is_decided_as_the_reference_does():
+    # REFERENCE.md's two edge cases: 720 of 6,000 misses goal 0.12, 120 of 6,000 reaches 0.02.
+    assert reference_error(720, 6000) == pytest.approx(0.12000000477, abs=1e-11)
+    assert reference_error(720, 6000) > 0.12 and reference_error(120, 6000) <= 0.02
+    np.testing.assert_array_equal(trial.reached_goal(np.array([719, 720]), 6000, 0.12), [True, False])
+    np.testing.assert_array_equal(trial.reached_goal(np.array([120, 121]), 6000, 0.02), [True, False])
+    assert trial.max_errors_at_goal(6000, 0.12) == 719
+    assert trial.max_errors_at_goal(6000, 0.02) == 120
+
+
+@pytest.mark.parametrize('num_examples, goal_error', [(6000, 0.12), (6000, 0.15), (6000, 0.1), (5000, 0.4),
+                                                      (5000, 0.3), (6000, 0.01), (600, 0.14)])
+def test_goal_threshold_equals_the_reference_for_every_error_count(num_examples, goal_error):
+    counts = np.arange(num_examples + 1)
+    expected = np.array([reference_error(count, num_examples) <= goal_error for count in counts])
+    np.testing.assert_array_equal(trial.reached_goal(counts, num_examples, goal_error), expected)
+
+
+def test_an_unreachable_goal_has_no_threshold():
+    assert trial.max_errors_at_goal(100, -0.5) == -1
+    assert not trial.reached_goal(np.array([0]), 100, -0.5).any()
+
+
+def test_float_errors_are_compared_directly():
+    np.testing.assert_array_equal(trial.reached_goal(np.array([0.5, 0.25]), 1, 0.25), [False, True])
+    np.testing.assert_array_equal(trial.error_rate(np.array([3, 60]), 600), [0.005, 0.1])
 
 
 def test_a_scanned_chunk_equals_a_python_loop_of_steps():
@@ -124,10 +206,10 @@ def test_a_scanned_chunk_equals_a_python_loop_of_steps():
     labels = jnp.asarray(RNG.integers(0, 3, size=40))
     train_step = trial.make_train_step(linear_apply, tx)
     chunk = jax.jit(trial.make_train_chunk(train_step, batch_size=8, num_steps=12))
-    chunked, _, metrics = chunk(state, trial.init_data_order(0, 40), images, labels)
-    looped, order = state, trial.init_data_order(0, 40)
+    chunked, _, metrics = chunk(state, trial.init_data_order(0, 40, batch_size=8), images, labels)
+    looped, order = state, trial.init_data_order(0, 40, batch_size=8)
     for _ in range(12):
-        order, indices = trial.next_batch_indices(order, looped.step, 8)
+        order, indices = trial.next_batch_indices(order, 8)
         looped, _ = jax.jit(train_step)(looped, (images[indices], labels[indices]))
     chex.assert_trees_all_close(chunked.params, looped.params, rtol=1e-5, atol=1e-6)
     assert metrics.loss.shape == (12,)
@@ -147,7 +229,7 @@ def run(learning_rate, goal_error=0.05, random_val_labels=False):
         labels = labels.at[500:].set(jnp.asarray(RNG.integers(0, 3, size=100)))
     return trial.run_trial(
         state=state, train_step=trial.make_train_step(linear_apply, tx),
-        val_error=trial.make_val_error(linear_apply, 100), train_images=images[:500],
+        val_error=trial.make_val_error_count(linear_apply, 100), train_images=images[:500],
         train_labels=labels[:500], val_images=images[500:], val_labels=labels[500:], batch_size=10,
         goal_error=goal_error, max_steps=200, check_every=10, data_seed=0)
 
