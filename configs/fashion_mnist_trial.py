@@ -33,5 +33,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_chunk_size = 1000         # examples per evaluation chunk (memory, not results)
     # Seeds.
     config.seed = 0                       # initialization (and random-mask) seed: the trial index
-    config.data_seed = 0                  # data order seed, shared by every trial as in the reference
+    config.data_seed = 0                  # data order seed (an endless stream, batches span epoch ends), as the reference
     return config

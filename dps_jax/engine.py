@@ -205,6 +205,8 @@ def _cell_identity(num_trials, batch_size, goal_error, max_steps, check_every, d
     return {'num_trials': num_trials, 'batch_size': batch_size, 'goal_error': goal_error, 'max_steps': max_steps,
             'check_every': check_every, 'data_seed': data_seed, 'until': until, 'compaction': compaction,
             'per_trial_order': per_trial_order,
+            # Checkpoints of the earlier stream (epochs cut into full batches) hold another data order.
+            'batch_stream': 'endless',
             'mesh': None if mesh is None else dict(mesh.shape),
             'measurements': None if measurements is None else {
                 name: value for name, value in measurements._asdict().items() if name != 'example_losses'}}
