@@ -7,7 +7,9 @@ on real Fashion-MNIST with Simple-CNN, over several initialization seeds:
   python benchmarks/reference_agreement.py --part=steps --seeds=5   # SNIP 0.9, SGD lr 0.1, batch 64, goal 0.12
 
 Each part writes a JSON file (--out) and prints a table; --reference=FILE puts the reference
-code's numbers, in the same JSON layout, beside the package's.
+code's numbers, in the same JSON layout, beside the package's. --initial_weights=NPZ prunes the
+reference's own initial weights (arrays named '<seed>_w1' .. '<seed>_b3', read out of its TF
+graph) instead of drawing them, which separates the pruning computation from the random draws.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import time
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,18 +34,31 @@ LAYER_NAMES = {'conv1/kernel': 'w1', 'conv2/kernel': 'w2', 'dense/kernel': 'w3',
 LAYERS = ('w1', 'w2', 'w3', 'b1', 'b2', 'b3')
 
 
-def snip_fractions(dataset, seeds, sparsities) -> dict:
-    """{sparsity: {seed: {layer: {'kept', 'total', 'fraction'}}}} from SNIP over the whole training split."""
+def reference_params(weights: Mapping[str, np.ndarray], seed: int) -> dict:
+    """Simple-CNN parameters (flax names) from the reference's arrays '<seed>_w1' .. '<seed>_b3'."""
+    by_layer = {name: (layer, kind) for layer_kind, name in LAYER_NAMES.items() for layer, kind in [layer_kind.split('/')]}
+    params: dict = {}
+    for name, (layer, kind) in by_layer.items():
+        params.setdefault(layer, {})[kind] = jnp.asarray(weights[f'{seed}_{name}'], jnp.float32)
+    return params
+
+
+def snip_fractions(dataset, seeds, sparsities, num_examples=None, initial_weights=None) -> dict:
+    """{sparsity: {seed: {layer: {'kept', 'total', 'fraction'}}}} from SNIP over the training split
+    (its first `num_examples`; all by default), from the package's initializer or `initial_weights`."""
     model = models.get_model('simple_cnn', dataset.num_classes)
     apply_fn = lambda params, images: model.apply({'params': params}, images)
-    images, labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
+    num_examples = num_examples or dataset.train.images.shape[0]
+    images = jnp.asarray(dataset.train.images[:num_examples])
+    labels = jnp.asarray(dataset.train.labels[:num_examples])
     shape = tuple(dataset.train.images.shape[1:])
-    scores_of = jax.jit(lambda seed: masks.snip_scores(
-        apply_fn, trial.init_params(model, shape, seed), images, labels, batch_size=100))
+    scores_from = jax.jit(lambda params: masks.snip_scores(apply_fn, params, images, labels, batch_size=100))
     result = {str(sparsity): {} for sparsity in sparsities}
     for seed in seeds:
         started = time.perf_counter()
-        scores = scores_of(seed)
+        params = (reference_params(initial_weights, seed) if initial_weights is not None
+                  else jax.jit(trial.init_params, static_argnums=(0, 1))(model, shape, seed))
+        scores = scores_from(params)
         for sparsity in sparsities:  # one SNIP pass serves every sparsity of the same initialization
             rows = masks.density_report(masks.top_k_mask(scores, sparsity))
             result[str(sparsity)][str(seed)] = {
@@ -80,15 +96,16 @@ def steps_to_result(dataset, seeds, goal_error, learning_rate, batch_size, max_s
 
 def print_snip_table(ours: dict, reference: dict | None) -> None:
     for sparsity, by_seed in ours.items():
-        print(f'\nSNIP kept fraction per layer at sparsity {sparsity} (mean [min, max] over seeds)')
+        print(f'\nSNIP kept fraction per layer at sparsity {sparsity} (mean [min, max], std over seeds)')
         sources = [('dps_jax', by_seed)] + ([('reference', reference[sparsity])] if reference else [])
-        print('layer  ' + '  '.join(f'{name:>28}' for name, _ in sources))
+        print('layer  ' + '  '.join(f'{name:>35}' for name, _ in sources))
         for layer in LAYERS:
             cells = []
             for _, seeds in sources:
                 values = np.array([seeds[seed][layer]['fraction'] for seed in seeds])
-                cells.append(f'{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}] n={len(values)}')
-            print(f'{layer:<6} ' + '  '.join(f'{cell:>28}' for cell in cells))
+                cells.append(f'{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}] '
+                             f'{values.std(ddof=1) if len(values) > 1 else 0.0:.4f} n={len(values)}')
+            print(f'{layer:<6} ' + '  '.join(f'{cell:>35}' for cell in cells))
 
 
 def print_steps_table(ours: dict, reference: dict | None) -> None:
@@ -104,6 +121,9 @@ def main() -> None:
     parser.add_argument('--part', choices=('snip', 'steps'), required=True)
     parser.add_argument('--seeds', type=int, default=8, help='initialization seeds 0..seeds-1')
     parser.add_argument('--sparsities', default='0.9,0.98', help='--part=snip: comma-separated')
+    parser.add_argument('--snip_examples', type=int, default=0, help='--part=snip: first n training images (0: all)')
+    parser.add_argument('--initial_weights', default=None,
+                        help="--part=snip: NPZ of the reference's initial weights, '<seed>_w1' .. '<seed>_b3'")
     parser.add_argument('--goal_error', type=float, default=0.12)
     parser.add_argument('--learning_rate', type=float, default=0.1)
     parser.add_argument('--batch_size', type=int, default=64)
@@ -117,7 +137,8 @@ def main() -> None:
     dataset = data.load('fashion_mnist', args.data_dir)
     seeds = list(range(args.seeds))
     if args.part == 'snip':
-        ours = snip_fractions(dataset, seeds, [float(s) for s in args.sparsities.split(',')])
+        ours = snip_fractions(dataset, seeds, [float(s) for s in args.sparsities.split(',')], args.snip_examples,
+                              np.load(args.initial_weights) if args.initial_weights else None)
     else:
         ours = steps_to_result(dataset, seeds, args.goal_error, args.learning_rate, args.batch_size,
                                args.max_steps, args.check_every)

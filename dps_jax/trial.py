@@ -169,7 +169,7 @@ def init_data_order(seed: int, num_examples: int, step: int = 0, batch_size: int
     return DataOrder(key, epoch, jnp.asarray(offset, jnp.int32), _epoch_window(key, epoch, num_examples))
 
 
-def _advance(order: DataOrder, batch_size: int, window_of_epoch: Callable) -> DataOrder:
+def _advance(order: DataOrder, batch_size: int, permutation_of: Callable) -> DataOrder:
     """The order after one batch: once the offset passes the first permutation, the window
     moves on by one epoch (a cond, so new permutations are drawn only at epoch ends)."""
     num_examples = order.window.shape[-1] // 2
@@ -179,7 +179,7 @@ def _advance(order: DataOrder, batch_size: int, window_of_epoch: Callable) -> Da
 
     def next_epoch():
         epoch = order.epoch + 1
-        window = jnp.concatenate([order.window[..., num_examples:], window_of_epoch(order.key, epoch + 1)], axis=-1)
+        window = jnp.concatenate([order.window[..., num_examples:], permutation_of(order.key, epoch + 1)], axis=-1)
         return DataOrder(order.key, epoch, offset - num_examples, window)
 
     return jax.lax.cond(crossed, next_epoch, lambda: order._replace(offset=offset))
