@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from dps_jax import data, engine, masks, models, optim, store, trial  # noqa: E402
+from dps_jax import data, masks, models, optim, store, trial  # noqa: E402
 
 # The reference names Simple-CNN's parameters w1..w3 (kernels) and b1..b3 (biases).
 LAYER_NAMES = {'conv1/kernel': 'w1', 'conv2/kernel': 'w2', 'dense/kernel': 'w3',
@@ -67,31 +67,36 @@ def snip_fractions(dataset, seeds, sparsities, num_examples=None, initial_weight
     return result
 
 
-def steps_to_result(dataset, seeds, goal_error, learning_rate, batch_size, max_steps, check_every) -> dict:
-    """Steps-to-result of one SNIP-0.9 SGD trial per initialization seed (all in one engine cell)."""
+def steps_to_result(dataset, seeds, goal_error, learning_rate, batch_size, max_steps, check_every,
+                    out: str) -> dict:
+    """Steps-to-result of one SNIP-0.9 SGD trial per initialization seed, one trial after another
+    (trial.run_trial), the results file rewritten after each so a long run reports as it goes."""
     model = models.get_model('simple_cnn', dataset.num_classes)
     apply_fn = lambda params, images: model.apply({'params': params}, images)
     optimizer = optim.make_optimizer('sgd', 'constant')
     images, labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
-    init_trial = trial.make_init_trial(model, optimizer, tuple(dataset.train.images.shape[1:]), pruning='snip',
-                                       sparsity=0.9, snip_batch_size=100)
-    hyperparameters = {name: np.full(len(seeds), value) for name, value in
-                       {'learning_rate': learning_rate, 'momentum': 0.9, 'decay_steps': 30000,
-                        'end_learning_rate_factor': 0.01}.items()}
-    hyperparameters['decay_steps'] = hyperparameters['decay_steps'].astype(np.int32)
-    started = time.perf_counter()
-    trials = engine.init_trials(init_trial, seeds, hyperparameters, images, labels)
-    print(f'{len(seeds)} SNIP masks in {time.perf_counter() - started:.1f} s', flush=True)
-    result = engine.run_cell(
-        trials, train_step=trial.make_train_step(apply_fn, optimizer),
-        val_error=trial.make_val_error_count(apply_fn, 1000), train_images=images, train_labels=labels,
-        val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels),
-        batch_size=batch_size, goal_error=goal_error, max_steps=max_steps, check_every=check_every,
-        until='all', log=print, log_every_seconds=60)
-    return {'seeds': list(seeds), 'steps_to_result': [int(s) if s >= 0 else None for s in result.steps_to_result],
-            'status': result.status_names(), 'wall_seconds': result.wall_seconds,
-            'settings': {'goal_error': goal_error, 'learning_rate': learning_rate, 'batch_size': batch_size,
-                         'check_every': check_every, 'max_steps': max_steps, 'sparsity': 0.9}}
+    init_trial = jax.jit(trial.make_init_trial(model, optimizer, tuple(dataset.train.images.shape[1:]),
+                                               pruning='snip', sparsity=0.9, snip_batch_size=100))
+    hyperparameters = {'learning_rate': learning_rate, 'momentum': 0.9, 'decay_steps': 30000,
+                       'end_learning_rate_factor': 0.01}
+    result = {'seeds': [], 'steps_to_result': [], 'status': [], 'wall_seconds': [],
+              'settings': {'goal_error': goal_error, 'learning_rate': learning_rate, 'batch_size': batch_size,
+                           'check_every': check_every, 'max_steps': max_steps, 'sparsity': 0.9}}
+    for seed in seeds:
+        started = time.perf_counter()
+        ended = trial.run_trial(
+            state=init_trial(seed, hyperparameters, images, labels), train_step=trial.make_train_step(apply_fn, optimizer),
+            val_error=trial.make_val_error_count(apply_fn, 1000), train_images=images, train_labels=labels,
+            val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels),
+            batch_size=batch_size, goal_error=goal_error, max_steps=max_steps, check_every=check_every, data_seed=0)
+        result['seeds'].append(seed)
+        result['steps_to_result'].append(ended.steps_to_result)
+        result['status'].append(ended.status)
+        result['wall_seconds'].append(round(time.perf_counter() - started, 1))
+        print(f'seed {seed}: {ended.status}, steps-to-result {ended.steps_to_result} '
+              f'(best validation error {ended.best_val_error:.4f}, {time.perf_counter() - started:.0f} s)', flush=True)
+        store.atomic_write_json(out, result)
+    return result
 
 
 def print_snip_table(ours: dict, reference: dict | None) -> None:
@@ -119,7 +124,8 @@ def print_steps_table(ours: dict, reference: dict | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--part', choices=('snip', 'steps'), required=True)
-    parser.add_argument('--seeds', type=int, default=8, help='initialization seeds 0..seeds-1')
+    parser.add_argument('--seeds', type=int, default=8, help='how many initialization seeds')
+    parser.add_argument('--first_seed', type=int, default=0, help='the first seed (seeds first_seed, first_seed + 1, ...)')
     parser.add_argument('--sparsities', default='0.9,0.98', help='--part=snip: comma-separated')
     parser.add_argument('--snip_examples', type=int, default=0, help='--part=snip: first n training images (0: all)')
     parser.add_argument('--initial_weights', default=None,
@@ -135,14 +141,14 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = data.load('fashion_mnist', args.data_dir)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out = args.out or os.path.join('runs', 'agreement', f'{args.part}.json')
     if args.part == 'snip':
         ours = snip_fractions(dataset, seeds, [float(s) for s in args.sparsities.split(',')], args.snip_examples,
                               np.load(args.initial_weights) if args.initial_weights else None)
     else:
         ours = steps_to_result(dataset, seeds, args.goal_error, args.learning_rate, args.batch_size,
-                               args.max_steps, args.check_every)
-    out = args.out or os.path.join('runs', 'agreement', f'{args.part}.json')
+                               args.max_steps, args.check_every, out)
     store.atomic_write_json(out, ours)
     reference = json.load(open(args.reference)) if args.reference else None
     (print_snip_table if args.part == 'snip' else print_steps_table)(ours, reference)
