@@ -155,8 +155,6 @@ def search_points(names: Sequence[str], num_points: int,
                                     space: Mapping[str, Parameter] = SEARCH_SPACE) -> dict[str, np.ndarray]:
     """Trial metaparameters: {name: array of shape (num_points,)}, Sobol dimension i = names[i]."""
     validate_space(names, space)
-    if len(names) > MAX_SOBOL_DIMENSION:
-        raise ValueError(f'at most {MAX_SOBOL_DIMENSION} metaparameters can be searched, got {len(names)}')
     unit = unit_sobol_points(num_points, len(names))
     return {name: to_range(unit[:, i], space[name]) for i, name in enumerate(names)}
 

@@ -6,6 +6,7 @@ single-trial loop (one trial to a goal error), used by launch.py and as the engi
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -98,6 +99,8 @@ def make_val_error_count(apply_fn: ApplyFn, chunk_size: int = 1000
     return val_error_count
 
 
+# Cached: the engine asks at every check with the same split size and goal.
+@functools.lru_cache(maxsize=64)
 def max_errors_at_goal(num_examples: int, goal_error: float) -> int:
     """The most errors of `num_examples` that the reference counts as reaching `goal_error` (-1: none).
 
