@@ -16,7 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker(*arguments, devices=8, timeout=600):
-    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'PYTHONPATH': ROOT}
+    # The mesh tests are about host devices: on a GPU or TPU machine JAX would otherwise pick the
+    # accelerator (one device) and ignore the forced host device count.
+    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'PYTHONPATH': ROOT,
+           'JAX_PLATFORMS': 'cpu'}
     completed = subprocess.run([sys.executable, '-m', 'tests.devices_worker', *arguments], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -65,7 +68,7 @@ def free_port():
 
 def test_two_processes_give_the_one_process_results(runs):
     port = str(free_port())
-    env = {**os.environ, 'PYTHONPATH': ROOT}
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}  # host devices, also on a GPU machine
     env.pop('XLA_FLAGS', None)
     processes = [subprocess.Popen([sys.executable, '-m', 'tests.devices_worker', 'process', str(index), port],
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
