@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_steps = 40000              # budget in steps, a multiple of check_every
     config.check_every = 100              # steps between validation checks
     config.eval_chunk_size = 1000         # examples per evaluation chunk (memory, not results)
+    config.matmul_precision = 'default'   # 'default' (TF32 on NVIDIA GPUs) | 'high' | 'highest' (full float32)
     # Seeds.
     config.seed = 0                       # initialization (and random-mask) seed: the trial index
     config.data_seed = 0                  # data order seed (an endless stream, batches span epoch ends), as the reference

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Sequence
 
-from dps_jax import masks, optim
+from dps_jax import masks, optim, precision
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,7 @@ def _validate_workload(config: Any) -> None:
     if max_steps % check_every:
         raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
     require_int(config, 'data_seed', minimum=0)
+    require_choice(config, 'matmul_precision', precision.MATMUL_PRECISIONS)
 
 
 def validate_trial_config(config: Any, num_train_examples: int | None = None) -> None:
@@ -93,7 +94,8 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
 
 # Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
 RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
-              'memory_fraction', 'eval_chunk_size', 'data_dir', 'mesh', 'checkpoint_every')
+              'memory_fraction', 'eval_chunk_size', 'data_dir', 'mesh', 'checkpoint_every',
+              'allow_environment_change')
 
 
 def base_study_config():
@@ -156,6 +158,11 @@ def base_study_config():
     config.noise_scale_draws = 16       # batch pairs drawn per estimate; their squared norms are averaged first
     config.smoothness_chunk_size = 25   # examples per gradient chunk, per trial and point (L takes 10 points
                                         # at once): ~25 was fastest on XLA:CPU; raise it on accelerators
+    # --- Numerics (README, "Numerics and reproducibility").
+    config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
+                                         # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
+                                         # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at
+                                         # all three. The smoothness estimators always run at 'highest'.
     # --- Devices and interruptions (dps_jax/parallel.py, dps_jax/checkpoints.py).
     config.mesh = ml_collections.ConfigDict()
     config.mesh.trial = 0               # devices along the 'trial' axis (trials split over them); 0 = all not on 'data'
@@ -166,6 +173,9 @@ def base_study_config():
     config.cells = ''                   # '' = every cell; else e.g. '0.9_64,0_128' (sparsity_batch) to split jobs
     config.plan_only = False            # write DIR/plan.json (cells, trials, budget) and exit
     config.overwrite = False            # allow a workdir made with a different config to be reused
+    config.allow_environment_change = False  # resume a workdir made under another JAX / jaxlib version, PRNG
+                                             # setting or backend (cpu / gpu / tpu); refused by default, since
+                                             # initializations and data orders may differ (DIR/provenance.json)
     config.progress_every_seconds = 10.0  # progress line interval within a cell
     return config
 
@@ -237,7 +247,7 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     require_int(config, 'trials_per_group', minimum=0)
     require_float(config, 'memory_fraction', 0.0, 1.0, low_open=True)
     require_int(config, 'eval_chunk_size', minimum=0)
-    for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite'):
+    for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite', 'allow_environment_change'):
         if not isinstance(_get(config, field), bool):
             raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
     require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)

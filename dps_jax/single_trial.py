@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import data, masks, optim, store, trial, workload
+from dps_jax import data, masks, optim, provenance, store, trial, workload
 
 
 def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     init_trial = trial.make_init_trial(
         work.model, optimizer, work.example_shape, pruning=config.pruning,
         sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
-        snip_batch_size=config.snip_batch_size)
+        snip_batch_size=config.snip_batch_size, apply_fn=apply_fn)
     state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images, train_labels)
     jax.block_until_ready(state)
     log(f'{config.pruning} mask at sparsity {config.sparsity:g} in {time.perf_counter() - started:.1f} s:')
@@ -51,7 +51,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
             f'(best validation error {result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
-        'config': config.to_dict(), 'status': result.status,
+        'config': config.to_dict(), 'provenance': provenance.collect(config.matmul_precision),
+        'status': result.status,
         'steps_to_result': result.steps_to_result, 'steps': result.steps,
         'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,
         'history': [{'step': s, 'val_error': e, 'train_loss': l} for s, e, l in result.history]})

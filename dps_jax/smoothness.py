@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dps_jax import trial
+from dps_jax import precision, trial
 
 GAMMAS = tuple(k / 10 for k in range(1, 10))  # 0.1, ..., 0.9: the reference's interpolation points
 
@@ -33,12 +33,17 @@ ExampleLosses = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, ima
 
 
 def make_example_losses(apply_fn: trial.ApplyFn) -> ExampleLosses:
-    """Per-example softmax cross-entropy of a network: (params, images, labels) -> losses (batch,)."""
+    """Per-example softmax cross-entropy of a network: (params, images, labels) -> losses (batch,).
+
+    Traced at precision.ESTIMATOR_PRECISION whatever the training precision: both estimates are
+    differences of nearly equal numbers. Give an `apply_fn` that sets no precision of its own
+    (an inner setting would win).
+    """
 
     def example_losses(params, images, labels):
         return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, images), labels)
 
-    return example_losses
+    return precision.at_matmul_precision(example_losses, precision.ESTIMATOR_PRECISION)
 
 
 def chunk_layout(num_examples: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 workdir/
   config.json                          the resolved config
+  provenance.json                      one record per run: versions, git commit, backend, devices, numerics
   plan.json                            cells, trials with their metaparameters, budget
   cells/<sparsity>_<batch>/trials.jsonl  one line per trial
   cells/<sparsity>_<batch>/summary.json  steps-to-result, best trial, counts (written last: the
@@ -26,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from dps_jax import config as config_lib
-from dps_jax import (analysis, checkpoints, data, engine, masks, optim, parallel, plots, search, smoothness, store,
-                     trial, workload)
+from dps_jax import (analysis, checkpoints, data, engine, masks, optim, parallel, plots, provenance, search,
+                     smoothness, store, trial, workload)
 
 # Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
 # summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
@@ -119,7 +120,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             if not write:
                 return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
-            for name in ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json'):
+            for name in ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json',
+                         provenance.FILE_NAME):
                 if os.path.exists(os.path.join(workdir, name)):
                     os.makedirs(aside, exist_ok=True)
                     os.replace(os.path.join(workdir, name), os.path.join(aside, name))
@@ -276,6 +278,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         work = workload.load_workload(config)
         config_lib.validate_study_config(config, work.num_train_examples)
     prepare_workdir(config, workdir, log, write=main)
+    if not config.plan_only:
+        runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision)
+        note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
+        if note:
+            log(note)
+        if main:
+            provenance.record_run(workdir, runs, current)
     if main:
         store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
     parallel.barrier('workdir prepared')  # the other processes read which cells are finished
@@ -332,7 +341,8 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, 
         jax.block_until_ready(scores)
         log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
-    measurements = smoothness_measurements(config, apply_fn)
+    # The estimators set their own precision (precision.ESTIMATOR_PRECISION): an apply without one.
+    measurements = smoothness_measurements(config, work.apply_at(None))
     if measurements is not None:
         examples = config.lipschitz_examples or train_images.shape[0]
         log('measuring every live trial: ' + ', '.join(

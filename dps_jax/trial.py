@@ -247,13 +247,16 @@ def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters) -> Train
 
 
 def make_init_trial(model, optimizer, example_shape: tuple, *, pruning: str, sparsity: float,
-                    kernels_only: bool = False, snip_batch_size: int = 100) -> Callable:
+                    kernels_only: bool = False, snip_batch_size: int = 100,
+                    apply_fn: ApplyFn | None = None) -> Callable:
     """init_trial(seed, hyperparameters, train_images, train_labels) -> TrainState, for ONE trial.
 
     The seed draws the initialization and, for random pruning, the mask; SNIP uses the whole
-    training split given. vmap it over seeds and hyperparameters for N trials.
+    training split given, through `apply_fn` (default: model.apply at the ambient matmul
+    precision). vmap it over seeds and hyperparameters for N trials.
     """
-    apply_fn = lambda params, images: model.apply({'params': params}, images)
+    if apply_fn is None:
+        apply_fn = lambda params, images: model.apply({'params': params}, images)
 
     def init_trial(seed, hyperparameters, train_images, train_labels):
         params = init_params(model, example_shape, seed)

@@ -57,6 +57,8 @@ def run(trials, tx, **overrides):
     return engine.run_cell(trials, **settings)
 
 
+# Batched vs single matmuls compared at 1e-5: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_vmapped_trials_match_each_trial_run_alone():
     trials, tx, init_trial, hyper = cell_setup()
     result = run(trials, tx, compaction=False, keep_final_state=True)
@@ -72,6 +74,8 @@ def test_vmapped_trials_match_each_trial_run_alone():
     assert set(result.status_names()) >= {'reached', 'diverged'}
 
 
+# Batched vs single matmuls compared at 1e-5: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_vmapped_final_params_equal_single_trial_params():
     trials, tx, init_trial, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
     result = run(trials, tx, compaction=False, keep_final_state=True, goal_error=1e-6, max_steps=60)
@@ -116,6 +120,8 @@ def test_first_mode_gives_the_same_minimum_as_all_mode_for_less_compute():
     assert first.trial_steps_computed < everything.trial_steps_computed
 
 
+# Batched matmuls of different trial counts compared at 1e-6: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_compaction_gives_identical_results_and_saves_compute():
     trials, tx, _, _ = cell_setup()
     compacted = run(trials, tx, compaction=True, keep_final_state=True)
@@ -128,6 +134,8 @@ def test_compaction_gives_identical_results_and_saves_compute():
     assert compacted.trial_steps_needed == plain.trial_steps_needed
 
 
+# Batched matmuls of different trial counts: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_groups_give_the_same_results_as_one_group():
     trials, tx, _, _ = cell_setup()
     whole = run(trials, tx)
@@ -136,6 +144,8 @@ def test_groups_give_the_same_results_as_one_group():
     np.testing.assert_array_equal(whole.steps_to_result, grouped.steps_to_result)
 
 
+# Compared with a single-trial run at 1e-5: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_per_trial_data_order_changes_the_batches_each_trial_sees():
     rates = np.array([0.1, 0.1])
     trials, tx, _, _ = cell_setup(rates=rates)

@@ -40,6 +40,8 @@ def linear_problem(num_examples=250, features=6, classes=4, bias_scale=0.3):
     return params, kernel, bias, images, labels
 
 
+# Oracle: numpy in float64.
+@pytest.mark.matmul_precision('highest')
 def test_mask_gradient_is_gradient_times_weight_summed_over_batches_of_the_whole_split():
     # 250 examples in batches of 100: two full batches and a last one of 50, each its own mean.
     params, kernel, bias, images, labels = linear_problem()
@@ -49,6 +51,8 @@ def test_mask_gradient_is_gradient_times_weight_summed_over_batches_of_the_whole
     np.testing.assert_allclose(got['dense']['bias'], want_bias, rtol=1e-4, atol=1e-6)
 
 
+# Oracle: numpy in float64; a TF32 score could swap two near-equal ranks.
+@pytest.mark.matmul_precision('highest')
 def test_snip_mask_keeps_the_largest_summed_mask_gradients():
     params, kernel, bias, images, labels = linear_problem()
     want_kernel, want_bias = numpy_mask_gradient_sum(kernel, bias, images, labels, 100)

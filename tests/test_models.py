@@ -101,6 +101,8 @@ def test_unknown_model_name_raises_with_accepted_names():
     assert models.MODELS == ('simple_cnn', 'resnet8')
 
 
+# Oracle: flax nn.Conv at full float32 (TF32 on a GPU would differ by ~1e-3).
+@pytest.mark.matmul_precision('highest')
 def test_simple_cnn_equals_flax_conv_reference_in_values_and_gradients():
     model, params = _init('simple_cnn')
     images, labels = _normal(2, (8, 28, 28, 1)), jnp.arange(8) % 10
@@ -139,6 +141,8 @@ def _value_and_vjp(conv, cotangent):
     return jax.jit(value_and_grads)
 
 
+# Oracle: lax.conv_general_dilated at HIGHEST; our im2col matmul must be full float32 too.
+@pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('padding', ['VALID', 'SAME'])
 @pytest.mark.parametrize('input_shape, kernel_shape, stride', CONV_CASES)
 def test_conv2d_equals_conv_general_dilated_in_values_and_gradients(input_shape, kernel_shape, stride,
@@ -274,6 +278,8 @@ def _lax_resnet8(params, images):
     return jnp.dot(features, params['dense']['kernel'], precision=highest) + params['dense']['bias']
 
 
+# Oracle: a plain lax forward pass at HIGHEST.
+@pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('image_size', [32])
 def test_resnet8_equals_a_plain_lax_forward_pass(image_size):
     model = models.get_model('resnet8')
@@ -283,10 +289,8 @@ def test_resnet8_equals_a_plain_lax_forward_pass(image_size):
     params = jax.tree_util.tree_unflatten(treedef, [
         leaf if leaf.ndim > 1 else _normal(10 + i, leaf.shape, 0.1) for i, leaf in enumerate(leaves)])
     images = _normal(4, (4, image_size, image_size, 3))
-    with jax.default_matmul_precision('highest'):
-        got = _apply(model, params, images)
+    got = _apply(model, params, images)
     expected = jax.jit(_lax_resnet8)(params, images)
-    # Float32 precision: both sides use full-precision matmuls and convolutions.
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -346,6 +350,8 @@ def _loss_fn(module):
     return loss
 
 
+# Batched and single matmuls at 1e-5: full float32 on both sides.
+@pytest.mark.matmul_precision('highest')
 def test_vmapped_simple_cnn_equals_loop_over_trials():
     model = models.SimpleCNN()
     stacked = _stacked_trial_params(model)

@@ -9,6 +9,10 @@ import pytest
 from dps_jax import engine, smoothness, trial
 from tests.test_engine import APPLY, TRAIN_IMAGES, TRAIN_LABELS, cell_setup, run
 
+# Known answers in float64 at 1e-4..2e-5, and differences of nearly equal gradients: every test
+# here runs at full float32 (make_example_losses sets it itself; the hand-made losses need it too).
+pytestmark = pytest.mark.matmul_precision('highest')
+
 CURVATURES = {'a': np.array([1.0, 2.0, 3.0], np.float32), 'b': np.array([[4.0, 5.0]], np.float32)}
 
 

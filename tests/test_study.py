@@ -3,11 +3,13 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -242,3 +244,30 @@ def test_a_study_killed_inside_its_second_cell_resumes_to_the_same_results(tmp_p
     assert '2 cells, 1 already finished, 1 to run' in output
     assert 'resumed from checkpoint at step' in output
     assert_same_store(tmp_path, uninterrupted_study)
+
+
+@needs_data
+def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version(tmp_path, uninterrupted_study):
+    recorded = json.loads((uninterrupted_study / 'provenance.json').read_text())['runs']
+    assert len(recorded) == 1
+    assert recorded[0]['packages']['jax'] == jax.__version__ and recorded[0]['backend'] == jax.default_backend()
+    assert recorded[0]['numerics']['matmul_precision'] == 'default'
+    workdir = tmp_path / 'copy'
+    shutil.copytree(uninterrupted_study, workdir)
+    fake = {**recorded[0], 'packages': {**recorded[0]['packages'], 'jax': '0.4.1'}}
+    (workdir / 'provenance.json').write_text(json.dumps({'runs': [fake]}))
+
+    refused = launch(workdir)
+    output = refused.communicate(timeout=900)[0]
+    assert refused.returncode != 0
+    last = output.strip().splitlines()[-1]
+    assert last.startswith('launch.py: error: ') and 'was made under jax 0.4.1 / jaxlib' in last
+    assert f'this is jax {jax.__version__} / jaxlib' in last
+    assert len(json.loads((workdir / 'provenance.json').read_text())['runs']) == 1  # nothing written
+
+    allowed = launch(workdir, '--config.allow_environment_change=True')
+    output = allowed.communicate(timeout=900)[0]
+    assert allowed.returncode == 0, output[-3000:]
+    assert 'made under jax 0.4.1' in output and '2 cells, 2 already finished, 0 to run' in output
+    runs = json.loads((workdir / 'provenance.json').read_text())['runs']
+    assert [run['packages']['jax'] for run in runs] == ['0.4.1', jax.__version__]

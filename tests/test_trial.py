@@ -36,6 +36,8 @@ def numpy_softmax_regression_step(kernel, bias, x, y, learning_rate):
     return kernel - learning_rate * x.T @ delta, bias - learning_rate * delta.sum(0), loss
 
 
+# Oracle: numpy in float64.
+@pytest.mark.matmul_precision('highest')
 def test_train_step_is_one_sgd_step_on_the_batch_cross_entropy():
     state, tx = make_state()
     x = RNG.normal(size=(8, 5)).astype(np.float32)
@@ -63,6 +65,8 @@ def test_pruned_weights_stay_exactly_zero_under_momentum():
         assert np.all(np.asarray(param)[np.asarray(keep)] != 0.0)
 
 
+# Oracle: numpy argmax of float64 logits; TF32 could flip a near tie.
+@pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('chunk_size', [1, 100, 333, 1037, 5000])
 def test_val_error_counts_every_example_of_the_split(chunk_size):
     state, _ = make_state()
@@ -75,6 +79,8 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
     assert got.dtype == jnp.int32 and int(got) == expected
 
 
+# Oracle: numpy argmax of float64 logits.
+@pytest.mark.matmul_precision('highest')
 def test_val_error_uses_the_masked_network():
     state, _ = make_state()
     images = jnp.asarray(RNG.normal(size=(64, 5)), jnp.float32)
@@ -200,6 +206,8 @@ def test_float_errors_are_compared_directly():
     np.testing.assert_array_equal(trial.error_rate(np.array([3, 60]), 600), [0.005, 0.1])
 
 
+# Two compilations of the same steps compared at 1e-5: full float32.
+@pytest.mark.matmul_precision('highest')
 def test_a_scanned_chunk_equals_a_python_loop_of_steps():
     state, tx = make_state('momentum', {'learning_rate': 0.1, 'momentum': 0.9})
     images = jnp.asarray(RNG.normal(size=(40, 5)), jnp.float32)
