@@ -20,13 +20,10 @@ import numpy as np
 import pytest
 
 from dps_jax import data
+from tests.real_data import FASHION_MNIST_DIR, IDX_NAMES, needs_fashion_mnist
 
-REAL_FASHION_DIR = Path('/usr/share/datasets/fashion-mnist')
-IDX_NAMES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-             't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-needs_real_fashion = pytest.mark.skipif(
-    not all((REAL_FASHION_DIR / (n + '.gz')).is_file() for n in IDX_NAMES),
-    reason=f'real Fashion-MNIST not installed in {REAL_FASHION_DIR} (apt-get install dataset-fashion-mnist)')
+REAL_FASHION_DIR = FASHION_MNIST_DIR or Path('/usr/share/datasets/fashion-mnist')
+needs_real_fashion = needs_fashion_mnist
 
 SMALL_TRAIN, SMALL_TEST = 50, 12
 SMALL_MNIST = data._SPECS['mnist']._replace(num_train=SMALL_TRAIN, num_test=SMALL_TEST)
@@ -488,7 +485,7 @@ def test_cifar_pickle_cannot_run_code(isolated):
 
 @pytest.fixture(scope='module')
 def real_fashion():
-    """Real Fashion-MNIST loaded from the Debian location, with the load time in seconds."""
+    """Real Fashion-MNIST (tests/real_data.py finds it), with the load time in seconds."""
     start = time.perf_counter()
     dataset = data.load('fashion_mnist', data_dir=str(REAL_FASHION_DIR))
     return dataset, time.perf_counter() - start

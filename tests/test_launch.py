@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from tests.real_data import needs_fashion_mnist
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_trial.py')
 
 
@@ -40,7 +41,7 @@ def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, nam
     assert not os.path.exists(tmp_path / 'trial.json')
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+@needs_fashion_mnist
 def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
     completed = launch(tmp_path, '--config.batch_size=54001', timeout=120)
     assert error_lines(completed) == [
@@ -48,7 +49,7 @@ def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+@needs_fashion_mnist
 def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_path):
     completed = launch(tmp_path)
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -3,7 +3,6 @@ evaluation and SNIP, the smoothness estimators run at full float32 whatever the 
 name is refused. Checked in the lowered program (XLA:CPU computes float32 at every precision, so
 values cannot tell them apart here; on a GPU 'default' is TF32)."""
 
-import os
 import re
 
 import jax
@@ -12,9 +11,9 @@ import pytest
 
 from dps_jax import config as config_lib
 from dps_jax import masks, models, optim, precision, smoothness, trial, workload
+from tests.real_data import needs_fashion_mnist
 
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-needs_data = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+needs_data = needs_fashion_mnist
 
 MODEL = models.SimpleCNN()
 PARAMS = jax.jit(MODEL.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params']

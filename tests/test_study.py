@@ -15,10 +15,10 @@ import pytest
 
 from dps_jax import config as config_lib
 from dps_jax import engine, store, study
+from tests.real_data import needs_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-needs_data = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+needs_data = needs_fashion_mnist
 
 # A study small enough for a test: 3 cells of one batch size (one compile), 3 trials, a few checks.
 # Four checks per cell and a checkpoint after each, so that a cell can be killed between two.
