@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.check_every = 100              # steps between validation checks
     config.eval_chunk_size = 1000         # examples per evaluation chunk (memory, not results)
     config.matmul_precision = 'default'   # 'default' (TF32 on NVIDIA GPUs) | 'high' | 'highest' (full float32)
+    config.compilation_cache_dir = 'auto'  # JAX's persistent compilation cache: 'auto' = ~/.cache/dps_jax/...; '' = off
     # Seeds.
     config.seed = 0                       # initialization (and random-mask) seed: the trial index
     config.data_seed = 0                  # data order seed (an endless stream, batches span epoch ends), as the reference

@@ -90,12 +90,15 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
                           f'({num_train_examples} examples)')
     require_int(config, 'seed', minimum=0)
     require_int(config, 'eval_chunk_size', minimum=1)
+    if not isinstance(_get(config, 'compilation_cache_dir'), str):
+        raise ConfigError(f"config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder, 'auto' "
+                          f"or '' (off)")
 
 
 # Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
 RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
               'memory_fraction', 'eval_chunk_size', 'data_dir', 'mesh', 'checkpoint_every',
-              'allow_environment_change')
+              'allow_environment_change', 'compilation_cache_dir')
 
 
 def base_study_config():
@@ -177,6 +180,9 @@ def base_study_config():
                                              # setting or backend (cpu / gpu / tpu); refused by default, since
                                              # initializations and data orders may differ (DIR/provenance.json)
     config.progress_every_seconds = 10.0  # progress line interval within a cell
+    config.compilation_cache_dir = 'auto'  # JAX's persistent compilation cache, so a second run compiles nothing:
+                                          # 'auto' = $XDG_CACHE_HOME (else ~/.cache)/dps_jax/jax_compilation_cache;
+                                          # a folder; '' = off
     return config
 
 
@@ -256,6 +262,9 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     for field, minimum in (('trial', 0), ('data', 1)):
         require_int({f'mesh.{field}': _get(mesh, field)}, f'mesh.{field}', minimum=minimum)
     require_int(config, 'checkpoint_every', minimum=0)
+    if not isinstance(_get(config, 'compilation_cache_dir'), str):
+        raise ConfigError(f"config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder, 'auto' "
+                          f"or '' (off)")
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")
 

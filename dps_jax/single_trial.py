@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import data, masks, optim, provenance, store, trial, workload
+from dps_jax import compilation_cache, data, masks, optim, provenance, store, trial, workload
 
 
 def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -21,8 +21,10 @@ def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = print) -> trial.TrialResult:
     """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
+    cache = compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     work = workload.load_workload(config)
     config_lib.validate_trial_config(config, work.num_train_examples)
+    log(compilation_cache.describe(cache))
     log(data.describe(work.dataset))
     apply_fn, optimizer = work.apply_fn, work.optimizer
     train_images, train_labels = work.train_images, work.train_labels

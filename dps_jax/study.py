@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from dps_jax import config as config_lib
-from dps_jax import (analysis, checkpoints, data, engine, masks, optim, parallel, plots, provenance, search,
-                     smoothness, store, trial, workload)
+from dps_jax import (analysis, checkpoints, compilation_cache, data, engine, masks, optim, parallel, plots,
+                     provenance, search, smoothness, store, trial, workload)
 
 # Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
 # summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
@@ -270,6 +270,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     log = log if main else (lambda line: None)
     config_lib.validate_study_config(config)
     cells = grid_cells(config)
+    cache = None if config.plan_only else compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     mesh = study_mesh(config)
     work = None
     if not config.plan_only:
@@ -295,6 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     log(f'{len(cells)} cells, {len(cells) - len(remaining)} already finished, {len(remaining)} to run')
     if remaining:
         log(f'devices: {parallel.describe(mesh)}')
+        log(compilation_cache.describe(cache))
         _run_cells(config, work, workdir, remaining, cells, log, mesh)
     if main:
         write_summary_csv(workdir)

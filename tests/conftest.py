@@ -1,7 +1,23 @@
-"""Test-wide fixtures: the matmul precision a numerics test states with @pytest.mark.matmul_precision."""
+"""Test-wide fixtures: the matmul precision a numerics test states with @pytest.mark.matmul_precision,
+and a compilation cache of the test session's own."""
+
+import os
 
 import jax
 import pytest
+
+
+@pytest.fixture(autouse=True, scope='session')
+def session_cache_home(tmp_path_factory):
+    """Studies launched by the tests keep their compiled programs in a folder of this session's
+    ('auto' resolves under $XDG_CACHE_HOME), not in the user's ~/.cache."""
+    previous = os.environ.get('XDG_CACHE_HOME')
+    os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('cache_home'))
+    yield
+    if previous is None:
+        os.environ.pop('XDG_CACHE_HOME')
+    else:
+        os.environ['XDG_CACHE_HOME'] = previous
 
 
 @pytest.fixture(autouse=True)

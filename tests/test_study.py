@@ -271,3 +271,37 @@ def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version
     assert 'made under jax 0.4.1' in output and '2 cells, 2 already finished, 0 to run' in output
     runs = json.loads((workdir / 'provenance.json').read_text())['runs']
     assert [run['packages']['jax'] for run in runs] == ['0.4.1', jax.__version__]
+
+
+def cache_entries(folder):
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+
+
+@needs_data
+def test_a_second_run_of_the_same_study_compiles_nothing(tmp_path):
+    cache = tmp_path / 'cache'
+    one_cell = ['--config.cells=0_32', '--config.max_steps=20', f'--config.compilation_cache_dir={cache}']
+    for run, workdir in enumerate((tmp_path / 'first', tmp_path / 'second')):
+        process = launch(workdir, *one_cell)
+        output = process.communicate(timeout=900)[0]
+        assert process.returncode == 0, output[-3000:]
+        assert f'compilation cache: {cache} (' in output
+        if run == 0:
+            after_first = cache_entries(cache)
+            assert len(after_first) > 5  # data placement, initialization, chunks, evaluation, ...
+    # Every program is stored however fast it compiled (with JAX's default 1 s threshold these small
+    # programs would leave the cache nearly empty, failing the count above), so no new entry after
+    # the second run means that it compiled no program.
+    assert cache_entries(cache) == after_first
+    assert (tmp_path / 'first' / 'summary.csv').read_text() == (tmp_path / 'second' / 'summary.csv').read_text()
+
+
+def test_the_compilation_cache_folder_is_resolved_from_the_config(monkeypatch, tmp_path):
+    from dps_jax import compilation_cache
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    assert compilation_cache.resolve('auto') == str(tmp_path / 'dps_jax' / 'jax_compilation_cache')
+    assert compilation_cache.resolve('') is None
+    assert compilation_cache.resolve('relative/cache') == os.path.abspath('relative/cache')
+    with pytest.raises(config_lib.ConfigError, match='config.compilation_cache_dir=None must be a folder'):
+        config_lib.validate_study_config(tiny_config(compilation_cache_dir=None))
+
