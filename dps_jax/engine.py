@@ -153,16 +153,15 @@ class Programs(NamedTuple):
 
 
 @functools.lru_cache(maxsize=32)
-def compile_programs(train_step, val_error, batch_size: int, check_every: int,
-                      per_trial_order: bool, mesh: Any = None) -> Programs:
-    """The jitted, vmapped chunk and evaluation; jit caches one program per slot count.
+def cell_programs(train_step, val_error, batch_size: int, check_every: int,
+                  per_trial_order: bool, mesh: Any = None) -> Programs:
+    """The jitted, vmapped chunk and evaluation of a cell; jit compiles one program per slot count.
 
     Cached on its arguments, so the cells of a study that share a batch size (every sparsity)
     compile once. With a mesh whose 'data' axis has several devices, each batch is sharded
     over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
     """
     batched_step = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
-    batched_indices = trial.next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
     if parallel.data_count(mesh) > 1:
         spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)
         shard_batch = lambda batch: jax.lax.with_sharding_constraint(
@@ -174,9 +173,8 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
         def body(carry, _):
             states, order, finite, _ = carry
             previous = states.params
-            order, indices = batched_indices(order, batch_size)
-            batch = shard_batch((train_images[indices], train_labels[indices]))
-            stepped, metrics = batched_step(states, batch)
+            order, batch = trial.next_batch(order, train_images, train_labels, batch_size, per_trial_order)
+            stepped, metrics = batched_step(states, shard_batch(batch))
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
             states = jax.tree.map(
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
@@ -257,11 +255,11 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     num_trials = int(jax.tree.leaves(trials)[0].shape[0])
     group_size = num_trials if group_size is None else max(1, min(group_size, num_trials))
     multiple = parallel.trial_count(mesh)
-    programs = compile_programs(train_step, val_error, batch_size, check_every, per_trial_order, mesh)
+    programs = cell_programs(train_step, val_error, batch_size, check_every, per_trial_order, mesh)
     measuring = measurements is not None and measurements.active
     if measuring:
         smoothness.validate_measurements(measurements, check_every, int(train_images.shape[0]))
-        measure = smoothness.compile_measurements(measurements)
+        measure = smoothness.measurement_programs(measurements)
     train_images, train_labels, val_images, val_labels = parallel.place_replicated(
         (train_images, train_labels, val_images, val_labels), mesh)
     if measuring:

@@ -33,7 +33,6 @@ class TrainState(NamedTuple):
 class StepMetrics(NamedTuple):
     """What one training step reports."""
     loss: jax.Array    # mean cross-entropy of the batch, before the update
-    error: jax.Array   # error rate of the batch, before the update
 
 
 def all_finite(params: Any) -> jax.Array:
@@ -58,14 +57,12 @@ def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformationEx
         images, labels = batch
 
         def loss_fn(params):
-            logits = apply_fn(apply_mask(params, state.mask), images)
-            return losses.cross_entropy(logits, labels), logits
+            return losses.cross_entropy(apply_fn(apply_mask(params, state.mask), images), labels)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, mask=state.mask)
         params = optax.apply_updates(state.params, updates)
-        error = losses.error_count(logits, labels) / labels.shape[0]
-        return TrainState(params, state.mask, opt_state, state.step + 1), StepMetrics(loss, error)
+        return TrainState(params, state.mask, opt_state, state.step + 1), StepMetrics(loss)
 
     return train_step
 
@@ -208,6 +205,16 @@ def next_batch_indices_per_trial(orders: DataOrder, batch_size: int) -> tuple[Da
     return _advance(orders, batch_size, lambda keys, epochs: permutations(keys, epochs, num_examples)), indices
 
 
+def next_batch(order: DataOrder, train_images: jax.Array, train_labels: jax.Array, batch_size: int,
+               per_trial: bool = False) -> tuple[DataOrder, tuple[jax.Array, jax.Array]]:
+    """(order, (images, labels)) of the stream's next batch, gathered on device from the resident split.
+
+    Shapes (batch_size, ...) from one stream; with per_trial, stacked streams give (trials, batch_size, ...).
+    """
+    order, indices = (next_batch_indices_per_trial if per_trial else next_batch_indices)(order, batch_size)
+    return order, (train_images[indices], train_labels[indices])
+
+
 def make_train_chunk(train_step, batch_size: int, num_steps: int):
     """train_chunk(state, order, train_images, train_labels) -> (state, order, metrics (num_steps,)).
 
@@ -218,8 +225,8 @@ def make_train_chunk(train_step, batch_size: int, num_steps: int):
     def train_chunk(state, order, train_images, train_labels):
         def body(carry, _):
             state, order = carry
-            order, indices = next_batch_indices(order, batch_size)
-            state, metrics = train_step(state, (train_images[indices], train_labels[indices]))
+            order, batch = next_batch(order, train_images, train_labels, batch_size)
+            state, metrics = train_step(state, batch)
             return (state, order), metrics
 
         (state, order), metrics = jax.lax.scan(body, (state, order), None, length=num_steps)
