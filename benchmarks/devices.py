@@ -39,8 +39,8 @@ def throughput(steps: int) -> dict:
 
     images, labels, apply_fn, optimizer, trials = setup()
     mesh = parallel.make_mesh() if jax.device_count() > 1 else None
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
-                                       BATCH_SIZE, steps, False, mesh)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    BATCH_SIZE, steps, False, mesh)
     trials = parallel.place_trials(trials, mesh)
     images, labels = parallel.place_replicated((images, labels), mesh)
     order = parallel.place_replicated(trial.init_data_order(0, images.shape[0]), mesh)

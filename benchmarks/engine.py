@@ -60,7 +60,7 @@ def engine_vs_sequential(quick):
         for num_trials in (1, 8, 64):
             steps = steps_for(num_trials, batch_size, quick)
             trials = make_trials(model, optimizer, num_trials, images, labels)
-            programs = engine.compile_programs(train_step, trial.make_val_error_count(apply_fn), batch_size, steps, False)
+            programs = engine.cell_programs(train_step, trial.make_val_error_count(apply_fn), batch_size, steps, False)
             order = trial.init_data_order(0, EXAMPLES)
             active = jnp.ones(num_trials, bool)
             vectorized = seconds(lambda: programs.train_chunk(trials, active, order, images, labels))
@@ -99,8 +99,8 @@ def engine_vs_naive(num_trials, batch_size, steps):
     apply_fn = lambda p, x: model.apply({'params': p}, x)
     optimizer = optim.make_optimizer('sgd')
     trials = make_trials(model, optimizer, num_trials, images, labels)
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
-                                       batch_size, steps, False)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    batch_size, steps, False)
     active = jnp.ones(num_trials, bool)
     vectorized = seconds(lambda: programs.train_chunk(trials, active, order, images, labels))
     naive_seconds = seconds(naive, repeats=1)

@@ -33,8 +33,8 @@ BATCH_SIZE = 64
 
 def training_step_seconds(apply_fn, optimizer, trials, images, labels, steps):
     """Seconds per step of the engine's chunk for all trials at BATCH_SIZE."""
-    programs = engine.compile_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
-                                       BATCH_SIZE, steps, False)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    BATCH_SIZE, steps, False)
     order = trial.init_data_order(0, images.shape[0])
     active = jnp.ones(jax.tree.leaves(trials)[0].shape[0], bool)
     return seconds(lambda: programs.train_chunk(trials, active, order, images, labels)) / steps
@@ -45,7 +45,7 @@ def measurement_costs(num_trials, num_examples, steps):
     step_seconds = training_step_seconds(apply_fn, optimizer, trials, images, labels, steps)
     measurements = smoothness.Measurements(smoothness.make_example_losses(apply_fn), lipschitz_every=1,
                                            noise_scale_every=1)
-    programs = smoothness.compile_measurements(measurements)
+    programs = smoothness.measurement_programs(measurements)
     moved = jax.tree.map(lambda leaf: leaf * 1.001, trials.params)
     lipschitz = seconds(lambda: programs.lipschitz(trials.params, moved, trials.mask, images[:num_examples],
                                                    labels[:num_examples]), repeats=1)
@@ -65,7 +65,7 @@ def chunk_sizes(num_examples):
     for chunk_size in (10, 25, 50, 100):
         measurements = smoothness.Measurements(smoothness.make_example_losses(apply_fn), lipschitz_every=1,
                                                chunk_size=chunk_size)
-        program = smoothness.compile_measurements(measurements).lipschitz
+        program = smoothness.measurement_programs(measurements).lipschitz
         taken = seconds(lambda: program(one.params, moved, one.mask, images, labels), repeats=1)
         print(f'  chunk {chunk_size:>3d}: {10 * num_examples / taken:6.0f} example-gradients/s', flush=True)
 

@@ -22,7 +22,7 @@ import numpy as np
 from dps_jax import parallel
 from dps_jax.analysis import finite_or_none
 
-FORMAT = 1  # bump when the saved layout changes: older checkpoints are then ignored, not misread
+FORMAT = 2  # bump when the saved layout changes: older checkpoints are then ignored, not misread
 
 
 _leaf_sums = jax.jit(lambda leaves: [jnp.sum(leaf.astype(jnp.float32)) for leaf in leaves])

@@ -8,10 +8,17 @@ all trials. The host reads a few numbers per trial once per check, never per ste
 Bookkeeping (status, steps-to-result) is host-side numpy keyed by trial index; the device holds
 'slots'. Trials that end stop moving (their update is masked out by `active`) and, with
 compaction, are dropped into a smaller bucket of slots so they stop costing compute.
+
+The pieces `run_cell` puts together: a CellSpec (the static settings, also the checkpoint
+identity); the Ledger (dps_jax.ledger: the per-trial record, one update per check); Slots (which
+trial each device slot holds, in groups; `lay_out`, `compacted`); `train_and_evaluate` (the device
+work of one check) inside `run_check` (its one host read and the ledger's record); Measuring (the
+smoothness hooks); CellCheckpointer (saves and restores the whole CellState).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -23,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import parallel, smoothness, trial
+from dps_jax.ledger import DIVERGED, EXHAUSTED, REACHED, RUNNING, STATUSES, Ledger, Rule  # noqa: F401
 
-RUNNING, REACHED, DIVERGED, EXHAUSTED = range(4)
-STATUS_NAMES = trial.STATUSES  # index = code above
+STATUS_NAMES = STATUSES  # index = status code
 UNTIL = ('first', 'all')
 
 
@@ -139,30 +146,21 @@ def default_memory_bytes(fraction: float = 0.5) -> int:
         return int((16 << 30) * fraction)
 
 
-def _save_ended(saved: dict, slot_trial: np.ndarray, status: np.ndarray | None, states: Any) -> None:
-    """Copies to the host the state of every slot's trial that has ended (all trials if status is None)."""
-    for slot, index in enumerate(slot_trial):
-        index = int(index)
-        if index >= 0 and index not in saved and (status is None or status[index] != RUNNING):
-            saved[index] = parallel.to_host(jax.tree.map(lambda leaf: leaf[slot], states))
-
-
 class Programs(NamedTuple):
     train_chunk: Callable   # (states, active, order, images, labels) -> (states, order, finite, previous)
     evaluate: Callable      # (params, mask, images, labels) -> error counts (slots,)
 
 
 @functools.lru_cache(maxsize=32)
-def compile_programs(train_step, val_error, batch_size: int, check_every: int,
-                      per_trial_order: bool, mesh: Any = None) -> Programs:
-    """The jitted, vmapped chunk and evaluation; jit caches one program per slot count.
+def cell_programs(train_step, val_error, batch_size: int, check_every: int,
+                  per_trial_order: bool, mesh: Any = None) -> Programs:
+    """The jitted, vmapped chunk and evaluation of a cell; jit compiles one program per slot count.
 
     Cached on its arguments, so the cells of a study that share a batch size (every sparsity)
     compile once. With a mesh whose 'data' axis has several devices, each batch is sharded
     over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
     """
     batched_step = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
-    batched_indices = trial.next_batch_indices_per_trial if per_trial_order else trial.next_batch_indices
     if parallel.data_count(mesh) > 1:
         spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)
         shard_batch = lambda batch: jax.lax.with_sharding_constraint(
@@ -174,9 +172,8 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
         def body(carry, _):
             states, order, finite, _ = carry
             previous = states.params
-            order, indices = batched_indices(order, batch_size)
-            batch = shard_batch((train_images[indices], train_labels[indices]))
-            stepped, metrics = batched_step(states, batch)
+            order, batch = trial.next_batch(order, train_images, train_labels, batch_size, per_trial_order)
+            stepped, metrics = batched_step(states, shard_batch(batch))
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
             states = jax.tree.map(
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
@@ -199,23 +196,297 @@ def compile_programs(train_step, val_error, batch_size: int, check_every: int,
     return Programs(jax.jit(train_chunk, donate_argnums=donate), jax.jit(evaluate))
 
 
-def _cell_identity(num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
-                   per_trial_order, mesh, measurements) -> dict:
-    """What a checkpoint must match to continue this cell (JSON). Not the group size: a restored
-    cell is re-laid out into this run's groups, which changes no trial's numbers."""
-    return {'num_trials': num_trials, 'batch_size': batch_size, 'goal_error': goal_error, 'max_steps': max_steps,
-            'check_every': check_every, 'data_seed': data_seed, 'until': until, 'compaction': compaction,
-            'per_trial_order': per_trial_order,
-            # Checkpoints of the earlier stream (epochs cut into full batches) hold another data order.
-            'batch_stream': 'endless',
-            'mesh': None if mesh is None else dict(mesh.shape),
-            'measurements': None if measurements is None else {
-                name: value for name, value in measurements._asdict().items() if name != 'example_losses'}}
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """The static settings of one cell run; all but group_size are what a checkpoint must match."""
+    num_trials: int
+    batch_size: int
+    goal_error: float
+    max_steps: int
+    check_every: int
+    data_seed: int
+    until: str              # one of UNTIL
+    compaction: bool
+    group_size: int         # most trials on the device at once, in [1, num_trials]
+    per_trial_order: bool
+    mesh: Any               # jax.sharding.Mesh or None
+    measurements: smoothness.Measurements | None  # None when nothing is measured
+
+    @property
+    def slot_multiple(self) -> int:
+        """Slots per group are a multiple of this: the devices on the mesh's 'trial' axis."""
+        return parallel.trial_count(self.mesh)
+
+    def identity(self) -> dict:
+        """The checkpoint identity (JSON). Not the group size: a restored cell is re-laid out into
+        this run's groups, which changes no trial's numbers."""
+        identity = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                    if field.name != 'group_size'}
+        identity['mesh'] = None if self.mesh is None else dict(self.mesh.shape)
+        identity['measurements'] = None if self.measurements is None else {
+            name: value for name, value in self.measurements._asdict().items() if name != 'example_losses'}
+        return identity
 
 
-def _float_list(values: np.ndarray) -> list:
-    """JSON floats; inf and nan as strings, which float() reads back."""
-    return [float(v) if np.isfinite(v) else str(float(v)) for v in values]
+class Splits(NamedTuple):
+    """A cell's resident data on the device (replicated over a mesh)."""
+    train_images: jax.Array
+    train_labels: jax.Array
+    val_images: jax.Array
+    val_labels: jax.Array
+
+
+# --- Slots: the trials on the device ----------------------------------------------------------
+
+class Group(NamedTuple):
+    """One group of slots on the device, each leaf with a leading slot axis."""
+    states: trial.TrainState
+    orders: trial.DataOrder | None  # the slots' own data streams (per-trial order); None: the shared one
+
+
+class Slots(NamedTuple):
+    """Which trial each device slot holds, and the groups of consecutive slots holding them."""
+    trial: np.ndarray  # int64 (num_groups * per_group,): the trial in each slot, -1 for padding
+    groups: tuple      # tuple[Group, ...]: one per group of per_group consecutive slots
+
+    @property
+    def per_group(self) -> int:
+        return len(self.trial) // len(self.groups)
+
+    def running(self, ledger: Ledger) -> np.ndarray:
+        """bool (slots,): the slots whose trial is still running (padding never is)."""
+        return (self.trial >= 0) & ledger.running[np.maximum(self.trial, 0)]
+
+    def slot_of_trial(self) -> np.ndarray:
+        """int (highest trial held + 1,): the slot holding each trial, -1 for none."""
+        held = np.flatnonzero(self.trial >= 0)
+        slots = np.full(int(self.trial.max()) + 1, -1, np.int64)
+        slots[self.trial[held]] = held
+        return slots
+
+    def fits(self, spec: CellSpec) -> bool:
+        """Whether the groups are the layout `spec` gives the trials held (not another group size's)."""
+        return bucket_layout(int((self.trial >= 0).sum()), spec.group_size, spec.slot_multiple) == (
+            len(self.groups), self.per_group)
+
+
+def lay_out(trials: np.ndarray, source: Group, source_row: np.ndarray, spec: CellSpec) -> Slots:
+    """Slots for `trials` in the fewest groups `spec` allows (bucket_layout), trial t taken from row
+    source_row[t] of the stacked `source`; padded to whole groups with copies of the first trial,
+    which never count (slot trial -1)."""
+    num_groups, per_group = bucket_layout(len(trials), spec.group_size, spec.slot_multiple)
+    slot_trial = np.full(num_groups * per_group, -1, np.int64)
+    slot_trial[:len(trials)] = trials
+    taken = tree_take(source, source_row[np.where(slot_trial >= 0, slot_trial, trials[0])])
+    return Slots(slot_trial, tuple(
+        parallel.place_trials(jax.tree.map(lambda leaf: leaf[start:start + per_group], taken), spec.mesh)
+        for start in range(0, len(slot_trial), per_group)))
+
+
+def _copy_to_host(saved: dict, slots: Slots, states: trial.TrainState, keep: np.ndarray | None = None) -> None:
+    """Adds to `saved` a host copy of every held trial t not in it yet with keep[t] (None: every trial);
+    `states` has all the slots' states."""
+    for slot, index in enumerate(slots.trial.tolist()):
+        if index >= 0 and index not in saved and (keep is None or keep[index]):
+            saved[index] = parallel.to_host(jax.tree.map(lambda leaf: leaf[slot], states))
+
+
+def compacted(slots: Slots, ledger: Ledger, spec: CellSpec, final_states: dict | None) -> Slots:
+    """The running trials in a smaller bucket of slots when one fits, else `slots` as they are.
+
+    With `final_states` (keep_final_state), the trials that ended leave their states there first.
+    """
+    live = np.flatnonzero(ledger.running)
+    if not len(live) or bucket_size(len(live), spec.group_size, spec.slot_multiple) >= len(slots.trial):
+        return slots
+    flat = tree_concatenate(slots.groups)
+    if final_states is not None:
+        _copy_to_host(final_states, slots, flat.states, ~ledger.running)
+    return lay_out(live, flat, slots.slot_of_trial(), spec)
+
+
+# --- One check ---------------------------------------------------------------------------------
+
+class Readout(NamedTuple):
+    """What a check reads to the host, per slot: one group's on the device, every group's on the host."""
+    errors: Any       # (slots,): validation error counts (or float error values)
+    finite: Any       # bool (slots,): loss and weights finite through the chunk
+    lipschitz: Any    # float32 (slots,): L over the chunk's last step; None when not measured
+    noise_scale: Any  # (B_simple, |G|^2, tr Sigma), each float32 (slots,); None when not measured
+
+
+def _concatenated(parts: Sequence[Any]) -> Any:
+    """One pytree of numpy arrays from per-group ones, joined along the slot axis."""
+    return jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
+
+
+class Measuring(NamedTuple):
+    """A cell's smoothness measurements: when they run, the programs, and the data they use.
+
+    They run on the states a chunk produced, after it (copies: trajectories do not change).
+    """
+    measurements: smoothness.Measurements | None  # None: nothing is measured
+    programs: smoothness.MeasurementPrograms | None
+    train: tuple = ()            # (images, labels): the split the noise scale draws batches from
+    lipschitz_split: tuple = ()  # (images, labels): the examples of L's whole-split gradient
+
+    @classmethod
+    def of(cls, measurements: smoothness.Measurements | None, data: Splits) -> Measuring:
+        if measurements is None:
+            return cls(None, None)
+        examples = measurements.lipschitz_examples or int(data.train_images.shape[0])
+        return cls(measurements, smoothness.measurement_programs(measurements),
+                   (data.train_images, data.train_labels),
+                   (data.train_images[:examples], data.train_labels[:examples]))
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        """Whether L and the noise scale are measured at the check of `step`."""
+        every = (0, 0) if self.measurements is None else (
+            self.measurements.lipschitz_every, self.measurements.noise_scale_every)
+        return tuple(bool(interval) and step % interval == 0 for interval in every)
+
+    def of_group(self, previous: Any, states: trial.TrainState, step: int) -> tuple:
+        """(L, noise scale) of one group's slots at the check of `step` (device arrays; None if not due).
+
+        previous: the parameters before the chunk's last step.
+        """
+        lipschitz_due, noise_due = self.due(step)
+        lipschitz = self.programs.lipschitz(previous, states.params, states.mask,
+                                            *self.lipschitz_split).lipschitz if lipschitz_due else None
+        return lipschitz, self._noise_scale(states, step) if noise_due else None
+
+    def _noise_scale(self, states: trial.TrainState, step: int) -> tuple:
+        estimate = self.programs.noise_scale(states.params, states.mask, *self.train,
+                                             self.measurements.noise_scale_key(step))
+        return estimate.b_simple, estimate.gradient_norm_squared, estimate.trace_covariance
+
+    def recorded(self, ledger: Ledger, trials: np.ndarray, step: int, readout: Readout) -> Ledger:
+        """The ledger with the measurements of `readout` (host rows of `trials`) in their series."""
+        return ledger.with_measurements(
+            trials, step, readout.lipschitz,
+            None if readout.noise_scale is None else np.stack(readout.noise_scale, axis=1))
+
+    def at_start(self, ledger: Ledger, slots: Slots) -> Ledger:
+        """The ledger with every held trial's noise scale at step 0 (one host read, before training)."""
+        if self.measurements is None or not self.measurements.noise_scale_every:
+            return ledger
+        columns = _concatenated(parallel.to_host([self._noise_scale(group.states, 0) for group in slots.groups]))
+        held = slots.trial >= 0
+        return ledger.with_measurements(slots.trial[held], 0, noise_scale=np.stack(columns, axis=1)[held])
+
+
+class CellState(NamedTuple):
+    """Everything a cell carries from one check to the next; a checkpoint holds this (and the seconds run)."""
+    ledger: Ledger
+    slots: Slots
+    shared_order: Any  # the data order every trial follows (replicated); None with per-trial orders
+    step: int          # steps every running trial has trained
+    checks: int
+    computed: int      # slot-steps the device computed, ended trials and padding in slots included
+
+
+def train_and_evaluate(programs: Programs, measuring: Measuring, data: Splits, slots: Slots,
+                       shared_order: Any, active: np.ndarray, step: int) -> tuple[Slots, Any, list[Readout]]:
+    """The device work of the check at `step`: every group trains one chunk (the `active` (slots,)
+    slots move) and is evaluated and measured. Returns the slots, the shared order and a Readout of
+    device arrays per group; nothing is read to the host."""
+    groups, readouts, order = [], [], shared_order
+    # numpy `active`, not a device array: jit treats it as replicated, on one host or several.
+    for group, group_active in zip(slots.groups, np.split(active, len(slots.groups))):
+        order = shared_order if group.orders is None else group.orders
+        states, order, finite, previous = programs.train_chunk(
+            group.states, group_active, order, data.train_images, data.train_labels)
+        errors = programs.evaluate(states.params, states.mask, data.val_images, data.val_labels)
+        groups.append(Group(states, None if group.orders is None else order))
+        readouts.append(Readout(errors, finite, *measuring.of_group(previous, states, step)))
+    # Every group advances the shared order alike: the last group's is the next one.
+    return slots._replace(groups=tuple(groups)), None if shared_order is None else order, readouts
+
+
+def run_check(cell: CellState, programs: Programs, measuring: Measuring, data: Splits, spec: CellSpec,
+              rule: Rule) -> CellState:
+    """One check: the device work of every group, ONE host read, and the ledger's record of it."""
+    step = cell.step + spec.check_every
+    live = cell.slots.running(cell.ledger)
+    slots, shared_order, readouts = train_and_evaluate(
+        programs, measuring, data, cell.slots, cell.shared_order, live, step)
+    # The one host read per check: errors, finiteness flags and measurements of every slot.
+    seen = jax.tree.map(lambda values: values[live], _concatenated(parallel.to_host(readouts)))
+    trials = slots.trial[live]
+    ledger = cell.ledger.after_check(trials, seen.errors, seen.finite, step, rule)
+    ledger = measuring.recorded(ledger, trials, step, seen)
+    return CellState(ledger, slots, shared_order, step, cell.checks + 1,
+                     cell.computed + len(slots.trial) * spec.check_every)
+
+
+# --- Checkpoints of the whole cell ------------------------------------------------------------
+
+class CellCheckpointer:
+    """Saves and restores a whole CellState through checkpoints.CellCheckpoints (the one schema)."""
+
+    def __init__(self, checkpoints: Any, spec: CellSpec):
+        self.checkpoints, self.spec = checkpoints, spec
+        checkpoints.require({'engine': spec.identity()})
+
+    def due(self, cell: CellState) -> bool:
+        """Whether to save after this check (never once the cell has nothing left to run)."""
+        return bool(cell.ledger.running.any()) and cell.step < self.spec.max_steps and self.checkpoints.due(cell.checks)
+
+    def save(self, cell: CellState, elapsed_seconds: float) -> None:
+        self.checkpoints.save(cell.checks, {'groups': list(cell.slots.groups), 'shared_order': cell.shared_order}, {
+            'step': cell.step, 'checks': cell.checks, 'computed': cell.computed, 'elapsed_seconds': elapsed_seconds,
+            'slot_trial': cell.slots.trial.tolist(), 'num_groups': len(cell.slots.groups),
+            'ledger': cell.ledger.to_json()})
+
+    def restore(self, stacked: Group, shared_order: Any) -> tuple[CellState, float] | None:
+        """(cell, seconds it had run) from the newest intact checkpoint, or None.
+
+        stacked: the cell's trials (and orders) as given, for the per-trial shapes of the groups;
+        shared_order: a fresh shared order, for its shapes. A cell saved with another group size
+        is re-laid out into this run's groups.
+        """
+        sharding = None if self.spec.mesh is None else parallel.trial_sharding(self.spec.mesh)
+
+        def abstract_arrays(host):
+            per_group = len(host['slot_trial']) // host['num_groups']
+            group = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+                (per_group,) + leaf.shape[1:], leaf.dtype, sharding=sharding or leaf.sharding), stacked)
+            order = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), shared_order)
+            return {'groups': [group] * host['num_groups'], 'shared_order': order}
+
+        restored = self.checkpoints.restore(abstract_arrays)
+        if restored is None:
+            return None
+        arrays, host = restored
+        slots = Slots(np.asarray(host['slot_trial'], np.int64), tuple(arrays['groups']))
+        if not slots.fits(self.spec):  # saved with another group size (trials_per_group, another machine)
+            slots = lay_out(slots.trial[slots.trial >= 0], tree_concatenate(slots.groups), slots.slot_of_trial(),
+                            self.spec)
+        return CellState(Ledger.from_json(host['ledger']), slots, arrays['shared_order'], host['step'],
+                         host['checks'], host['computed']), host['elapsed_seconds']
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+
+class _Progress:
+    """A progress line every `every_seconds`, and at the check that ends the cell."""
+
+    def __init__(self, log: Callable[[str], None] | None, every_seconds: float, max_steps: int, started: float):
+        self.log, self.every_seconds, self.max_steps, self.started = log, every_seconds, max_steps, started
+        self.last = time.perf_counter()
+
+    def after_check(self, cell: CellState, ending: bool) -> None:
+        now = time.perf_counter()
+        if self.log is None or not (ending or now - self.last >= self.every_seconds):
+            return
+        self.last = now
+        status = cell.ledger.status
+        self.log(f'  step {cell.step:>7d}/{self.max_steps}  live {int((status == RUNNING).sum()):>4d}/{len(status)}'
+                 f'  reached {int((status == REACHED).sum()):>4d}  diverged {int((status == DIVERGED).sum()):>4d}'
+                 f'  best val error {np.nanmin(cell.ledger.best_val_error):.4f}'
+                 f'  {cell.computed / (now - self.started):,.0f} trial-steps/s')
 
 
 def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Callable,
@@ -254,205 +525,72 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         raise ValueError(f'batch_size={batch_size} is not divisible by the {parallel.data_count(mesh)} devices '
                          f"of the mesh's 'data' axis")
     started = time.perf_counter()
-    num_trials = int(jax.tree.leaves(trials)[0].shape[0])
-    group_size = num_trials if group_size is None else max(1, min(group_size, num_trials))
-    multiple = parallel.trial_count(mesh)
-    programs = compile_programs(train_step, val_error, batch_size, check_every, per_trial_order, mesh)
-    measuring = measurements is not None and measurements.active
-    if measuring:
-        smoothness.validate_measurements(measurements, check_every, int(train_images.shape[0]))
-        measure = smoothness.compile_measurements(measurements)
-    train_images, train_labels, val_images, val_labels = parallel.place_replicated(
-        (train_images, train_labels, val_images, val_labels), mesh)
-    if measuring:
-        lipschitz_examples = measurements.lipschitz_examples or int(train_images.shape[0])
-        lipschitz_images, lipschitz_labels = train_images[:lipschitz_examples], train_labels[:lipschitz_examples]
+    num_trials, num_examples = int(jax.tree.leaves(trials)[0].shape[0]), int(train_images.shape[0])
+    spec = CellSpec(num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
+                    num_trials if group_size is None else max(1, min(group_size, num_trials)), per_trial_order,
+                    mesh, measurements if measurements is not None and measurements.active else None)
+    if spec.measurements is not None:
+        smoothness.validate_measurements(spec.measurements, check_every, num_examples)
+    programs = cell_programs(train_step, val_error, batch_size, check_every, per_trial_order, mesh)
+    data = Splits(*parallel.place_replicated((train_images, train_labels, val_images, val_labels), mesh))
+    measuring = Measuring.of(spec.measurements, data)
+    rule = Rule(goal_error, int(val_images.shape[0]), max_steps)
+    stacked, shared_order = _with_data_orders(trials, spec, num_examples)
 
-    status = np.full(num_trials, RUNNING)
-    steps_to_result = np.full(num_trials, -1)
-    best_val_error = np.full(num_trials, np.inf)
-    last_val_error = np.full(num_trials, np.nan)
-    steps = np.zeros(num_trials, dtype=np.int64)
-    final_states: dict[int, Any] = {}
-    lipschitz_series: list[list] = [[] for _ in range(num_trials)]
-    noise_scale_series: list[list] = [[] for _ in range(num_trials)]
-
-    num_examples, num_val_examples = int(train_images.shape[0]), int(val_images.shape[0])
-    shared_order = None
-    if per_trial_order:
-        orders = stack_trees([trial.init_data_order(data_seed + i, num_examples, batch_size=batch_size)
-                             for i in range(num_trials)])
-    else:
-        shared_order = parallel.place_replicated(
-            trial.init_data_order(data_seed, num_examples, batch_size=batch_size), mesh)
-
-    # Slots: padded to whole groups with copies of trial 0 that never count (slot_trial = -1).
-    def layout(trial_indices: np.ndarray, source: Any, source_slot_of: dict[int, int]):
-        num_groups, per_group = bucket_layout(len(trial_indices), group_size, multiple)
-        size = num_groups * per_group
-        slot_trial = np.full(size, -1)
-        slot_trial[:len(trial_indices)] = trial_indices
-        rows = np.array([source_slot_of[int(t)] for t in trial_indices] +
-                        [source_slot_of[int(trial_indices[0])]] * (size - len(trial_indices)))
-        taken = tree_take(source, rows)
-        groups = [parallel.place_trials(jax.tree.map(lambda leaf: leaf[g:g + per_group], taken), mesh)
-                  for g in range(0, size, per_group)]
-        return slot_trial, groups
-
-    def states_of(group):
-        return group[0] if per_trial_order else group
-
-    def record(pending: list, live_slots: np.ndarray, at_step: int) -> None:
-        """Appends this check's measurements (one host read with the check's) to the live trials' series."""
-        lipschitz, noise_scale = parallel.to_host(pending)
-        if lipschitz is not None:
-            values = np.concatenate([estimate.lipschitz for estimate in lipschitz])
-            for slot in live_slots:
-                lipschitz_series[slot_trial[slot]].append((at_step, float(values[slot])))
-        if noise_scale is not None:
-            columns = [np.concatenate([getattr(estimate, field) for estimate in noise_scale])
-                       for field in ('b_simple', 'gradient_norm_squared', 'trace_covariance')]
-            for slot in live_slots:
-                noise_scale_series[slot_trial[slot]].append((at_step,) + tuple(float(c[slot]) for c in columns))
-
-    step, checks, computed, needed, elapsed_before = 0, 0, 0, 0, 0.0
-    restored = None
-    if checkpoints is not None:
-        checkpoints.require({'engine': _cell_identity(
-            num_trials, batch_size, goal_error, max_steps, check_every, data_seed, until, compaction,
-            per_trial_order, mesh, measurements if measuring else None)})
-        template = jax.tree.map(lambda leaf: leaf[0], (trials, orders) if per_trial_order else trials)
-        sharding = parallel.trial_sharding(mesh) if mesh is not None else None
-
-        def abstract_arrays(host):
-            group = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
-                (host['per_group'],) + leaf.shape, leaf.dtype, sharding=sharding or leaf.sharding), template)
-            order = None if per_trial_order else jax.tree.map(
-                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), shared_order)
-            return {'groups': [group] * host['num_groups'], 'shared_order': order}
-
-        restored = checkpoints.restore(abstract_arrays)
-    if restored is not None:
-        arrays, host = restored
-        groups, shared_order = list(arrays['groups']), arrays['shared_order']
-        slot_trial = np.asarray(host['slot_trial'], dtype=np.int64)
-        step, checks, computed, needed = host['step'], host['checks'], host['computed'], host['needed']
-        elapsed_before = host['elapsed_seconds']
-        status[:] = host['status']
-        steps_to_result[:] = host['steps_to_result']
-        best_val_error[:] = [float(v) for v in host['best_val_error']]
-        last_val_error[:] = [float(v) for v in host['last_val_error']]
-        steps[:] = host['steps']
-        lipschitz_series = [[(s, float(v)) for s, v in series] for series in host['lipschitz']]
-        noise_scale_series = [[(row[0],) + tuple(float(v) for v in row[1:]) for row in series]
-                              for series in host['noise_scale']]
-        kept = slot_trial[slot_trial >= 0]
-        if bucket_layout(len(kept), group_size, multiple) != (len(groups), len(slot_trial) // len(groups)):
-            # Saved with another group size (trials_per_group, or memory on another machine).
-            flat = tree_concatenate(groups)
-            slot_trial, groups = layout(kept, flat, {int(t): s for s, t in enumerate(slot_trial) if t >= 0})
-        if log is not None:
-            log(f'  resumed from checkpoint at step {step} ({checks} checks)')
-    else:
-        slot_trial, groups = layout(np.arange(num_trials), (trials, orders) if per_trial_order else trials,
-                                    {i: i for i in range(num_trials)})
-        if measuring and measurements.noise_scale_every:
-            key = measurements.noise_scale_key(0)
-            record([None, [measure.noise_scale(states_of(group).params, states_of(group).mask, train_images,
-                                               train_labels, key) for group in groups]],
-                   np.flatnonzero(slot_trial >= 0), 0)
+    checkpointer = None if checkpoints is None else CellCheckpointer(checkpoints, spec)
+    restored = None if checkpointer is None else checkpointer.restore(stacked, shared_order)
+    if restored is not None and log is not None:
+        log(f'  resumed from checkpoint at step {restored[0].step} ({restored[0].checks} checks)')
+    cell, elapsed_before = restored or (fresh_cell(stacked, shared_order, spec, measuring), 0.0)
     started -= elapsed_before
-    last_log = time.perf_counter()
+    progress, final_states = _Progress(log, log_every_seconds, max_steps, started), {}
 
-    while step < max_steps and (status == RUNNING).any():
-        per_group = len(slot_trial) // len(groups)
-        errors, finite = [], []
-        next_step = step + check_every
-        measure_lipschitz = measuring and measurements.lipschitz_every and next_step % measurements.lipschitz_every == 0
-        measure_noise = measuring and measurements.noise_scale_every and next_step % measurements.noise_scale_every == 0
-        lipschitz, noise_scale = ([] if measure_lipschitz else None), ([] if measure_noise else None)
-        for g, group in enumerate(groups):
-            group_trials = slot_trial[g * per_group:(g + 1) * per_group]
-            # numpy, not a device array: jit treats it as replicated, on one host or several.
-            active = (group_trials >= 0) & (status[np.maximum(group_trials, 0)] == RUNNING)
-            states, order = group if per_trial_order else (group, shared_order)
-            states, next_order, group_finite, previous = programs.train_chunk(
-                states, active, order, train_images, train_labels)
-            group_errors = programs.evaluate(states.params, states.mask, val_images, val_labels)
-            if measure_lipschitz:
-                lipschitz.append(measure.lipschitz(previous, states.params, states.mask, lipschitz_images,
-                                                   lipschitz_labels))
-            if measure_noise:
-                noise_scale.append(measure.noise_scale(states.params, states.mask, train_images, train_labels,
-                                                       measurements.noise_scale_key(next_step)))
-            groups[g] = (states, next_order) if per_trial_order else states
-            errors.append(group_errors)
-            finite.append(group_finite)
-        if not per_trial_order:
-            shared_order = next_order
-        step = next_step
-        checks += 1
-        computed += len(slot_trial) * check_every
-        # The one host read per check: an error count and a finiteness flag per slot.
-        errors, finite = (np.concatenate(values) for values in parallel.to_host((errors, finite)))
-        reached = trial.reached_goal(errors, num_val_examples, goal_error)
-        rates = trial.error_rate(errors, num_val_examples)
-        live_slots = np.flatnonzero((slot_trial >= 0) & (status[np.maximum(slot_trial, 0)] == RUNNING))
-        if measure_lipschitz or measure_noise:
-            record([lipschitz, noise_scale], live_slots, step)
-        for slot in live_slots:
-            index = slot_trial[slot]
-            steps[index] = step
-            needed += check_every
-            last_val_error[index] = rates[slot]
-            best_val_error[index] = min(best_val_error[index], rates[slot])
-            # The reference's order: the goal first, then a non-finite loss or weights.
-            if reached[slot]:
-                status[index], steps_to_result[index] = REACHED, step
-            elif not finite[slot] or not np.isfinite(rates[slot]):
-                status[index] = DIVERGED
-            elif step >= max_steps:
-                status[index] = EXHAUSTED
-        now = time.perf_counter()
-        if log is not None and (now - last_log >= log_every_seconds or (status != RUNNING).all()
-                                or (until == 'first' and (status == REACHED).any())):
-            last_log = now
-            log(f'  step {step:>7d}/{max_steps}  live {int((status == RUNNING).sum()):>4d}/{num_trials}'
-                f'  reached {int((status == REACHED).sum()):>4d}  diverged {int((status == DIVERGED).sum()):>4d}'
-                f'  best val error {np.nanmin(best_val_error):.4f}'
-                f'  {computed / (now - started):,.0f} trial-steps/s')
-        if until == 'first' and (status == REACHED).any():
+    while cell.step < max_steps and cell.ledger.running.any():
+        cell = run_check(cell, programs, measuring, data, spec, rule)
+        first_reached = until == 'first' and bool((cell.ledger.status == REACHED).any())
+        progress.after_check(cell, ending=first_reached or not cell.ledger.running.any())
+        if first_reached:
             break
-        live = np.flatnonzero(status == RUNNING)
-        if compaction and len(live) and bucket_size(len(live), group_size, multiple) < len(slot_trial):
-            flat = tree_concatenate(groups)
-            if keep_final_state:
-                _save_ended(final_states, slot_trial, status, flat[0] if per_trial_order else flat)
-            slot_of = {int(t): s for s, t in enumerate(slot_trial) if t >= 0}
-            slot_trial, groups = layout(live, flat, slot_of)
-        if checkpoints is not None and len(live) and step < max_steps and checkpoints.due(checks):
-            checkpoints.save(checks, {'groups': groups, 'shared_order': shared_order}, {
-                'step': step, 'checks': checks, 'computed': computed, 'needed': needed,
-                'elapsed_seconds': time.perf_counter() - started, 'num_groups': len(groups),
-                'per_group': len(slot_trial) // len(groups), 'slot_trial': slot_trial.tolist(),
-                'status': status.tolist(), 'steps_to_result': steps_to_result.tolist(),
-                'best_val_error': _float_list(best_val_error), 'last_val_error': _float_list(last_val_error),
-                'steps': steps.tolist(),
-                'lipschitz': [[[s, _float_list([v])[0]] for s, v in series] for series in lipschitz_series],
-                'noise_scale': [[[row[0]] + _float_list(np.asarray(row[1:])) for row in series]
-                                for series in noise_scale_series]})
+        if compaction:
+            cell = cell._replace(slots=compacted(cell.slots, cell.ledger, spec,
+                                                 final_states if keep_final_state else None))
+        if checkpointer is not None and checkpointer.due(cell):
+            checkpointer.save(cell, time.perf_counter() - started)
 
-    if checkpoints is not None:
-        checkpoints.close()
-    final_state = None
+    if checkpointer is not None:
+        checkpointer.close()
     if keep_final_state:
-        flat = tree_concatenate(groups)
-        _save_ended(final_states, slot_trial, None, flat[0] if per_trial_order else flat)
-        final_state = stack_trees([final_states[i] for i in range(num_trials)])
-    return CellResult(status, steps_to_result, best_val_error, last_val_error, steps, computed, needed,
-                      checks, time.perf_counter() - started, final_state,
-                      tuple(lipschitz_series) if measuring and measurements.lipschitz_every else (),
-                      tuple(noise_scale_series) if measuring and measurements.noise_scale_every else ())
+        _copy_to_host(final_states, cell.slots, tree_concatenate(cell.slots.groups).states)
+    return _cell_result(cell, spec, final_states if keep_final_state else None, time.perf_counter() - started)
+
+
+def _with_data_orders(trials: trial.TrainState, spec: CellSpec, num_examples: int) -> tuple[Group, Any]:
+    """(the trials stacked with their own data orders or None, the shared order or None)."""
+    if spec.per_trial_order:
+        orders = stack_trees([trial.init_data_order(spec.data_seed + i, num_examples, batch_size=spec.batch_size)
+                              for i in range(spec.num_trials)])
+        return Group(trials, orders), None
+    shared = trial.init_data_order(spec.data_seed, num_examples, batch_size=spec.batch_size)
+    return Group(trials, None), parallel.place_replicated(shared, spec.mesh)
+
+
+def fresh_cell(stacked: Group, shared_order: Any, spec: CellSpec, measuring: Measuring) -> CellState:
+    """The cell before its first check: every trial in slots, the noise scale at step 0 measured."""
+    everyone = np.arange(spec.num_trials)
+    slots = lay_out(everyone, stacked, everyone, spec)
+    return CellState(measuring.at_start(Ledger.new(spec.num_trials), slots), slots, shared_order, 0, 0, 0)
+
+
+def _cell_result(cell: CellState, spec: CellSpec, final_states: dict | None, wall_seconds: float) -> CellResult:
+    """The CellResult of a cell that has stopped; final_states: host state per trial (keep_final_state)."""
+    ledger, measured = cell.ledger, spec.measurements
+    final_state = None if final_states is None else stack_trees([final_states[i] for i in range(spec.num_trials)])
+    return CellResult(ledger.status, ledger.steps_to_result, ledger.best_val_error, ledger.last_val_error,
+                      ledger.steps, cell.computed,
+                      # Trials train in lockstep from step 0 until they end: the steps they needed are their steps.
+                      int(ledger.steps.sum()), cell.checks, wall_seconds, final_state,
+                      tuple(map(list, ledger.lipschitz)) if measured and measured.lipschitz_every else (),
+                      tuple(map(list, ledger.noise_scale)) if measured and measured.noise_scale_every else ())
 
 
 def default_trials_at_once(num_trials: int) -> int:

@@ -10,7 +10,7 @@
   averaged over several draws before the estimators divide.
 
 `Measurements` says what the engine measures and how often; the engine calls the vmapped
-programs of `compile_measurements` between training chunks, on copies of the trial states, so a
+programs of `measurement_programs` between training chunks, on copies of the trial states, so a
 trial's trajectory is the same with the measurements on or off.
 """
 
@@ -200,7 +200,7 @@ class MeasurementPrograms(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
-def compile_measurements(measurements: Measurements) -> MeasurementPrograms:
+def measurement_programs(measurements: Measurements) -> MeasurementPrograms:
     """The jitted measurements vmapped over the leading slot axis of params and mask."""
     lipschitz = jax.vmap(
         lambda previous, params, mask, images, labels: lipschitz_estimate(

@@ -2,11 +2,11 @@
 
 The engine vmaps exactly these functions over a leading trial axis; `run_trial` is the
 single-trial loop (one trial to a goal error), used by launch.py and as the engine's reference.
+Both judge a check with the same ledger (dps_jax.ledger: the reference's goal decision).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -16,10 +16,11 @@ import numpy as np
 import optax
 
 from dps_jax import losses, masks, optim
+from dps_jax.ledger import RUNNING, STATUSES, Ledger, Rule
+# The reference's goal decision lives with the ledger that applies it; importable here as before.
+from dps_jax.ledger import error_rate, max_errors_at_goal, reached_goal  # noqa: F401
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
-
-STATUSES = ('running', 'reached', 'diverged', 'exhausted')
 
 
 class TrainState(NamedTuple):
@@ -33,7 +34,6 @@ class TrainState(NamedTuple):
 class StepMetrics(NamedTuple):
     """What one training step reports."""
     loss: jax.Array    # mean cross-entropy of the batch, before the update
-    error: jax.Array   # error rate of the batch, before the update
 
 
 def all_finite(params: Any) -> jax.Array:
@@ -58,14 +58,12 @@ def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformationEx
         images, labels = batch
 
         def loss_fn(params):
-            logits = apply_fn(apply_mask(params, state.mask), images)
-            return losses.cross_entropy(logits, labels), logits
+            return losses.cross_entropy(apply_fn(apply_mask(params, state.mask), images), labels)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, mask=state.mask)
         params = optax.apply_updates(state.params, updates)
-        error = losses.error_count(logits, labels) / labels.shape[0]
-        return TrainState(params, state.mask, opt_state, state.step + 1), StepMetrics(loss, error)
+        return TrainState(params, state.mask, opt_state, state.step + 1), StepMetrics(loss)
 
     return train_step
 
@@ -97,41 +95,6 @@ def make_val_error_count(apply_fn: ApplyFn, chunk_size: int = 1000
         return errors
 
     return val_error_count
-
-
-# Cached: the engine asks at every check with the same split size and goal.
-@functools.lru_cache(maxsize=64)
-def max_errors_at_goal(num_examples: int, goal_error: float) -> int:
-    """The most errors of `num_examples` that the reference counts as reaching `goal_error` (-1: none).
-
-    The reference's rule: err = 1 - a, with a the float32 mean of the float32 per-example
-    accuracies (correctly rounded: the sum of 0/1 values is exact below 2^24 examples), then
-    err <= goal in float64. So 720 errors of 6,000 (err 0.12000000477) miss goal 0.12, while
-    120 of 6,000 (err 0.01999998) reach goal 0.02. err grows with the count, so a threshold suffices.
-    """
-    errors = np.arange(num_examples + 1)
-    accuracy = (np.float32(num_examples) - errors.astype(np.float32)) / np.float32(num_examples)
-    reached = np.flatnonzero(1.0 - accuracy.astype(np.float64) <= float(goal_error))
-    return int(reached[-1]) if reached.size else -1
-
-
-def reached_goal(errors, num_examples: int, goal_error: float) -> np.ndarray:
-    """Whether each validation result reaches the goal (bool array, host-side numpy).
-
-    Integer `errors` are error counts over a split of `num_examples`, decided exactly as the
-    reference does (max_errors_at_goal); float `errors` are error values of another metric (a
-    loss, say), compared as error <= goal_error.
-    """
-    errors = np.asarray(errors)
-    if errors.dtype.kind in 'iu':
-        return errors <= max_errors_at_goal(num_examples, goal_error)
-    return errors.astype(np.float64) <= float(goal_error)
-
-
-def error_rate(errors, num_examples: int) -> np.ndarray:
-    """Validation error as a float64 fraction: count / num_examples for integer counts, else as given."""
-    errors = np.asarray(errors)
-    return errors / num_examples if errors.dtype.kind in 'iu' else errors.astype(np.float64)
 
 
 class DataOrder(NamedTuple):
@@ -208,6 +171,16 @@ def next_batch_indices_per_trial(orders: DataOrder, batch_size: int) -> tuple[Da
     return _advance(orders, batch_size, lambda keys, epochs: permutations(keys, epochs, num_examples)), indices
 
 
+def next_batch(order: DataOrder, train_images: jax.Array, train_labels: jax.Array, batch_size: int,
+               per_trial: bool = False) -> tuple[DataOrder, tuple[jax.Array, jax.Array]]:
+    """(order, (images, labels)) of the stream's next batch, gathered on device from the resident split.
+
+    Shapes (batch_size, ...) from one stream; with per_trial, stacked streams give (trials, batch_size, ...).
+    """
+    order, indices = (next_batch_indices_per_trial if per_trial else next_batch_indices)(order, batch_size)
+    return order, (train_images[indices], train_labels[indices])
+
+
 def make_train_chunk(train_step, batch_size: int, num_steps: int):
     """train_chunk(state, order, train_images, train_labels) -> (state, order, metrics (num_steps,)).
 
@@ -218,8 +191,8 @@ def make_train_chunk(train_step, batch_size: int, num_steps: int):
     def train_chunk(state, order, train_images, train_labels):
         def body(carry, _):
             state, order = carry
-            order, indices = next_batch_indices(order, batch_size)
-            state, metrics = train_step(state, (train_images[indices], train_labels[indices]))
+            order, batch = next_batch(order, train_images, train_labels, batch_size)
+            state, metrics = train_step(state, batch)
             return (state, order), metrics
 
         (state, order), metrics = jax.lax.scan(body, (state, order), None, length=num_steps)
@@ -291,10 +264,9 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
     order = init_data_order(data_seed, train_images.shape[0], batch_size=batch_size)
     train_chunk = jax.jit(make_train_chunk(train_step, batch_size, check_every))
     evaluate = jax.jit(val_error)
-    num_val = int(val_images.shape[0])
-    history, best = [], float('inf')
-    steps, status, steps_to_result = 0, 'exhausted', None
-    while steps < max_steps:
+    rule, ledger, only = Rule(goal_error, int(val_images.shape[0]), max_steps), Ledger.new(1), np.zeros(1, np.int64)
+    history, steps = [], 0
+    while steps < max_steps and ledger.running[0]:
         state, order, metrics = train_chunk(state, order, train_images, train_labels)
         steps += check_every
         # One host read: losses are taken before each update, so a broken last step shows only
@@ -302,17 +274,13 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         errors, finite, last_loss = jax.device_get((
             evaluate(state.params, state.mask, val_images, val_labels),
             jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params), metrics.loss[-1]))
-        error, finite, last_loss = float(error_rate(errors, num_val)), bool(finite), float(last_loss)
+        ledger = ledger.after_check(only, np.reshape(errors, 1), np.reshape(finite, 1), steps, rule)
+        error, last_loss = float(ledger.last_val_error[0]), float(last_loss)
         history.append((steps, error, last_loss))
-        best = min(best, error)
         if log is not None:
             log(f'step {steps:>7d}  val error {error:.4f}  train loss {last_loss:.4f}  '
                 f'({time.perf_counter() - started:.1f} s)')
-        # The reference's order: the goal first, then a non-finite loss.
-        if reached_goal(errors, num_val, goal_error):
-            status, steps_to_result = 'reached', steps
-            break
-        if not finite or not np.isfinite(error):
-            status = 'diverged'
-            break
-    return TrialResult(status, steps_to_result, steps, best, history, time.perf_counter() - started)
+    status = int(ledger.status[0])
+    return TrialResult(STATUSES[status] if status != RUNNING else 'exhausted',  # running: a budget of 0 steps
+                       int(ledger.steps_to_result[0]) if ledger.steps_to_result[0] >= 0 else None, steps,
+                       float(ledger.best_val_error[0]), history, time.perf_counter() - started)
