@@ -1,0 +1,148 @@
+"""The engine on an accelerator, every figure a ratio against a baseline measured in the same run.
+
+1. a float32 matmul (8192^3 at the default precision): the chip's practical peak in this run;
+2. the engine's vmapped training chunk (Simple-CNN, SGD, synthetic data, 50-step chunks, best of
+   2 after a warm-up) for batch 8 / 64 / 512 / 4096 and several trial counts N, in trial-steps/s
+   and model TFLOP/s (22.5 MFLOP per example), against ONE trial run alone with the single-trial
+   scan chunk at the same batch;
+3. a vmapped flax nn.Conv model in lax.scan (what a user would write), batch 64;
+4. a real cell (Fashion-MNIST, 100 SGD trials, SNIP 0.9 from 5,400 images, batch 64, goal 0.15,
+   a whole-validation check every 100 steps) with until='first' and 'all': wall time,
+   trial-steps/s, and the share of the wall time that is not bare training chunks (checks, host
+   reads, compaction).
+
+    python benchmarks/accelerator.py [--quick] [--skip_real_cell]
+
+Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dps_jax import engine, models, optim, search, trial  # noqa: E402
+import common  # noqa: E402
+from models import (FlaxConvSimpleCNN, make_scan, make_train_step as make_sgd_step,  # noqa: E402
+                    simple_cnn_training_flops_per_example)
+
+# (batch size, trial counts) of part 2, as in the issue's table.
+CHUNK_CASES = ((8, (100, 1000)), (64, (8, 32, 100, 1000)), (512, (16, 100)), (4096, (1, 8)))
+QUICK_CASES = ((8, (4,)), (64, (2, 8)), (512, (2,)))  # --quick: includes N = 2 and 8 at batch 64
+FLOPS_PER_EXAMPLE = simple_cnn_training_flops_per_example()
+
+
+def matmul_tflops(size: int) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    return 2 * size ** 3 / common.seconds(lambda: matmul(a, a), repeats=3) / 1e12
+
+
+def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels) -> float:
+    """Trial-steps/s of the engine's vmapped chunk (all trials active, one shared data order)."""
+    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    trials = common.make_trials(model, optimizer, num_trials, images, labels)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    batch_size, steps, False)
+    order, active = trial.init_data_order(0, int(images.shape[0])), jnp.ones(num_trials, bool)
+    # The chunk donates its states on accelerators: each run starts from a fresh copy.
+    run = lambda: programs.train_chunk(jax.tree.map(jnp.copy, trials), active, order, images, labels)
+    copy_only = common.seconds(lambda: jax.tree.map(jnp.copy, trials))
+    return num_trials * steps / max(common.seconds(run) - copy_only, 1e-9)
+
+
+def one_trial_rate(batch_size: int, steps: int, images, labels) -> float:
+    """Trial-steps/s of ONE trial run alone with the single-trial scan chunk."""
+    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    single = jax.tree.map(lambda leaf: leaf[0], common.make_trials(model, optimizer, 1, images, labels))
+    chunk = jax.jit(trial.make_train_chunk(trial.make_train_step(apply_fn, optimizer), batch_size, steps))
+    order = trial.init_data_order(0, int(images.shape[0]))
+    return steps / common.seconds(lambda: chunk(single, order, images, labels))
+
+
+def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:
+    """Trial-steps/s of flax nn.Conv + nn.max_pool trials, vmapped, in lax.scan over pre-drawn batches."""
+    model = FlaxConvSimpleCNN()
+    keys = jax.random.split(jax.random.PRNGKey(0), num_trials)
+    params = jax.jit(jax.vmap(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)))['params']))(keys)
+    batches = (jax.random.normal(jax.random.PRNGKey(1), (steps, batch_size, 28, 28, 1)),
+               jax.random.randint(jax.random.PRNGKey(2), (steps, batch_size), 0, 10))
+    scan = make_scan(make_sgd_step(model), num_trials)
+    return num_trials * steps / common.seconds(lambda: scan(params, batches))
+
+
+def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: float) -> None:
+    from dps_jax import data
+    dataset = data.load('fashion_mnist')
+    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
+    val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
+    rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
+    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='snip', sparsity=0.9)
+    started = time.perf_counter()
+    trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates},
+                                train_images[:snip_examples], train_labels[:snip_examples])
+    jax.block_until_ready(trials)
+    print(f'  SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
+          flush=True)
+    for until in ('first', 'all'):
+        run = lambda: engine.run_cell(
+            trials, train_step=trial.make_train_step(apply_fn, optimizer),
+            val_error=trial.make_val_error_count(apply_fn, max(50, 8192 // num_trials)),
+            train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
+            batch_size=64, goal_error=0.15, max_steps=max_steps, check_every=100, until=until)
+        run()  # compiles every bucket's programs
+        result = run()
+        rate = result.trial_steps_computed / result.wall_seconds
+        bare = result.trial_steps_computed / bare_rate
+        print(f'| real cell, until={until!r} | {result.wall_seconds:.1f} s | {rate:,.0f} trial-steps/s | '
+              f'steps-to-result {result.min_steps_to_result} | {result.trial_steps_computed:,d} trial-steps | '
+              f'not bare chunks: {max(0.0, 1 - bare / result.wall_seconds):.0%} of the wall time |', flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='small sizes: a smoke test, not a measurement')
+    parser.add_argument('--skip_real_cell', action='store_true')
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f'jax {jax.__version__}, {device.platform} {device.device_kind} x {jax.device_count()}')
+    steps = 2 if args.quick else 50
+    peak = matmul_tflops(512 if args.quick else 8192)
+    print(f'float32 matmul at the default precision: {peak:.1f} TFLOP/s', flush=True)
+    images, labels = common.synthetic_split(512 if args.quick else 8192)
+    print('| batch | trials N | engine trial-steps/s | vs one trial alone | model TFLOP/s | share of the matmul |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    rates = {}
+    for batch_size, trial_counts in (QUICK_CASES if args.quick else CHUNK_CASES):
+        alone = one_trial_rate(batch_size, steps, images, labels)
+        for num_trials in trial_counts:
+            rate = chunk_rate(num_trials, batch_size, steps, images, labels)
+            model_tflops = rate * batch_size * FLOPS_PER_EXAMPLE / 1e12
+            print(f'| {batch_size} | {num_trials} | {rate:,.0f} | {rate / alone:.1f}x | {model_tflops:.3g} | '
+                  f'{model_tflops / peak:.0%} |', flush=True)
+            rates[batch_size, num_trials] = rate
+        print(f'| {batch_size} | one trial alone | {alone:,.0f} | 1.0x | '
+              f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | |', flush=True)
+    flax_trials = 2 if args.quick else 100
+    flax_rate = flax_conv_rate(flax_trials, 64, steps)
+    print(f'vmapped flax nn.Conv in lax.scan, batch 64, N = {flax_trials}: {flax_rate:,.0f} trial-steps/s; '
+          f'the engine at the same N: {rates[64, flax_trials] / flax_rate:.2f}x', flush=True)
+    if not args.skip_real_cell:
+        cell_trials = 8 if args.quick else 100
+        real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400, rates[64, cell_trials])
+
+
+if __name__ == '__main__':
+    main()
