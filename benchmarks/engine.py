@@ -7,9 +7,14 @@
 3. achieved model FLOP/s (Simple-CNN training ~22.5 MFLOP per example) as a share of a jitted
    2048^3 float32 matmul;
 4. (--real_cell) one real Fashion-MNIST cell, 'first' vs 'all' mode: wall time, trial-steps, and
-   the minimum steps-to-result of each.
+   the minimum steps-to-result of each;
+5. (--bytes, alone) memory traffic per example-step: XLA's cost analysis ('bytes accessed') of
+   the compiled vmapped float32 chunk, N = 8, for Simple-CNN and ResNet-8 at batch 8 / 64 / 512,
+   beside the vmapped flax nn.Conv Simple-CNN step. XLA counts a loop body ONCE however many
+   steps the scan runs (checked: a 1-, 2- and 10-step chunk report the same bytes and FLOPs), so
+   the figure is bytes / (N x batch), not / (N x batch x steps).
 
-    python benchmarks/engine.py [--real_cell] [--quick]
+    python benchmarks/engine.py [--real_cell] [--quick] [--bytes]
 """
 
 from __future__ import annotations
@@ -143,6 +148,52 @@ def real_cell(args):
           f'{everything.trial_steps_needed:,d} needed')
 
 
+def cost_analysis(compiled) -> dict:
+    analysis = compiled.cost_analysis()
+    return analysis[0] if isinstance(analysis, list) else analysis
+
+
+def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10) -> tuple[float, float]:
+    """(bytes accessed, FLOPs) per example-step of the engine's compiled vmapped float32 chunk."""
+    model = models.get_model(model_name)
+    shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    optimizer = optim.make_optimizer('sgd')
+    images, labels = jnp.zeros((1024,) + shape), jnp.zeros(1024, jnp.int32)
+    init_trial = trial.make_init_trial(model, optimizer, shape, pruning='random', sparsity=0.5)
+    trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': np.full(num_trials, 0.1)},
+                                images, labels)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    batch_size, steps, False)
+    compiled = programs.train_chunk.lower(trials, jnp.ones(num_trials, bool), trial.init_data_order(0, 1024),
+                                          images, labels).compile()
+    cost = cost_analysis(compiled)
+    # The scan body is counted once (see the module docstring).
+    return cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size)
+
+
+def flax_conv_cost(batch_size: int, num_trials: int = 8) -> tuple[float, float]:
+    """(bytes accessed, FLOPs) per example-step of a vmapped flax nn.Conv Simple-CNN SGD step."""
+    model = FlaxConvSimpleCNN()
+    keys = jax.random.split(jax.random.PRNGKey(0), num_trials)
+    params = jax.vmap(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)))['params'])(keys)
+    batch = (jnp.zeros((batch_size, 28, 28, 1)), jnp.zeros(batch_size, jnp.int32))
+    step = jax.jit(jax.vmap(make_sgd_step(model), in_axes=(0, None)))
+    cost = cost_analysis(step.lower(params, batch).compile())
+    return cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size)
+
+
+def memory_traffic():
+    for model_name in ('simple_cnn', 'resnet8'):
+        for batch_size in (8, 64, 512):
+            traffic, flops = chunk_cost(model_name, batch_size)
+            print(f'  {model_name:10s} batch {batch_size:>3d}: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP '
+                  f'per example-step ({flops / traffic:.1f} FLOP per byte)', flush=True)
+    traffic, flops = flax_conv_cost(64)
+    print(f'  flax nn.Conv simple_cnn batch  64: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP per example-step '
+          f'(its convolutions count only their operands and results)', flush=True)
+
+
 def memory_check(num_trials=64, batch_size=4096):
     """One step of 64 Simple-CNN trials at batch 4096, grouped from the memory estimate."""
     import resource
@@ -174,8 +225,13 @@ def main():
     parser.add_argument('--snip_examples', type=int, default=54000, help='SNIP examples of the real cell')
     parser.add_argument('--memory_check', action='store_true', help='only: 64 trials at batch 4096, one step')
     parser.add_argument('--skip_throughput', action='store_true', help='skip parts 1-3 (with --real_cell)')
+    parser.add_argument('--bytes', action='store_true', help='only: memory traffic per example-step (part 5)')
     args = parser.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs')
+    if args.bytes:
+        print('5. memory traffic of the compiled vmapped float32 chunk (N = 8), XLA cost analysis:')
+        memory_traffic()
+        return
     if args.memory_check:
         print('memory: a cell of 64 Simple-CNN trials at batch 4096 on this machine:')
         memory_check()
