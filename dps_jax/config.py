@@ -80,6 +80,12 @@ def _validate_workload(config: Any) -> None:
     require_choice(config, 'matmul_precision', precision.MATMUL_PRECISIONS)
 
 
+def _require_cache_dir(config: Any) -> None:
+    if not isinstance(_get(config, 'compilation_cache_dir'), str):
+        raise ConfigError(f"config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder, 'auto' "
+                          f"or '' (off)")
+
+
 def validate_trial_config(config: Any, num_train_examples: int | None = None) -> None:
     """Checks the fields one trial needs; with the training split size, also the batch size."""
     _validate_workload(config)
@@ -90,9 +96,7 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
                           f'({num_train_examples} examples)')
     require_int(config, 'seed', minimum=0)
     require_int(config, 'eval_chunk_size', minimum=1)
-    if not isinstance(_get(config, 'compilation_cache_dir'), str):
-        raise ConfigError(f"config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder, 'auto' "
-                          f"or '' (off)")
+    _require_cache_dir(config)
 
 
 # Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
@@ -262,9 +266,7 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     for field, minimum in (('trial', 0), ('data', 1)):
         require_int({f'mesh.{field}': _get(mesh, field)}, f'mesh.{field}', minimum=minimum)
     require_int(config, 'checkpoint_every', minimum=0)
-    if not isinstance(_get(config, 'compilation_cache_dir'), str):
-        raise ConfigError(f"config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder, 'auto' "
-                          f"or '' (off)")
+    _require_cache_dir(config)
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")
 
