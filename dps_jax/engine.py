@@ -11,7 +11,7 @@ compaction, are dropped into a smaller bucket of slots so they stop costing comp
 
 The pieces `run_cell` puts together: a CellSpec (the static settings, also the checkpoint
 identity); the Ledger (dps_jax.ledger: the per-trial record, one update per check); Slots (which
-trial each device slot holds, in groups; `lay_out`, `compacted`); `train_and_evaluate` (the device
+trial each device slot holds, in groups; `lay_out`, `compacted`); `device_check` (the device
 work of one check) inside `run_check` (its one host read and the ledger's record); Measuring (the
 smoothness hooks); CellCheckpointer (saves and restores the whole CellState).
 """
@@ -385,7 +385,7 @@ class CellState(NamedTuple):
     computed: int      # slot-steps the device computed, ended trials and padding in slots included
 
 
-def train_and_evaluate(programs: Programs, measuring: Measuring, data: Splits, slots: Slots,
+def device_check(programs: Programs, measuring: Measuring, data: Splits, slots: Slots,
                        shared_order: Any, active: np.ndarray, step: int) -> tuple[Slots, Any, list[Readout]]:
     """The device work of the check at `step`: every group trains one chunk (the `active` (slots,)
     slots move) and is evaluated and measured. Returns the slots, the shared order and a Readout of
@@ -408,7 +408,7 @@ def run_check(cell: CellState, programs: Programs, measuring: Measuring, data: S
     """One check: the device work of every group, ONE host read, and the ledger's record of it."""
     step = cell.step + spec.check_every
     live = cell.slots.running(cell.ledger)
-    slots, shared_order, readouts = train_and_evaluate(
+    slots, shared_order, readouts = device_check(
         programs, measuring, data, cell.slots, cell.shared_order, live, step)
     # The one host read per check: errors, finiteness flags and measurements of every slot.
     seen = jax.tree.map(lambda values: values[live], _concatenated(parallel.to_host(readouts)))

@@ -21,7 +21,6 @@ class Workload(NamedTuple):
     train_labels: jax.Array
     val_images: jax.Array
     val_labels: jax.Array
-    matmul_precision: str = 'default'  # config.matmul_precision: what apply_fn runs at
 
     def apply_at(self, matmul_precision: str | None) -> Callable:
         """The model's (params, images) -> logits at another matmul precision (None: the ambient one)."""
@@ -52,5 +51,4 @@ def load_workload(config: ml_collections.ConfigDict) -> Workload:
         dataset=dataset, model=model, apply_fn=model_apply(model, config.matmul_precision),
         optimizer=optim.make_optimizer(config.optimizer, config.schedule),
         train_images=jnp.asarray(dataset.train.images), train_labels=jnp.asarray(dataset.train.labels),
-        val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels),
-        matmul_precision=config.matmul_precision)
+        val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels))

@@ -1,20 +1,17 @@
-"""Where the real Fashion-MNIST files are, as the package itself looks for them; a skip mark when absent."""
+"""Where the real Fashion-MNIST files are, found by the package's own search; a skip mark when absent."""
 
-import os
 from pathlib import Path
 
 import pytest
 
-IDX_NAMES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-             't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+from dps_jax import data
+
+IDX_NAMES = data._IDX_FILES
 
 
 def fashion_mnist_dir() -> Path | None:
-    """The first folder holding the four IDX .gz files: under $DPS_DATA_DIR, then the Debian path."""
-    roots = [Path(os.environ['DPS_DATA_DIR']) for _ in [0] if os.environ.get('DPS_DATA_DIR')]
-    candidates = [root / name for root in roots for name in ('fashion-mnist', 'fashion_mnist')]
-    candidates.append(Path('/usr/share/datasets/fashion-mnist'))
-    for folder in candidates:
+    """The first folder data.load would search that holds the four IDX .gz files (the tests read the .gz)."""
+    for folder in data._search_dirs('fashion_mnist', None):
         if all((folder / (name + '.gz')).is_file() for name in IDX_NAMES):
             return folder
     return None
@@ -23,5 +20,5 @@ def fashion_mnist_dir() -> Path | None:
 FASHION_MNIST_DIR = fashion_mnist_dir()
 needs_fashion_mnist = pytest.mark.skipif(
     FASHION_MNIST_DIR is None,
-    reason='real Fashion-MNIST not found in $DPS_DATA_DIR or /usr/share/datasets/fashion-mnist '
-           '(apt-get install dataset-fashion-mnist)')
+    reason='real Fashion-MNIST not found where dps_jax looks ($DPS_DATA_DIR, /usr/share/datasets/fashion-mnist, '
+           '~/.cache/dps_jax) (apt-get install dataset-fashion-mnist)')
