@@ -54,13 +54,23 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     return value
 
 
+def _require_model(config: Any) -> str:
+    """config.model: a built-in model's name or an import path (imported when the workload loads)."""
+    from dps_jax import models, network
+    value = _get(config, 'model')
+    if not isinstance(value, str) or not (value in models.MODELS or network.is_import_path(value)):
+        raise ConfigError(f"config.model={value!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or an "
+                          f"import path 'package.module:attribute' or 'path/to/file.py:attribute'")
+    return value
+
+
 def _validate_workload(config: Any) -> None:
     """The fields a single trial and a study share: data, model, pruning, optimizer, goal, budget."""
     from dps_jax import data, models  # the data and model modules are heavy to import
 
     require_choice(config, 'dataset', data.DATASETS)
     require_choice(config, 'data_source', data.SOURCES)
-    require_choice(config, 'model', models.MODELS)
+    _require_model(config)
     require_choice(config, 'pruning', masks.METHODS)
     require_int(config, 'snip_batch_size', minimum=1)
     if not isinstance(_get(config, 'prune_kernels_only'), bool):
@@ -118,7 +128,9 @@ def base_study_config():
     config.data_dir = ''                # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
     config.data_source = 'files'        # 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (prepared TFDS dataset)
     # --- Model and pruning at initialization.
-    config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8'
+    config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8' | 'package.module:attribute' | 'file.py:attribute':
+                                        # a flax Module class or function called with the number of classes, or a
+                                        # Module (README, "Your own workload"; dps_jax/network.py)
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
     config.snip_batch_size = 100        # SNIP sums mask gradients over the whole split in batches of this

@@ -148,7 +148,7 @@ def default_memory_bytes(fraction: float = 0.5) -> int:
 
 class Programs(NamedTuple):
     train_chunk: Callable   # (states, active, order, images, labels) -> (states, order, finite, previous)
-    evaluate: Callable      # (params, mask, images, labels) -> error counts (slots,)
+    evaluate: Callable      # (states, images, labels) -> error counts (slots,)
 
 
 @functools.lru_cache(maxsize=32)
@@ -190,7 +190,7 @@ def cell_programs(train_step, val_error, batch_size: int, check_every: int,
         # of the chunk shows only in the weights themselves.
         return states, order, finite & jax.vmap(trial.all_finite)(states.params), previous
 
-    evaluate = jax.vmap(val_error, in_axes=(0, 0, None, None))
+    evaluate = jax.vmap(val_error, in_axes=(0, None, None))
     # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.
     donate = () if jax.default_backend() == 'cpu' else (0,)
     return Programs(jax.jit(train_chunk, donate_argnums=donate), jax.jit(evaluate))
@@ -396,7 +396,7 @@ def device_check(programs: Programs, measuring: Measuring, data: Splits, slots: 
         order = shared_order if group.orders is None else group.orders
         states, order, finite, previous = programs.train_chunk(
             group.states, group_active, order, data.train_images, data.train_labels)
-        errors = programs.evaluate(states.params, states.mask, data.val_images, data.val_labels)
+        errors = programs.evaluate(states, data.val_images, data.val_labels)
         groups.append(Group(states, None if group.orders is None else order))
         readouts.append(Readout(errors, finite, *measuring.of_group(previous, states, step)))
     # Every group advances the shared order alike: the last group's is the next one.
@@ -499,7 +499,7 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
              log: Callable[[str], None] | None = None, log_every_seconds: float = 10.0) -> CellResult:
     """Trains the N stacked `trials` of one cell and returns each trial's steps-to-result.
 
-    val_error(params, mask, images, labels) is one trial's validation result: an integer error
+    val_error(state, images, labels) is one trial's validation result: an integer error
     count over the split (trial.make_val_error_count; the goal is decided as the reference does)
     or a float error value compared with goal_error directly.
 

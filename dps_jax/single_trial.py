@@ -26,22 +26,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_lib.validate_trial_config(config, work.num_train_examples)
     log(compilation_cache.describe(cache))
     log(data.describe(work.dataset))
-    apply_fn, optimizer = work.apply_fn, work.optimizer
+    network, optimizer = work.network, work.optimizer
     train_images, train_labels = work.train_images, work.train_labels
 
     started = time.perf_counter()
     init_trial = trial.make_init_trial(
-        work.model, optimizer, work.example_shape, pruning=config.pruning,
+        network, optimizer, work.example_shape, pruning=config.pruning,
         sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
-        snip_batch_size=config.snip_batch_size, apply_fn=apply_fn)
+        snip_batch_size=config.snip_batch_size)
     state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images, train_labels)
     jax.block_until_ready(state)
     log(f'{config.pruning} mask at sparsity {config.sparsity:g} in {time.perf_counter() - started:.1f} s:')
     log(masks.format_density_report(state.mask))
 
     result = trial.run_trial(
-        state=state, train_step=trial.make_train_step(apply_fn, optimizer),
-        val_error=trial.make_val_error_count(apply_fn, config.eval_chunk_size),
+        state=state, train_step=trial.make_train_step(network, optimizer),
+        val_error=trial.make_val_error_count(network, config.eval_chunk_size),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,
         val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,

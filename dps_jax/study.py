@@ -19,7 +19,7 @@ import io
 import json
 import os
 import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -315,88 +315,152 @@ def smoothness_measurements(config: ml_collections.ConfigDict, apply_fn) -> smoo
         chunk_size=config.smoothness_chunk_size, seed=config.data_seed)
 
 
-def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None) -> None:
-    log(data.describe(work.dataset))
-    model, apply_fn, optimizer, example_shape = work.model, work.apply_fn, work.optimizer, work.example_shape
-    train_images, train_labels = work.train_images, work.train_labels
-    val_images, val_labels = work.val_images, work.val_labels
+def check_measurable(config: ml_collections.ConfigDict, work: workload.Workload) -> None:
+    """Refuses smoothness measurements of a network with mutable collections (the estimators
+    take a network of its parameters alone)."""
+    if (config.lipschitz_every or config.noise_scale_every) and work.network.has_state:
+        raise config_lib.ConfigError(
+            f'config.lipschitz_every / config.noise_scale_every must be 0 for a model with mutable collections '
+            f'({", ".join(work.network.collections)}): the smoothness estimators take a network of its parameters '
+            f'alone')
+
+
+class CellContext(NamedTuple):
+    """What every cell of a study shares, made once: the trials at step 0 before masking, their
+    pruning scores, and the jitted pieces the engine runs."""
+    config: ml_collections.ConfigDict
+    work: workload.Workload
+    values: dict             # metaparameter -> numpy (num_trials,) (trial_metaparameters)
+    train_step: Callable
+    val_error: Callable
+    params: Any              # initial parameters, leading trial axis
+    model_state: Any         # initial mutable collections ({} if none), leading trial axis
+    dropout_keys: jax.Array  # uint32 (num_trials, 2)
+    scores: Any              # pruning scores like params; None when every cell is dense
+    measurements: smoothness.Measurements | None
+    mesh: Any
+    group_sizes: dict        # batch size -> trials per group, filled as cells run
+
+
+def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, sparsities, mesh=None,
+                 log: Callable[[str], None] = print) -> CellContext:
+    """Initializes every trial and, when a sparsity > 0 is among `sparsities`, its pruning scores."""
+    check_measurable(config, work)
+    network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
     num_trials = config.num_trials
-    values = trial_metaparameters(config)
-    hyperparameters = {name: jnp.asarray(column) for name, column in values.items()}
-    train_step = trial.make_train_step(apply_fn, optimizer)
+    train_step = trial.make_train_step(network, optimizer)
     # ~1,600 rows per vmapped matmul was fastest on XLA:CPU (16 trials x 100: 70 GFLOP/s, x 1000: 47).
     eval_chunk = config.eval_chunk_size or int(np.clip(1600 // num_trials, 25, 1000))
-    val_error = trial.make_val_error_count(apply_fn, eval_chunk)
+    val_error = trial.make_val_error_count(network, eval_chunk)
 
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
-    params = jax.jit(jax.vmap(lambda seed: trial.init_params(model, example_shape, seed)))(seeds)
+    params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)
+    dropout_keys = jax.jit(jax.vmap(trial.dropout_key))(seeds)
     scores = None
-    if any(sparsity > 0 for sparsity, _ in remaining):
+    if any(sparsity > 0 for sparsity in sparsities):
         started = time.perf_counter()
-        snip_examples = config.snip_examples or train_images.shape[0]
-        score_one = lambda args: masks.pruning_scores(
-            config.pruning, key=trial.trial_keys(args[1])[1], params=args[0], apply_fn=apply_fn,
-            images=train_images[:snip_examples], labels=train_labels[:snip_examples],
-            batch_size=config.snip_batch_size)
-        scores = jax.jit(lambda params, seeds: jax.lax.map(
-            score_one, (params, seeds), batch_size=engine.default_trials_at_once(num_trials)))(params, seeds)
+        snip_examples = config.snip_examples or work.train_images.shape[0]
+        images, labels = work.train_images[:snip_examples], work.train_labels[:snip_examples]
+
+        def score_one(args):
+            params, model_state, seed = args
+            mask_key = trial.trial_keys(seed)[1]
+            return masks.pruning_scores(config.pruning, key=mask_key, params=params,
+                                        apply_fn=trial.scoring_apply(network, model_state, mask_key),
+                                        images=images, labels=labels, batch_size=config.snip_batch_size)
+
+        scores = jax.jit(lambda params, model_state, seeds: jax.lax.map(
+            score_one, (params, model_state, seeds), batch_size=engine.default_trials_at_once(num_trials)))(
+                params, model_state, seeds)
         jax.block_until_ready(scores)
         log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
-    # The estimators set their own precision (precision.ESTIMATOR_PRECISION): an apply without one.
-    measurements = smoothness_measurements(config, work.apply_at(None))
-    if measurements is not None:
-        examples = config.lipschitz_examples or train_images.shape[0]
+    # The estimators set their own precision (precision.ESTIMATOR_PRECISION): a network without one.
+    measurements = None
+    if config.lipschitz_every or config.noise_scale_every:
+        unset = work.network_at(None)
+        measurements = smoothness_measurements(config, lambda params, images: unset.eval_apply(params, {}, images))
+        examples = config.lipschitz_examples or work.train_images.shape[0]
         log('measuring every live trial: ' + ', '.join(
             ([f'L every {config.lipschitz_every} steps (10 gradients over {examples:,d} examples each)']
              if config.lipschitz_every else []) +
             ([f'B_simple at step 0 and every {config.noise_scale_every} steps ({config.noise_scale_draws} draws '
               f'of batches {tuple(config.noise_scale_batch_sizes)})'] if config.noise_scale_every else [])))
-    make_states = jax.jit(jax.vmap(lambda p, m, h: trial.new_trial_state(p, m, optimizer, h)))
-    memory_bytes = engine.default_memory_bytes(config.memory_fraction)
-    group_sizes: dict[int, int] = {}
+    return CellContext(config, work, trial_metaparameters(config), train_step, val_error, params, model_state,
+                       dropout_keys, scores, measurements, mesh, {})
 
+
+def sparsity_mask(context: CellContext, sparsity: float) -> Any:
+    """Every trial's mask at `sparsity` (leading trial axis) from the shared scores."""
+    config = context.config
+    return jax.jit(jax.vmap(lambda scores, params: masks.mask_from_scores(
+        scores, params, sparsity, config.prune_kernels_only)))(
+            context.scores if context.scores is not None else context.params, context.params)
+
+
+def cell_checkpoints(config: ml_collections.ConfigDict, workdir: str, sparsity: float, batch_size: int,
+                     log: Callable[[str], None] = print) -> checkpoints.CellCheckpoints | None:
+    """The mid-cell checkpoints of a cell in workdir/checkpoints/<cell>; None when config.checkpoint_every is 0."""
+    if not config.checkpoint_every:
+        return None
+    return checkpoints.CellCheckpoints(
+        os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
+        identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}, log=log)
+
+
+def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: Any = None,
+                 saved: checkpoints.CellCheckpoints | None = None,
+                 log: Callable[[str], None] | None = print) -> engine.CellResult:
+    """One cell's trials from step 0 (or from the newest of `saved`) to the cell's end; mask: the
+    trials' masks at `sparsity` when already made (sparsity_mask)."""
+    config, work, mesh = context.config, context.work, context.mesh
+    if mask is None:
+        mask = sparsity_mask(context, sparsity)
+    optimizer = work.optimizer
+    hyperparameters = {name: jnp.asarray(column) for name, column in context.values.items()}
+    states = jax.jit(jax.vmap(lambda p, m, h, s, k: trial.new_trial_state(p, m, optimizer, h, s, k)))(
+        context.params, mask, hyperparameters, context.model_state, context.dropout_keys)
+    group_size = config.trials_per_group or context.group_sizes.get(batch_size)
+    if not group_size:
+        # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group.
+        group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
+            context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
+            batch_size // parallel.data_count(mesh), engine.default_memory_bytes(config.memory_fraction),
+            config.num_trials)
+        group_size = min(group_size, config.num_trials)
+        context.group_sizes[batch_size] = group_size
+        if group_size < config.num_trials and log is not None:
+            log(f'  memory: {group_size} trials at a time')
+    return engine.run_cell(
+        states, train_step=context.train_step, val_error=context.val_error, train_images=work.train_images,
+        train_labels=work.train_labels, val_images=work.val_images, val_labels=work.val_labels,
+        batch_size=batch_size, goal_error=config.goal_error, max_steps=config.max_steps,
+        check_every=config.check_every, data_seed=config.data_seed, until=config.until,
+        compaction=config.compaction, group_size=group_size, per_trial_order=config.per_trial_data_order,
+        measurements=context.measurements, mesh=mesh, checkpoints=saved, log=log,
+        log_every_seconds=config.progress_every_seconds)
+
+
+def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None) -> None:
+    log(data.describe(work.dataset))
+    context = cell_context(config, work, [sparsity for sparsity, _ in remaining], mesh, log)
+    num_trials = config.num_trials
     for sparsity in dict.fromkeys(s for s, _ in remaining):
-        mask = jax.jit(jax.vmap(lambda sc, p: masks.mask_from_scores(
-            sc, p, sparsity, config.prune_kernels_only)))(scores if scores is not None else params, params)
+        mask = sparsity_mask(context, sparsity)
         log(f'sparsity {sparsity:g}: trial 0 keeps {sum(int(l[0].sum()) for l in jax.tree.leaves(mask)):,d} '
             f'of {sum(int(l[0].size) for l in jax.tree.leaves(mask)):,d} parameters')
         for batch_size in [b for s, b in remaining if s == sparsity]:
             position = cells.index((sparsity, batch_size)) + 1
             log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size}, '
                 f'{num_trials} trials, until {config.until!r}')
-            states = make_states(params, mask, hyperparameters)
-            group_size = config.trials_per_group or group_sizes.get(batch_size)
-            if not group_size:
-                # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group.
-                group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
-                    train_step, jax.tree.map(lambda leaf: leaf[0], states), example_shape,
-                    batch_size // parallel.data_count(mesh), memory_bytes, num_trials)
-                group_size = min(group_size, num_trials)
-                group_sizes[batch_size] = group_size
-                if group_size < num_trials:
-                    log(f'  memory: {group_size} trials at a time')
-            cell_checkpoints = None
-            if config.checkpoint_every:
-                cell_checkpoints = checkpoints.CellCheckpoints(
-                    os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
-                    identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())},
-                    log=log)
-            result = engine.run_cell(
-                states, train_step=train_step, val_error=val_error, train_images=train_images,
-                train_labels=train_labels, val_images=val_images, val_labels=val_labels,
-                batch_size=batch_size, goal_error=config.goal_error, max_steps=config.max_steps,
-                check_every=config.check_every, data_seed=config.data_seed, until=config.until,
-                compaction=config.compaction, group_size=group_size,
-                per_trial_order=config.per_trial_data_order, measurements=measurements, mesh=mesh,
-                checkpoints=cell_checkpoints, log=log,
-                log_every_seconds=config.progress_every_seconds)
+            saved = cell_checkpoints(config, workdir, sparsity, batch_size, log)
+            result = run_one_cell(context, sparsity, batch_size, mask, saved, log)
             summary = cell_summary(result, sparsity, batch_size, config.until)
             if parallel.is_main_process():
-                write_cell(workdir, trial_records(result, values), summary)
+                write_cell(workdir, trial_records(result, context.values), summary)
                 write_summary_csv(workdir)
-            if cell_checkpoints is not None:
-                cell_checkpoints.remove()  # after the results: a kill in between resumes, not restarts
+            if saved is not None:
+                saved.remove()  # after the results: a kill in between resumes, not restarts
             steps = summary['steps_to_result']
             outcome = f'{steps} (trial {summary["best_trial"]})' if steps is not None else 'not reached'
             log(f'  -> steps-to-result {outcome}, {summary["trial_steps_computed"]:,d} trial-steps '

@@ -8,19 +8,22 @@ Both judge a check with the same ledger (dps_jax.ledger: the reference's goal de
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dps_jax import losses, masks, optim
+from dps_jax import losses, masks, network as network_lib, optim
 from dps_jax.ledger import RUNNING, STATUSES, Ledger, Rule
 # The reference's goal decision lives with the ledger that applies it; importable here as before.
 from dps_jax.ledger import error_rate, max_errors_at_goal, reached_goal  # noqa: F401
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
+# What the step and evaluation builders take: a dps_jax.network.Network, or a plain ApplyFn for a
+# network without state or dropout.
+NetworkLike = Union[network_lib.Network, ApplyFn]
 
 
 class TrainState(NamedTuple):
@@ -29,6 +32,8 @@ class TrainState(NamedTuple):
     mask: Any          # bool pytree like params: True = kept
     opt_state: Any     # holds the trial's hyperparameters (optim.init_optimizer_state)
     step: jax.Array    # int32, steps taken
+    model_state: Any = {}     # the network's mutable collections, e.g. {'batch_stats': ...}; {} if none
+    dropout_key: Any = None   # uint32[2]: the trial's dropout key; step s draws from fold_in(key, s)
 
 
 class StepMetrics(NamedTuple):
@@ -46,52 +51,61 @@ def apply_mask(params: Any, mask: Any) -> Any:
     return jax.tree.map(lambda param, keep: jnp.where(keep, param, jnp.zeros_like(param)), params, mask)
 
 
-def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformationExtraArgs
+def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs
                     ) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, StepMetrics]]:
     """train_step(state, (images (B,H,W,C), labels (B,))) -> (state, metrics) for ONE trial.
 
     The forward pass uses the masked weights, as the reference does (w * c), so the gradient of
-    a pruned entry is zero; the optimizer masks again so pruned entries never move.
+    a pruned entry is zero; the optimizer masks again so pruned entries never move. The network
+    runs in training mode: its mutable collections (BatchNorm statistics) are updated, and
+    dropout draws from the trial's key folded with the step.
     """
+    network = network_lib.as_network(network)
 
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, StepMetrics]:
         images, labels = batch
+        step_key = None if state.dropout_key is None else jax.random.fold_in(state.dropout_key, state.step)
 
         def loss_fn(params):
-            return losses.cross_entropy(apply_fn(apply_mask(params, state.mask), images), labels)
+            logits, model_state = network.train_apply(apply_mask(params, state.mask), state.model_state, images,
+                                                      step_key)
+            return losses.cross_entropy(logits, labels), model_state
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, mask=state.mask)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, state.mask, opt_state, state.step + 1), StepMetrics(loss)
+        return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
+                              model_state=model_state), StepMetrics(loss)
 
     return train_step
 
 
-def make_val_error_count(apply_fn: ApplyFn, chunk_size: int = 1000
-                         ) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
-    """val_error_count(params, mask, images, labels) -> misclassified examples (int32) of the WHOLE split.
+def make_val_error_count(network: NetworkLike, chunk_size: int = 1000
+                         ) -> Callable[[TrainState, jax.Array, jax.Array], jax.Array]:
+    """val_error_count(state, images, labels) -> misclassified examples (int32) of the WHOLE split.
 
-    Evaluated in chunks of `chunk_size` examples (a lax.map, then the remainder). The count, not
-    a rate, goes to the host, where `reached_goal` decides as the reference does.
+    The network runs in evaluation mode on the trial's masked weights and model state. Evaluated
+    in chunks of `chunk_size` examples (a lax.map, then the remainder). The count, not a rate,
+    goes to the host, where `reached_goal` decides as the reference does.
     """
     if chunk_size < 1:
         raise ValueError(f'eval chunk_size must be >= 1, got {chunk_size}')
+    network = network_lib.as_network(network)
 
-    def val_error_count(params, mask, images, labels):
-        masked = apply_mask(params, mask)
+    def val_error_count(state: TrainState, images, labels):
+        masked = apply_mask(state.params, state.mask)
+        logits_of = lambda chunk: network.eval_apply(masked, state.model_state, chunk)
         num_examples = images.shape[0]
         num_full = num_examples // chunk_size
         errors = jnp.zeros((), jnp.int32)
         if num_full:
             chunks = (images[:num_full * chunk_size].reshape((num_full, chunk_size) + images.shape[1:]),
                       labels[:num_full * chunk_size].reshape((num_full, chunk_size)))
-            per_chunk = jax.lax.map(lambda chunk: losses.error_count(apply_fn(masked, chunk[0]), chunk[1]),
-                                    chunks)
+            per_chunk = jax.lax.map(lambda chunk: losses.error_count(logits_of(chunk[0]), chunk[1]), chunks)
             errors = errors + per_chunk.sum()
         if num_examples % chunk_size:
             rest = slice(num_full * chunk_size, num_examples)
-            errors = errors + losses.error_count(apply_fn(masked, images[rest]), labels[rest])
+            errors = errors + losses.error_count(logits_of(images[rest]), labels[rest])
         return errors
 
     return val_error_count
@@ -207,36 +221,56 @@ def trial_keys(seed) -> tuple[jax.Array, jax.Array]:
     return init_key, mask_key
 
 
+def dropout_key(seed) -> jax.Array:
+    """The trial's dropout key (uint32[2]); independent of its initialization and mask keys."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
 def init_params(model, example_shape: tuple, seed) -> Any:
     """The model's initial parameters for a trial's seed."""
     return model.init(trial_keys(seed)[0], jnp.zeros((1,) + tuple(example_shape), jnp.float32))['params']
 
 
-def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters) -> TrainState:
+def init_variables(network: network_lib.Network, example_shape: tuple, seed) -> tuple[Any, Any]:
+    """(params, model_state) of a trial's seed; the params equal init_params of the same Module."""
+    return network.init(trial_keys(seed)[0], example_shape)
+
+
+def scoring_apply(network: NetworkLike, model_state: Any, key: jax.Array | None) -> ApplyFn:
+    """(params, images) -> logits for pruning scores: the network at initialization in training
+    mode (BatchNorm on batch statistics, updates discarded; dropout from `key`)."""
+    network = network_lib.as_network(network)
+    return lambda params, images: network.train_apply(params, model_state, images, key)[0]
+
+
+def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters, model_state: Any = None,
+                    dropout_key: jax.Array | None = None) -> TrainState:
     """Step-0 state: pruned entries zeroed, a fresh optimizer state holding the hyperparameters."""
     params = apply_mask(params, mask)
     opt_state = optim.init_optimizer_state(optimizer, params, hyperparameters)
-    return TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32))
+    return TrainState(params, mask, opt_state, jnp.zeros((), jnp.int32), {} if model_state is None else model_state,
+                      dropout_key)
 
 
-def make_init_trial(model, optimizer, example_shape: tuple, *, pruning: str, sparsity: float,
-                    kernels_only: bool = False, snip_batch_size: int = 100,
-                    apply_fn: ApplyFn | None = None) -> Callable:
+def make_init_trial(network, optimizer, example_shape: tuple, *, pruning: str, sparsity: float,
+                    kernels_only: bool = False, snip_batch_size: int = 100) -> Callable:
     """init_trial(seed, hyperparameters, train_images, train_labels) -> TrainState, for ONE trial.
 
-    The seed draws the initialization and, for random pruning, the mask; SNIP uses the whole
-    training split given, through `apply_fn` (default: model.apply at the ambient matmul
-    precision). vmap it over seeds and hyperparameters for N trials.
+    `network`: a dps_jax.network.Network, or a flax Module (run at the ambient matmul precision).
+    The seed draws the initialization, the dropout key and, for random pruning, the mask; SNIP
+    uses the whole training split given (see scoring_apply). vmap it over seeds and
+    hyperparameters for N trials.
     """
-    if apply_fn is None:
-        apply_fn = lambda params, images: model.apply({'params': params}, images)
+    if not isinstance(network, network_lib.Network):
+        network = network_lib.from_module(network, example_shape)
 
     def init_trial(seed, hyperparameters, train_images, train_labels):
-        params = init_params(model, example_shape, seed)
-        mask = masks.make_mask(pruning, key=trial_keys(seed)[1], params=params, sparsity=sparsity,
-                               apply_fn=apply_fn, images=train_images, labels=train_labels,
-                               batch_size=snip_batch_size, kernels_only=kernels_only)
-        return new_trial_state(params, mask, optimizer, hyperparameters)
+        params, model_state = init_variables(network, example_shape, seed)
+        mask_key = trial_keys(seed)[1]
+        mask = masks.make_mask(pruning, key=mask_key, params=params, sparsity=sparsity,
+                               apply_fn=scoring_apply(network, model_state, mask_key), images=train_images,
+                               labels=train_labels, batch_size=snip_batch_size, kernels_only=kernels_only)
+        return new_trial_state(params, mask, optimizer, hyperparameters, model_state, dropout_key(seed))
 
     return init_trial
 
@@ -256,7 +290,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
               check_every: int, data_seed: int, log: Callable[[str], None] | None = None) -> TrialResult:
     """Trains one trial until its validation error <= goal_error, it diverges, or max_steps.
 
-    val_error(params, mask, images, labels) gives the split's error count (make_val_error_count;
+    val_error(state, images, labels) gives the split's error count (make_val_error_count;
     a float error value also works, see reached_goal). The host reads a few scalars per check,
     never per step.
     """
@@ -272,7 +306,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         # One host read: losses are taken before each update, so a broken last step shows only
         # in the weights.
         errors, finite, last_loss = jax.device_get((
-            evaluate(state.params, state.mask, val_images, val_labels),
+            evaluate(state, val_images, val_labels),
             jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params), metrics.loss[-1]))
         ledger = ledger.after_check(only, np.reshape(errors, 1), np.reshape(finite, 1), steps, rule)
         error, last_loss = float(ledger.last_val_error[0]), float(last_loss)

@@ -8,23 +8,31 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dps_jax import data, models, optim, precision
+from dps_jax import data, network as network_lib, optim, precision
 
 
 class Workload(NamedTuple):
     """A config's data, network and optimizer, loaded once and shared by every trial and cell."""
     dataset: data.Dataset        # host copy (numpy), for sizes and descriptions
     model: Any                   # flax Module
-    apply_fn: Callable           # (params, images) -> logits, at the config's matmul precision
+    network: network_lib.Network  # the model's pure functions at the config's matmul precision
     optimizer: Any               # optim.make_optimizer(...)
     train_images: jax.Array      # device-resident splits
     train_labels: jax.Array
     val_images: jax.Array
     val_labels: jax.Array
 
-    def apply_at(self, matmul_precision: str | None) -> Callable:
-        """The model's (params, images) -> logits at another matmul precision (None: the ambient one)."""
-        return model_apply(self.model, matmul_precision)
+    def network_at(self, matmul_precision: str | None) -> network_lib.Network:
+        """The model's network at another matmul precision (None: the ambient one)."""
+        return network_lib.from_module(self.model, self.example_shape, matmul_precision)
+
+    @property
+    def apply_fn(self) -> Callable:
+        """(params, images) -> logits in evaluation mode, for a network without mutable collections."""
+        if self.network.has_state:
+            raise ValueError(f'the model has mutable collections ({", ".join(self.network.collections)}): '
+                             f'it has no (params, images) -> logits')
+        return lambda params, images: self.network.eval_apply(params, {}, images)
 
     @property
     def example_shape(self) -> tuple:
@@ -36,19 +44,30 @@ class Workload(NamedTuple):
 
 
 def model_apply(model: Any, matmul_precision: str | None = None) -> Callable:
-    """(params, images) -> logits of a flax Module, traced at `matmul_precision` (dps_jax.precision)."""
+    """(params, images) -> logits of a flax Module without state, traced at `matmul_precision` (dps_jax.precision)."""
     return precision.at_matmul_precision(lambda params, images: model.apply({'params': params}, images),
                                          matmul_precision)
 
 
-def load_workload(config: ml_collections.ConfigDict) -> Workload:
+def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset: data.Dataset | None = None
+                  ) -> Workload:
     """Loads the config's dataset, puts its train and validation splits on the device, builds the
-    model and the (masked, TF1-style) optimizer. Training, evaluation and SNIP run at
-    config.matmul_precision."""
-    dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
-    model = models.get_model(config.model, dataset.num_classes)
+    network and the (masked, TF1-style) optimizer. Training, evaluation and SNIP run at
+    config.matmul_precision.
+
+    model: a flax Module to use instead of config.model; dataset: a data.Dataset (e.g.
+    data.from_arrays) to use instead of config.dataset.
+    """
+    if dataset is None:
+        dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
+    example_shape = tuple(dataset.train.images.shape[1:])
+    module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes)
+    name = network_lib.describe_module(module) if model is not None or not isinstance(config.model, str) \
+        else repr(config.model)
+    network = network_lib.from_module(module, example_shape, config.matmul_precision)
+    network_lib.check_logits(network, example_shape, dataset.num_classes, name)
     return Workload(
-        dataset=dataset, model=model, apply_fn=model_apply(model, config.matmul_precision),
+        dataset=dataset, model=module, network=network,
         optimizer=optim.make_optimizer(config.optimizer, config.schedule),
         train_images=jnp.asarray(dataset.train.images), train_labels=jnp.asarray(dataset.train.labels),
         val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels))

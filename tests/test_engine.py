@@ -197,8 +197,8 @@ def nqm_train_step(state, batch):
             trial.StepMetrics(loss))
 
 
-def nqm_loss(params, mask, images, labels):
-    return 0.5 * jnp.sum(jnp.asarray(CURVATURES, jnp.float32) * params['x'] ** 2)
+def nqm_loss(state, images, labels):
+    return 0.5 * jnp.sum(jnp.asarray(CURVATURES, jnp.float32) * state.params['x'] ** 2)
 
 
 def expected_loss(t, batch_size):
@@ -247,8 +247,8 @@ def test_goal_is_checked_before_a_non_finite_loss_and_at_the_reference_threshold
         loss = jnp.where(state.params['nan_loss'], jnp.nan, 0.0)
         return state._replace(step=state.step + 1), trial.StepMetrics(loss)
 
-    def fixed_error_count(params, mask, images, labels):
-        return params['errors']
+    def fixed_error_count(state, images, labels):
+        return state.params['errors']
 
     params = {'errors': counts, 'nan_loss': nan_loss}
     trials = trial.TrainState(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),

@@ -75,7 +75,7 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
     logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
         state.params['dense']['bias'], np.float64)
     expected = np.sum(logits.argmax(1) != np.asarray(labels))
-    got = jax.jit(trial.make_val_error_count(linear_apply, chunk_size))(state.params, state.mask, images, labels)
+    got = jax.jit(trial.make_val_error_count(linear_apply, chunk_size))(state, images, labels)
     assert got.dtype == jnp.int32 and int(got) == expected
 
 
@@ -87,7 +87,8 @@ def test_val_error_uses_the_masked_network():
     labels = jnp.asarray(RNG.integers(0, 3, size=64))
     unpruned = {'dense': {'kernel': state.params['dense']['kernel'] + 1.0, 'bias': state.params['dense']['bias']}}
     nothing_kept = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, bool), state.mask)
-    error = trial.make_val_error_count(linear_apply, 10)(unpruned, nothing_kept, images, labels)
+    error = trial.make_val_error_count(linear_apply, 10)(state._replace(params=unpruned, mask=nothing_kept), images,
+                                                           labels)
     # All logits zero: argmax is class 0 everywhere.
     assert int(error) == int(np.sum(np.asarray(labels) != 0))
 
@@ -96,7 +97,7 @@ def test_a_non_finite_network_counts_every_example_as_an_error():
     state, _ = make_state()
     broken = jax.tree.map(lambda leaf: leaf * jnp.nan, state.params)
     images = jnp.ones((10, 5))
-    error = trial.make_val_error_count(linear_apply, 4)(broken, state.mask, images, jnp.zeros(10, jnp.int32))
+    error = trial.make_val_error_count(linear_apply, 4)(state._replace(params=broken), images, jnp.zeros(10, jnp.int32))
     assert int(error) == 10
 
 

@@ -1,0 +1,212 @@
+"""Any flax Module as the pure functions a trial needs: init, a training pass and an evaluation pass.
+
+`config.model` names a built-in model ('simple_cnn', 'resnet8'), or imports one:
+'package.module:attribute' or 'path/to/file.py:attribute', where the attribute is a flax Module
+class or a function returning a Module (either is called with the number of classes), or a
+Module instance (used as it is). The Python API also takes a Module object.
+
+Networks with mutable collections (BatchNorm's 'batch_stats') keep them per trial in the trial
+state: updated by every training step, used by evaluation. Dropout draws from the 'dropout' RNG
+stream with a key per trial and step. A Module says training from evaluation through a
+`train` (or `training`) argument of its __call__, or `deterministic` (True in evaluation);
+one without such an argument is called with the images only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dps_jax import models, precision
+from dps_jax.config import ConfigError
+
+MODE_ARGUMENTS = ('train', 'training', 'deterministic')  # how a __call__ may take the mode
+DROPOUT_STREAM = 'dropout'
+
+
+class ModelError(ConfigError):
+    """config.model cannot be turned into a network; the message says why in one line."""
+
+
+class Network(NamedTuple):
+    """A network as pure functions; model_state holds the non-parameter collections ({} if none)."""
+    init: Callable         # (key, example_shape) -> (params, model_state)
+    train_apply: Callable  # (params, model_state, images, dropout_key) -> (logits, model_state)
+    eval_apply: Callable   # (params, model_state, images) -> logits
+    collections: tuple     # names of the mutable collections, e.g. ('batch_stats',); () if none
+
+    @property
+    def has_state(self) -> bool:
+        return bool(self.collections)
+
+
+def from_apply(apply_fn: Callable) -> Network:
+    """A network without state or dropout from a plain (params, images) -> logits."""
+    return Network(init=None, train_apply=lambda params, model_state, images, key: (apply_fn(params, images),
+                                                                                    model_state),
+                   eval_apply=lambda params, model_state, images: apply_fn(params, images), collections=())
+
+
+def as_network(network_or_apply: Network | Callable) -> Network:
+    """A Network as given, or `from_apply` of a plain apply function."""
+    return network_or_apply if isinstance(network_or_apply, Network) else from_apply(network_or_apply)
+
+
+def mode_argument(module: nn.Module) -> str | None:
+    """The name of the __call__ argument that says training or evaluation (MODE_ARGUMENTS), or None."""
+    call = getattr(type(module), '__call__', None)
+    if call is None:
+        return None
+    parameters = inspect.signature(call).parameters
+    return next((name for name in MODE_ARGUMENTS if name in parameters), None)
+
+
+def _mode(argument: str | None, training: bool) -> dict:
+    if argument is None:
+        return {}
+    return {argument: (not training) if argument == 'deterministic' else training}
+
+
+def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str | None = None) -> Network:
+    """The Network of a flax Module on images of `example_shape` (H, W, C), at `matmul_precision`.
+
+    Initialization runs in evaluation mode, so BatchNorm's statistics start at their initial
+    values and no dropout key is needed. An object that is not an nn.Module but has its
+    init(key, images) / apply(variables, images) is taken as a network without state or dropout.
+    """
+    argument = mode_argument(module)
+    is_flax = isinstance(module, nn.Module)
+    dummy = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda key: module.init(key, dummy, **_mode(argument, False)), jax.random.PRNGKey(0))
+    if 'params' not in shapes:
+        raise ModelError(f'{describe_module(module)} has no parameters')
+    collections = tuple(sorted(name for name in shapes if name != 'params'))
+    if collections and argument is None:
+        raise ModelError(f'{describe_module(module)} has mutable collections ({", ".join(collections)}) but its '
+                         f'__call__ takes none of the arguments {", ".join(MODE_ARGUMENTS)}: it cannot be told '
+                         f'training from evaluation')
+
+    def init(key, shape):
+        variables = module.init(key, jnp.zeros((1,) + tuple(shape), jnp.float32), **_mode(argument, False))
+        variables = dict(variables)
+        params = variables.pop('params')
+        return params, variables
+
+    def train_apply(params, model_state, images, dropout_key):
+        rngs = {} if dropout_key is None or not is_flax else {'rngs': {DROPOUT_STREAM: dropout_key}}
+        if not collections:
+            return module.apply({'params': params}, images, **rngs, **_mode(argument, True)), model_state
+        logits, updated = module.apply({'params': params, **model_state}, images, **rngs,
+                                       mutable=list(collections), **_mode(argument, True))
+        return logits, dict(updated)
+
+    def eval_apply(params, model_state, images):
+        return module.apply({'params': params, **model_state}, images, **_mode(argument, False))
+
+    return Network(init=init, train_apply=precision.at_matmul_precision(train_apply, matmul_precision),
+                   eval_apply=precision.at_matmul_precision(eval_apply, matmul_precision),
+                   collections=collections)
+
+
+def describe_module(module: Any) -> str:
+    """A short name of a Module object: its class."""
+    return type(module).__qualname__
+
+
+def module_identity(module: nn.Module) -> str:
+    """A stable text naming a Module object for a study's config: class and a digest of its fields."""
+    digest = hashlib.sha1(repr(module).encode()).hexdigest()[:12]
+    return f'python:{type(module).__module__}.{type(module).__qualname__}#{digest}'
+
+
+def is_import_path(model: str) -> bool:
+    """Whether `model` has the form 'package.module:attribute' or 'file.py:attribute'."""
+    where, _, attribute = model.rpartition(':')
+    return bool(where) and attribute.isidentifier()
+
+
+def _import(where: str, model: str):
+    if where.endswith('.py'):
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise ModelError(f'config.model={model!r}: no file {path}')
+        name = 'dps_jax_user_model_' + hashlib.sha1(path.encode()).hexdigest()[:12]
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise ModelError(f'config.model={model!r}: importing {path} failed: '
+                             f'{type(error).__name__}: {error}') from None
+        return module
+    if os.getcwd() not in sys.path and '' not in sys.path:
+        # launch.py's sys.path starts at its own folder: a user's package beside the working
+        # directory should import as it does in `python -c`.
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(where)
+    except Exception as error:
+        raise ModelError(f'config.model={model!r}: cannot import {where!r}: {type(error).__name__}: {error}') from None
+
+
+def resolve_module(model: Any, num_classes: int) -> nn.Module:
+    """The flax Module that `model` names (see the module docstring) for `num_classes` classes."""
+    if isinstance(model, nn.Module):
+        return model
+    if not isinstance(model, str):
+        raise ModelError(f'config.model={model!r} must be a name ({", ".join(models.MODELS)}), '
+                         f"'package.module:attribute' or a flax Module")
+    if model in models.MODELS:
+        return models.get_model(model, num_classes)
+    if not is_import_path(model):
+        raise ModelError(f"config.model={model!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or "
+                         f"an import path 'package.module:attribute' or 'file.py:attribute'")
+    where, _, attribute = model.rpartition(':')
+    found = getattr(_import(where, model), attribute, None)
+    if found is None:
+        raise ModelError(f'config.model={model!r}: {where} has no attribute {attribute!r}')
+    if isinstance(found, nn.Module):
+        return found
+    if not callable(found):
+        raise ModelError(f'config.model={model!r}: {attribute} is a {type(found).__name__}, not a flax Module class '
+                         f'or a function returning one')
+    try:
+        module = found(num_classes)
+    except Exception as error:
+        raise ModelError(f'config.model={model!r}: {attribute}({num_classes}) failed: '
+                         f'{type(error).__name__}: {error}') from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f'config.model={model!r}: {attribute}({num_classes}) returned a {type(module).__name__}, '
+                         f'not a flax Module')
+    return module
+
+
+def check_logits(network: Network, example_shape: tuple, num_classes: int, name: str) -> None:
+    """Raises ModelError unless the network maps (2, *example_shape) images to (2, num_classes) logits."""
+    images = jax.ShapeDtypeStruct((2,) + tuple(example_shape), jnp.float32)
+
+    def logits_of(key, images):
+        params, model_state = network.init(key, example_shape)
+        return network.eval_apply(params, model_state, images)
+
+    try:
+        logits = jax.eval_shape(logits_of, jax.random.PRNGKey(0), images)
+    except Exception as error:
+        raise ModelError(f'model {name} fails on images of shape {tuple(example_shape)}: '
+                         f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}') from None
+    if logits.shape != (2, num_classes):
+        raise ModelError(f'model {name} gives outputs of shape {logits.shape[1:]} per example; the dataset has '
+                         f'{num_classes} classes, so logits must have shape ({num_classes},)')
