@@ -135,7 +135,8 @@ def with_entry(name, **fields):
                                             'high=0.95'),
     ('learning_rate', dict(scale='cubic'), "config.search_space.learning_rate.scale='cubic' is not accepted: the scale "
                                            "must be one of: log, reverse_log, linear, int"),
-    ('learning_rate', dict(low=0), 'config.search_space.learning_rate.low=0 is not accepted: a log scale needs low > 0'),
+    ('learning_rate', dict(low=0),
+     'config.search_space.learning_rate.low=0 is not accepted: a log scale needs low > 0'),
     ('end_learning_rate_factor', dict(low=0.0),
      'config.search_space.end_learning_rate_factor.low=0.0 is not accepted: a log scale needs low > 0'),
     ('momentum', dict(high=1.0), 'config.search_space.momentum.high=1.0 is not accepted: a reverse_log scale needs '
