@@ -1,8 +1,8 @@
 """The reference CIFAR-10 workload: ResNet-8, Nesterov momentum, linear learning-rate decay.
 
-All four metaparameters searched (learning rate, momentum, decay steps in [30000, 60000], end
-learning-rate factor in [1e-4, 0.1]), goal validation error 0.4, budget 100,000 steps, on the
-paper's grid (dps_jax.config.paper_study_config).
+All four metaparameters searched in the reference's ranges (config.search_space: learning rate,
+momentum, decay steps in [30000, 60000], end learning-rate factor in [1e-4, 0.1]), goal validation
+error 0.4, budget 100,000 steps, on the paper's grid (dps_jax.config.paper_study_config).
 
   python launch.py --config=configs/cifar10_resnet8_nesterov.py --workdir=runs/cifar10_resnet8
 

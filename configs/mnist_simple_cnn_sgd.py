@@ -15,6 +15,6 @@ from dps_jax.config import paper_study_config
 def get_config():
     return paper_study_config(
         dataset='mnist', model='simple_cnn', optimizer='sgd', schedule='constant',
-        search_names=('learning_rate',),          # 100 Sobol points, lr in [1e-4, 1] log
+        search_names=('learning_rate',),          # 100 Sobol points, lr in [1e-4, 1] log (search_space)
         goal_error=0.02, max_steps=40000,
     )

@@ -21,7 +21,7 @@ def get_config():
     config.batch_sizes = (16, 64, 256)
     config.optimizer = 'sgd'
     config.schedule = 'constant'
-    config.search_names = ('learning_rate',)  # Sobol points in [1e-4, 1], log scale
+    config.search_names = ('learning_rate',)  # Sobol points in config.search_space.learning_rate: [1e-4, 1] log
     config.num_trials = 16
     config.goal_error = 0.25                # reached within ~100 steps at every cell
     config.max_steps = 5000

@@ -14,7 +14,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy import optimize
 
-from dps_jax.search import SEARCH_SPACE, is_on_edge
+from dps_jax.search import is_on_edge, space_as_dict, study_space
 from dps_jax.store import atomic_write_json
 
 CellKey = tuple[float, int]  # (sparsity, batch size)
@@ -265,16 +265,18 @@ def perfect_scaling_end(batch_sizes: Sequence[float], steps: Sequence[float | No
 
 
 def edge_flags(study: Study, tolerance: float = 0.05) -> dict[CellKey, list[str]]:
-    """Per cell, the searched metaparameters whose value in the best trial is within `tolerance` of the range ends."""
+    """Per cell, the searched metaparameters whose value in the best trial is within `tolerance` of the ends
+    of the study's own range (config.json's search_space; the reference's space if it has none)."""
     names = list(study.config.get('search_names', []))
-    unknown = [name for name in names if name not in SEARCH_SPACE]
+    space = study_space(study.config)
+    unknown = [name for name in names if name not in space]
     if unknown:
-        raise ValueError(f'config search names {unknown} are not in SEARCH_SPACE ({", ".join(SEARCH_SPACE)})')
+        raise ValueError(f'config search names {unknown} are not in its search space ({", ".join(space)})')
     flags = {}
     for key, cell in sorted(study.cells.items()):
         best = best_trial(cell)
         flags[key] = [] if best is None else [
-            name for name in names if is_on_edge(best[name], SEARCH_SPACE[name], tolerance)]
+            name for name in names if is_on_edge(best[name], space[name], tolerance)]
     return flags
 
 
@@ -351,6 +353,8 @@ def analyze(study: Study, num_resamples: int = 1000, scaling_tolerance: float = 
         'model': config.get('model'),
         'optimizer': config.get('optimizer'),
         'search_names': list(config.get('search_names', [])),
+        # The ranges the edge flags are measured against (edge_flags has checked that they exist).
+        'search_space': space_as_dict({name: study_space(config)[name] for name in config.get('search_names', [])}),
         'settings': {'num_resamples': num_resamples, 'quantiles': [0.1, 0.9],
                      'scaling_tolerance': scaling_tolerance, 'edge_tolerance': edge_tolerance},
         'curves': curves,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+import math
+from typing import Any, NamedTuple, Sequence
 
 from dps_jax import masks, optim, precision
 
@@ -46,11 +47,9 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f'config.{field}={value!r} must be a number')
     value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or value != value:
-        interval = f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
-        raise ConfigError(f'config.{field}={value!r} is outside {interval}')
+    interval = Interval(low, high, low_open, high_open)
+    if not interval.holds(value):
+        raise ConfigError(f'config.{field}={value!r} is outside {interval.text()}')
     return value
 
 
@@ -62,6 +61,39 @@ def _require_model(config: Any) -> str:
         raise ConfigError(f"config.model={value!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or an "
                           f"import path 'package.module:attribute' or 'path/to/file.py:attribute'")
     return value
+
+
+class Interval(NamedTuple):
+    """The values a real field accepts: [low, high], either end open where asked."""
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` lies in the interval (nan never does)."""
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def text(self) -> str:
+        return f'{"(" if self.low_open else "["}{self.low:g}, {self.high:g}{")" if self.high_open else "]"}'
+
+
+# The values the optimizer accepts for each metaparameter: a config's single value, and both
+# ends of its range in config.search_space, are checked against these.
+METAPARAMETER_INTERVALS = {
+    'learning_rate': Interval(0.0, math.inf, low_open=True, high_open=True),
+    'momentum': Interval(0.0, 1.0, high_open=True),
+    'decay_steps': Interval(1.0, math.inf, high_open=True),  # and an integer
+    'end_learning_rate_factor': Interval(0.0, 1.0),
+}
+
+
+def _require_metaparameter(config: Any, name: str) -> float:
+    interval = METAPARAMETER_INTERVALS[name]
+    return require_float(config, name, interval.low, interval.high, low_open=interval.low_open,
+                         high_open=interval.high_open)
 
 
 def _validate_workload(config: Any) -> None:
@@ -77,10 +109,10 @@ def _validate_workload(config: Any) -> None:
         raise ConfigError(f'config.prune_kernels_only={config.prune_kernels_only!r} must be True or False')
     require_choice(config, 'optimizer', optim.OPTIMIZERS)
     require_choice(config, 'schedule', optim.SCHEDULES)
-    require_float(config, 'learning_rate', 0.0, float('inf'), low_open=True, high_open=True)
-    require_float(config, 'momentum', 0.0, 1.0, high_open=True)
-    require_int(config, 'decay_steps', minimum=1)
-    require_float(config, 'end_learning_rate_factor', 0.0, 1.0)
+    _require_metaparameter(config, 'learning_rate')
+    _require_metaparameter(config, 'momentum')
+    require_int(config, 'decay_steps', minimum=int(METAPARAMETER_INTERVALS['decay_steps'].low))
+    _require_metaparameter(config, 'end_learning_rate_factor')
     require_float(config, 'goal_error', 0.0, 1.0, low_open=True, high_open=True)
     check_every = require_int(config, 'check_every', minimum=1)
     max_steps = require_int(config, 'max_steps', minimum=1)
@@ -122,6 +154,8 @@ def base_study_config():
     """
     import ml_collections
 
+    from dps_jax import search
+
     config = ml_collections.ConfigDict()
     # --- Data.
     config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10'
@@ -143,8 +177,25 @@ def base_study_config():
     config.schedule = 'constant'        # 'constant' | 'linear' (lr -> lr * end factor over decay_steps, then held)
     # --- Metaparameter search: quasi-random (Sobol) points, the same at every cell.
     config.search_names = ('learning_rate',)  # searched, from: learning_rate, momentum, decay_steps,
-                                              # end_learning_rate_factor (ranges: dps_jax/search.py);
+                                              # end_learning_rate_factor (names of search_space);
                                               # Sobol dimension i is the i-th name, as the reference
+    # The range each metaparameter's Sobol coordinate u in [0, 1) is mapped to, one entry per name,
+    # e.g. --config.search_space.learning_rate.low=1e-3 --config.search_space.learning_rate.scale=linear.
+    # Default: the reference's space (dps_jax/search.py SEARCH_SPACE): learning_rate [1e-4, 1] log,
+    # momentum [0.9, 0.9999] reverse_log, decay_steps [30000, 60000] int, end_learning_rate_factor
+    # [1e-4, 0.1] log. Only the searched names are used (plan.json records their ranges); every
+    # entry is checked. Changing a range makes another study (a workdir refuses it).
+    #   search_space.<name>.low    the range's lower end, a finite number
+    #   search_space.<name>.high   its upper end, > low; low and high must both be values the
+    #                              optimizer accepts for <name> (the intervals beside the values below)
+    #   search_space.<name>.scale  how u maps to [low, high]:
+    #                              'log'          low * (high / low) ** u; needs low > 0
+    #                              'reverse_log'  1 - value log-uniform, u = 0 at high (momentum
+    #                                             0.9999); needs high < 1
+    #                              'linear'       low + u * (high - low)
+    #                              'int'          low + u * (high - low) truncated; whole-number bounds
+    #                              (decay_steps are whole steps on every scale: its values are truncated)
+    config.search_space = ml_collections.ConfigDict(search.space_as_dict(search.SEARCH_SPACE))
     config.num_trials = 100             # trials per cell (Sobol points); trial i has seed i
     # Values of the metaparameters that are NOT searched:
     config.learning_rate = 0.1          # > 0
@@ -234,8 +285,6 @@ def _require_sequence(config: Any, field: str, what: str = 'the grid has no cell
 
 def validate_study_config(config: Any, num_train_examples: int | None = None) -> None:
     """Checks every field of a study config; with the training split size, also the batch sizes."""
-    from dps_jax import search
-
     _validate_workload(config)
     snip_examples = require_int(config, 'snip_examples', minimum=0)
     if num_train_examples is not None and snip_examples > num_train_examples:
@@ -253,9 +302,10 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
                               f'({num_train_examples} examples)')
     if len(set(config.batch_sizes)) != len(config.batch_sizes):
         raise ConfigError(f'config.batch_sizes={tuple(config.batch_sizes)!r} has duplicates')
+    space = _validate_search_space(config)
     searched = _require_sequence(config, 'search_names', what='nothing is searched')
     for index, name in enumerate(searched):
-        require_choice({f'search_names[{index}]': name}, f'search_names[{index}]', tuple(search.SEARCH_SPACE))
+        require_choice({f'search_names[{index}]': name}, f'search_names[{index}]', tuple(space))
     if len(set(searched)) != len(searched):
         raise ConfigError(f'config.search_names={searched!r} has duplicates')
     unused = {'momentum': config.optimizer == 'sgd', 'decay_steps': config.schedule == 'constant',
@@ -281,6 +331,39 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     _require_cache_dir(config)
     if not isinstance(_get(config, 'cells'), str):
         raise ConfigError(f"config.cells={config.cells!r} must be a string like '0.9_64,0_128'")
+
+
+def _validate_search_space(config: Any) -> tuple[str, ...]:
+    """Checks every entry of config.search_space, searched or not; returns its names."""
+    from dps_jax import search
+
+    space = _get(config, 'search_space')
+    if not hasattr(space, 'items'):
+        raise ConfigError(f'config.search_space={space!r} must be a dict of {{name: {{low, high, scale}}}}')
+    for name, entry in space.items():
+        field = f'search_space.{name}'
+        if name not in METAPARAMETER_INTERVALS:
+            raise ConfigError(f'config.{field} is not a metaparameter; accepted: {", ".join(METAPARAMETER_INTERVALS)}')
+        if not hasattr(entry, 'items'):
+            raise ConfigError(f'config.{field}={entry!r} must be a dict with {", ".join(search.PARAMETER_FIELDS)}')
+        unknown = sorted(set(entry.keys()) - set(search.PARAMETER_FIELDS))
+        if unknown:
+            raise ConfigError(f'config.{field} has unknown fields {", ".join(unknown)}; accepted: '
+                              f'{", ".join(search.PARAMETER_FIELDS)}')
+        missing = [key for key in search.PARAMETER_FIELDS if key not in entry]
+        if missing:
+            raise ConfigError(f'config.{field}.{missing[0]} is missing')
+        parameter = search.Parameter(*(entry[key] for key in search.PARAMETER_FIELDS))
+        problem = search.range_problem(parameter)
+        if problem is not None:
+            key, why = problem
+            raise ConfigError(f'config.{field}.{key}={getattr(parameter, key)!r} is not accepted: {why}')
+        interval = METAPARAMETER_INTERVALS[name]
+        for key in ('low', 'high'):
+            if not interval.holds(getattr(parameter, key)):
+                raise ConfigError(f'config.{field}.{key}={getattr(parameter, key)!r} is outside {interval.text()}, '
+                                  f'the values the optimizer accepts for {name}')
+    return tuple(name for name in METAPARAMETER_INTERVALS if name in space)  # in the reference's order
 
 
 def _validate_smoothness(config: Any, num_train_examples: int | None) -> None:

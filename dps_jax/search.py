@@ -7,7 +7,9 @@ at every batch size and sparsity, so a cell's trials are comparable across the g
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+import math
+import numbers
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -29,13 +31,61 @@ class Parameter(NamedTuple):
     scale: str
 
 
-# The reference study's space (REFERENCE.md, "Metaparameter search").
+# The reference study's space (REFERENCE.md, "Metaparameter search"): the default of
+# config.search_space (dps_jax/config.py builds it from this) and the space of a results store
+# whose config.json predates that field.
 SEARCH_SPACE: Mapping[str, Parameter] = {
         'learning_rate': Parameter(1e-4, 1.0, 'log'),
         'momentum': Parameter(0.9, 0.9999, 'reverse_log'),
         'decay_steps': Parameter(30000, 60000, 'int'),
         'end_learning_rate_factor': Parameter(1e-4, 0.1, 'log'),
 }
+PARAMETER_FIELDS = Parameter._fields  # ('low', 'high', 'scale'): the fields of a config.search_space entry
+
+
+def space_as_dict(space: Mapping[str, Parameter]) -> dict[str, dict[str, Any]]:
+    """`space` as plain nested dicts {name: {'low', 'high', 'scale'}}: its form in a config and in JSON."""
+    return {name: dict(parameter._asdict()) for name, parameter in space.items()}
+
+
+def space_from_config(search_space: Mapping[str, Mapping[str, Any]]) -> dict[str, Parameter]:
+    """The {name: Parameter} of a config's search_space (a ConfigDict, or its dict read from config.json)."""
+    return {name: Parameter(*(entry[field] for field in PARAMETER_FIELDS)) for name, entry in search_space.items()}
+
+
+def study_space(config: Mapping[str, Any]) -> dict[str, Parameter]:
+    """A study config's search space; the reference's for a config.json written before config.search_space."""
+    search_space = config.get('search_space')
+    return dict(SEARCH_SPACE) if search_space is None else space_from_config(search_space)
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def range_problem(parameter: Parameter) -> tuple[str, str] | None:
+    """The first thing wrong with a range as (the field at fault, why), or None when every scale rule holds.
+
+    The rules keep every mapped value finite and inside [low, high]: a log scale takes logarithms
+    of low and high, a reverse-log scale of 1 - low and 1 - high, and an int scale truncates (a
+    low of 1.5 would give 1).
+    """
+    if parameter.scale not in SCALES:
+        return 'scale', f'the scale must be one of: {", ".join(SCALES)}'
+    for field in ('low', 'high'):
+        if not _is_number(getattr(parameter, field)):
+            return field, f'{field} must be a finite number'
+    if not parameter.low < parameter.high:
+        return 'low', f'low must be below high={parameter.high!r}'
+    if parameter.scale == 'log' and parameter.low <= 0:
+        return 'low', 'a log scale needs low > 0'
+    if parameter.scale == 'reverse_log' and parameter.high >= 1:
+        return 'high', 'a reverse_log scale needs high < 1'
+    if parameter.scale == 'int':
+        for field in ('low', 'high'):
+            if not float(getattr(parameter, field)).is_integer():
+                return field, 'an int scale needs whole-number bounds'
+    return None
 
 # Sobol's primitive polynomials and initial direction numbers m_1..m_degree for dimensions 1-40,
 # as published by Bratley and Fox (ACM TOMS Algorithm 659, 1988) and used by the reference's
@@ -140,15 +190,10 @@ def validate_space(names: Sequence[str], space: Mapping[str, Parameter] = SEARCH
     for name in names:
         if name not in space:
             raise ValueError(f'unknown search parameter {name!r}; accepted: {", ".join(space)}')
-        parameter = space[name]
-        if parameter.scale not in SCALES:
-            raise ValueError(f'{name}: unknown scale {parameter.scale!r}; accepted: {", ".join(SCALES)}')
-        if not parameter.low < parameter.high:
-            raise ValueError(f'{name}: low {parameter.low} must be below high {parameter.high}')
-        if parameter.scale == 'log' and parameter.low <= 0:
-            raise ValueError(f'{name}: a log scale needs low > 0, got {parameter.low}')
-        if parameter.scale == 'reverse_log' and parameter.high >= 1:
-            raise ValueError(f'{name}: a reverse-log scale needs high < 1, got {parameter.high}')
+        problem = range_problem(space[name])
+        if problem is not None:
+            field, why = problem
+            raise ValueError(f'{name}.{field}={getattr(space[name], field)!r} is not accepted: {why}')
 
 
 def search_points(names: Sequence[str], num_points: int,

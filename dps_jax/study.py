@@ -61,9 +61,9 @@ def grid_cells(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
 
 
 def trial_metaparameters(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """Every optimizer hyperparameter per trial (num_trials,): Sobol points for the searched
-    names, the config's value for the others."""
-    points = search.search_points(list(config.search_names), config.num_trials)
+    """Every optimizer hyperparameter per trial (num_trials,): Sobol points in config.search_space for
+    the searched names, the config's value for the others."""
+    points = search.search_points(list(config.search_names), config.num_trials, search.study_space(config))
     values = {}
     for name in optim.HYPERPARAMETERS:
         values[name] = np.asarray(points[name]) if name in points else np.full(config.num_trials, config[name])
@@ -75,11 +75,13 @@ def make_plan(config: ml_collections.ConfigDict) -> dict:
     """What a study will run, as JSON: cells, trials and their metaparameters, budget."""
     values = trial_metaparameters(config)
     cells = grid_cells(config)
+    space = search.study_space(config)
     return {
         'cells': [{'name': cell_name(*cell), 'sparsity': cell[0], 'batch_size': cell[1]} for cell in cells],
         'trials': [{'trial': i, 'seed': i, **{name: values[name][i].item() for name in values}}
                    for i in range(config.num_trials)],
         'searched': list(config.search_names),
+        'search_space': search.space_as_dict({name: space[name] for name in config.search_names}),
         'budget': {'max_steps_per_trial': config.max_steps, 'check_every': config.check_every,
                    'max_trial_steps': len(cells) * config.num_trials * config.max_steps,
                    'until': config.until},

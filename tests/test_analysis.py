@@ -175,6 +175,32 @@ def test_edge_flags_name_the_searched_parameters_at_the_edge(tmp_path):
     assert flags[(0.9, 64)] == []  # nothing reached
 
 
+def test_edge_flags_use_the_studys_own_search_space(tmp_path):
+    # Learning rate 1.0 tops the reference's range [1e-4, 1] (CONFIG has no search_space: an old
+    # store), is inside [1e-4, 10]; 0.01 is inside the reference's range, the bottom of [0.01, 1].
+    space = {'learning_rate': {'low': 1e-4, 'high': 10.0, 'scale': 'log'},
+             'momentum': {'low': 0.9, 'high': 0.9999, 'scale': 'reverse_log'}}
+    wider = analysis.edge_flags(analysis.load_study(write_store(str(tmp_path / 'wider'),
+                                                                dict(CONFIG, search_space=space))))
+    assert wider[(0.9, 32)] == [] and wider[(0.0, 16)] == []
+    space['learning_rate'] = {'low': 0.01, 'high': 1.0, 'scale': 'log'}
+    higher = analysis.edge_flags(analysis.load_study(write_store(str(tmp_path / 'higher'),
+                                                                 dict(CONFIG, search_space=space))))
+    assert higher[(0.9, 32)] == ['learning_rate'] and higher[(0.0, 16)] == ['learning_rate']
+
+
+def test_analysis_records_the_searched_ranges(tmp_path):
+    space = {'learning_rate': {'low': 0.01, 'high': 1.0, 'scale': 'linear'},
+             'momentum': {'low': 0.9, 'high': 0.9999, 'scale': 'reverse_log'},
+             'decay_steps': {'low': 100, 'high': 200, 'scale': 'int'}}
+    result = analysis.analyze(analysis.load_study(write_store(str(tmp_path / 'new'), dict(CONFIG, search_space=space))),
+                              num_resamples=10)
+    assert result['search_space'] == {name: space[name] for name in ('learning_rate', 'momentum')}
+    old = analysis.analyze(analysis.load_study(write_store(str(tmp_path / 'old'))), num_resamples=10)
+    assert old['search_space'] == {'learning_rate': {'low': 1e-4, 'high': 1.0, 'scale': 'log'},
+                                   'momentum': {'low': 0.9, 'high': 0.9999, 'scale': 'reverse_log'}}
+
+
 def test_edge_flags_only_for_searched_names(tmp_path):
     config = dict(CONFIG, search_names=['momentum'])
     write_store(str(tmp_path), config)

@@ -4,12 +4,18 @@ import glob
 import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
 from dps_jax import config as config_lib
 from dps_jax import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', '*.py')))
 
@@ -58,6 +64,13 @@ def test_cifar_plan_has_every_cell_and_integer_decay_steps(tmp_path):
     assert plan['trials'][0]['learning_rate'] == pytest.approx(0.01)
 
 
+# REFERENCE.md, "Metaparameter search".
+REFERENCE_SPACE = {
+    'learning_rate': {'low': 1e-4, 'high': 1.0, 'scale': 'log'},
+    'momentum': {'low': 0.9, 'high': 0.9999, 'scale': 'reverse_log'},
+    'decay_steps': {'low': 30000, 'high': 60000, 'scale': 'int'},
+    'end_learning_rate_factor': {'low': 1e-4, 'high': 0.1, 'scale': 'log'},
+}
 REFERENCE_SEARCHES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                                                  'reference_metaparameters.json')))['searches']
 
@@ -70,6 +83,7 @@ def test_plan_trials_are_the_reference_metaparameters(name, tmp_path):
     plan = json.loads((tmp_path / 'plan.json').read_text())
     expected = REFERENCE_SEARCHES[','.join(config.search_names)]['values']
     assert plan['searched'] == list(config.search_names)
+    assert plan['search_space'] == {name: REFERENCE_SPACE[name] for name in config.search_names}
     assert [trial['seed'] for trial in plan['trials']] == list(range(100))
     for column, values in expected.items():
         got = [trial[column] for trial in plan['trials']]
@@ -77,3 +91,157 @@ def test_plan_trials_are_the_reference_metaparameters(name, tmp_path):
             assert got == values and all(isinstance(v, int) for v in got)
         else:
             np.testing.assert_allclose(got, values, rtol=1e-12, atol=0, err_msg=column)
+
+
+# --- config.search_space.
+
+def test_the_default_search_space_is_the_reference_space():
+    assert config_lib.base_study_config().search_space.to_dict() == REFERENCE_SPACE
+
+
+DROP = object()  # a field to remove from an entry
+
+
+def with_entry(name, **fields):
+    """The base study config with search_space[name] updated by `fields` (DROP removes one)."""
+    config = config_lib.base_study_config()
+    entry = config.search_space[name].to_dict() if name in config.search_space else {}
+    entry = {key: value for key, value in {**entry, **fields}.items() if value is not DROP}
+    config.search_space[name] = ml_collections.ConfigDict(entry)
+    return config
+
+
+# The default search is learning_rate alone: the other entries are unsearched, and checked all the same.
+@pytest.mark.parametrize('name, fields, message', [
+    ('weight_decay', dict(low=1e-5, high=1e-3, scale='log'),
+     'config.search_space.weight_decay is not a metaparameter; accepted: learning_rate, momentum, decay_steps, '
+     'end_learning_rate_factor'),
+    ('learning_rate', dict(low=DROP), 'config.search_space.learning_rate.low is missing'),
+    ('momentum', dict(high=DROP), 'config.search_space.momentum.high is missing'),
+    ('decay_steps', dict(scale=DROP), 'config.search_space.decay_steps.scale is missing'),
+    ('learning_rate', dict(lwo=1e-3), 'config.search_space.learning_rate has unknown fields lwo; accepted: low, high, '
+                                      'scale'),
+    ('learning_rate', dict(low='small'),
+     "config.search_space.learning_rate.low='small' is not accepted: low must be a finite number"),
+    ('learning_rate', dict(high=True), 'config.search_space.learning_rate.high=True is not accepted: high must be a '
+                                       'finite number'),
+    ('learning_rate', dict(high=float('inf')),
+     'config.search_space.learning_rate.high=inf is not accepted: high must be a finite number'),
+    ('end_learning_rate_factor', dict(low=float('nan')),
+     'config.search_space.end_learning_rate_factor.low=nan is not accepted: low must be a finite number'),
+    ('learning_rate', dict(low=1.0), 'config.search_space.learning_rate.low=1.0 is not accepted: low must be below '
+                                     'high=1.0'),
+    ('momentum', dict(low=0.99, high=0.95), 'config.search_space.momentum.low=0.99 is not accepted: low must be below '
+                                            'high=0.95'),
+    ('learning_rate', dict(scale='cubic'), "config.search_space.learning_rate.scale='cubic' is not accepted: the scale "
+                                           "must be one of: log, reverse_log, linear, int"),
+    ('learning_rate', dict(low=0),
+     'config.search_space.learning_rate.low=0 is not accepted: a log scale needs low > 0'),
+    ('end_learning_rate_factor', dict(low=0.0),
+     'config.search_space.end_learning_rate_factor.low=0.0 is not accepted: a log scale needs low > 0'),
+    ('momentum', dict(high=1.0), 'config.search_space.momentum.high=1.0 is not accepted: a reverse_log scale needs '
+                                 'high < 1'),
+    ('decay_steps', dict(low=30000.5), 'config.search_space.decay_steps.low=30000.5 is not accepted: an int scale '
+                                       'needs whole-number bounds'),
+    ('learning_rate', dict(low=1.0, high=2.5, scale='int'),
+     'config.search_space.learning_rate.high=2.5 is not accepted: an int scale needs whole-number bounds'),
+    ('learning_rate', dict(low=0.0, scale='linear'), 'config.search_space.learning_rate.low=0.0 is outside (0, inf), '
+                                                     'the values the optimizer accepts for learning_rate'),
+    ('momentum', dict(low=-0.5, scale='linear'), 'config.search_space.momentum.low=-0.5 is outside [0, 1), the values '
+                                                 'the optimizer accepts for momentum'),
+    ('momentum', dict(high=1.0, scale='linear'), 'config.search_space.momentum.high=1.0 is outside [0, 1), the values '
+                                                 'the optimizer accepts for momentum'),
+    ('decay_steps', dict(low=0), 'config.search_space.decay_steps.low=0 is outside [1, inf), the values the optimizer '
+                                 'accepts for decay_steps'),
+    ('end_learning_rate_factor', dict(high=1.5, scale='linear'),
+     'config.search_space.end_learning_rate_factor.high=1.5 is outside [0, 1], the values the optimizer accepts for '
+     'end_learning_rate_factor'),
+])
+def test_a_bad_search_space_entry_is_one_error_naming_the_field(name, fields, message):
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate_study_config(with_entry(name, **fields))
+    assert str(error.value) == message
+
+
+def test_each_range_rule_admits_its_edge_cases():
+    # The closed ends the optimizer accepts, on scales that allow them.
+    config = config_lib.base_study_config()
+    for name, entry in {'momentum': dict(low=0.0, high=0.5, scale='linear'),
+                        'decay_steps': dict(low=1, high=2, scale='int'),
+                        'end_learning_rate_factor': dict(low=0.0, high=1.0, scale='linear'),
+                        'learning_rate': dict(low=1.0, high=3.0, scale='int')}.items():
+        config.search_space[name] = ml_collections.ConfigDict(entry)
+    config_lib.validate_study_config(config)
+
+
+def test_a_search_space_that_is_not_a_dict_is_refused():
+    config = ml_collections.ConfigDict({**config_lib.base_study_config().to_dict(), 'search_space': 'log'})
+    with pytest.raises(config_lib.ConfigError, match=r"^config\.search_space='log' must be a dict"):
+        config_lib.validate_study_config(config)
+
+
+def test_searched_names_must_be_names_of_the_search_space():
+    config = config_lib.base_study_config()
+    config.optimizer, config.search_names = 'nesterov', ('learning_rate', 'momentum')
+    del config.search_space['momentum']
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate_study_config(config)
+    assert str(error.value) == ("config.search_names[1]='momentum' is not accepted; choose one of: learning_rate, "
+                                "decay_steps, end_learning_rate_factor")
+
+
+def test_a_search_space_may_leave_out_the_unsearched_names(tmp_path):
+    config = config_lib.base_study_config()
+    for name in ('momentum', 'decay_steps', 'end_learning_rate_factor'):
+        del config.search_space[name]
+    config_lib.validate_study_config(config)
+    assert study.make_plan(config)['search_space'] == {'learning_rate': REFERENCE_SPACE['learning_rate']}
+
+
+def launch_plan(workdir, *overrides):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                           f'--config={os.path.join(ROOT, "configs", "quickstart.py")}', '--config.plan_only=True',
+                           f'--workdir={workdir}', *overrides], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_a_range_overridden_on_the_command_line_changes_the_trials(tmp_path):
+    completed = launch_plan(tmp_path, '--config.search_space.learning_rate.low=1e-3',
+                            '--config.search_space.learning_rate.scale=linear')
+    assert completed.returncode == 0, completed.stderr
+    plan = json.loads((tmp_path / 'plan.json').read_text())
+    assert plan['search_space'] == {'learning_rate': {'low': 1e-3, 'high': 1.0, 'scale': 'linear'}}
+    unit = np.array(REFERENCE_SEARCHES['learning_rate']['unit']['learning_rate'][:16])
+    np.testing.assert_allclose([trial['learning_rate'] for trial in plan['trials']], 1e-3 + unit * (1.0 - 1e-3),
+                               rtol=1e-15, atol=0)
+    stored = json.loads((tmp_path / 'config.json').read_text())
+    assert stored['search_space']['learning_rate'] == {'low': 1e-3, 'high': 1.0, 'scale': 'linear'}
+
+
+def test_a_bad_range_on_the_command_line_is_one_line_naming_the_field(tmp_path):
+    completed = launch_plan(tmp_path, '--config.search_space.momentum.high=1.5')
+    assert completed.returncode != 0
+    lines = [line for line in completed.stderr.splitlines() if line and not line.startswith('WARNING')]
+    assert lines == ['launch.py: error: config.search_space.momentum.high=1.5 is not accepted: a reverse_log scale '
+                     'needs high < 1'], completed.stderr
+    assert not (tmp_path / 'config.json').exists()
+
+
+# --- A study's identity: its search space is part of it.
+
+def test_a_changed_range_is_refused_on_an_existing_workdir(tmp_path):
+    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None)
+    changed = with_entry('learning_rate', high=0.5)
+    with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: search_space)')):
+        study.prepare_workdir(changed, str(tmp_path), log=lambda line: None)
+    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None)  # the same study
+
+
+def test_a_config_json_without_search_space_is_the_reference_space(tmp_path):
+    # A workdir made before config.search_space existed.
+    old = config_lib.base_study_config().to_dict()
+    del old['search_space']
+    (tmp_path / 'config.json').write_text(json.dumps(old))
+    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None, write=False)
+    with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: search_space)')):
+        study.prepare_workdir(with_entry('learning_rate', scale='linear'), str(tmp_path), log=lambda line: None,
+                              write=False)

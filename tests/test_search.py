@@ -1,18 +1,22 @@
 """Search spaces and Sobol trial points, against the reference study's own metaparameters."""
 
 import json
+import math
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy.stats import qmc
 
-from dps_jax import search
+from dps_jax import config as config_lib
+from dps_jax import search, study
 
 # The reference code's metaparameters for its three searches, 100 points each (unit Sobol
 # coordinates and mapped values), produced by the reference's generator, not by this package.
 ORACLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference_metaparameters.json')
 REFERENCE_SEARCHES = json.load(open(ORACLE_PATH))['searches']
+ALL_FOUR = 'learning_rate,momentum,decay_steps,end_learning_rate_factor'
 
 
 @pytest.mark.parametrize('searched', sorted(REFERENCE_SEARCHES))
@@ -121,3 +125,98 @@ def test_zero_points_is_an_error():
 def test_too_many_dimensions_is_an_error():
     with pytest.raises(ValueError, match='dimension must be in \\[1, 40\\]'):
         search.unit_sobol_points(4, 41)
+
+
+def test_a_malformed_range_is_an_error_naming_the_parameter_and_field():
+    space = {**search.SEARCH_SPACE, 'learning_rate': search.Parameter(0.0, 1.0, 'log')}
+    with pytest.raises(ValueError, match='learning_rate.low=0.0 is not accepted: a log scale needs low > 0'):
+        search.search_points(['learning_rate'], 4, space)
+
+
+def test_edge_detection_is_relative_to_the_range_given():
+    # 1.0 is the top of the reference's learning-rate range, and well inside [1e-4, 10].
+    assert search.is_on_edge(1.0, search.Parameter(1e-4, 1.0, 'log'))
+    assert not search.is_on_edge(1.0, search.Parameter(1e-4, 10.0, 'log'))
+    # 0.01 is the centre of the reference's range, and the bottom of [0.01, 1].
+    assert not search.is_on_edge(0.01, search.Parameter(1e-4, 1.0, 'log'))
+    assert search.is_on_edge(0.01, search.Parameter(0.01, 1.0, 'log'))
+
+
+# --- Search spaces from the config (config.search_space).
+
+def study_config(search_names, num_trials=100, **ranges):
+    """A validated study config searching `search_names`, with `ranges` {name: (low, high, scale)} replaced."""
+    config = config_lib.base_study_config()
+    config.optimizer, config.schedule = 'nesterov', 'linear'  # every metaparameter in use
+    config.search_names = tuple(search_names)
+    config.num_trials = num_trials
+    for name, (low, high, scale) in ranges.items():
+        config.search_space[name] = ml_collections.ConfigDict({'low': low, 'high': high, 'scale': scale})
+    config_lib.validate_study_config(config)
+    return config
+
+
+def test_the_config_default_space_is_the_reference_space():
+    assert search.space_from_config(config_lib.base_study_config().search_space) == dict(search.SEARCH_SPACE)
+
+
+def test_a_config_without_search_space_has_the_reference_space():
+    # A config.json written before config.search_space existed.
+    assert search.study_space({'search_names': ['learning_rate']}) == dict(search.SEARCH_SPACE)
+
+
+def test_the_default_config_gives_the_reference_first_learning_rates():
+    rates = study.trial_metaparameters(study_config(['learning_rate'], num_trials=6))['learning_rate']
+    np.testing.assert_allclose(rates, [0.01, 0.1, 0.001, 10**-2.5, 10**-0.5, 10**-1.5], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize('searched', sorted(REFERENCE_SEARCHES))
+def test_the_default_config_gives_the_reference_values(searched):
+    values = study.trial_metaparameters(study_config(searched.split(',')))
+    for name, expected in REFERENCE_SEARCHES[searched]['values'].items():
+        np.testing.assert_allclose(values[name], expected, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_a_linear_learning_rate_range_maps_the_reference_unit_points():
+    unit = np.array(REFERENCE_SEARCHES['learning_rate']['unit']['learning_rate'])
+    values = study.trial_metaparameters(study_config(['learning_rate'], learning_rate=(1e-3, 0.5, 'linear')))
+    np.testing.assert_allclose(values['learning_rate'], 1e-3 + unit * (0.5 - 1e-3), rtol=1e-15, atol=0)
+
+
+def test_a_narrower_log_learning_rate_range_by_hand():
+    # Unit points 1/2, 3/4, 1/4, 3/8, 7/8, 5/8 on log10 lr = -3 + 2u.
+    values = study.trial_metaparameters(study_config(['learning_rate'], num_trials=6,
+                                                     learning_rate=(1e-3, 0.1, 'log')))
+    np.testing.assert_allclose(values['learning_rate'], [10**-2, 10**-1.5, 10**-2.5, 10**-2.25, 10**-1.25, 10**-1.75],
+                               rtol=1e-12, atol=0)
+
+
+def test_every_scale_of_a_four_name_search_maps_the_reference_unit_points():
+    unit = REFERENCE_SEARCHES[ALL_FOUR]['unit']
+    values = study.trial_metaparameters(study_config(
+        ALL_FOUR.split(','), learning_rate=(0.01, 0.2, 'linear'), momentum=(0.5, 0.99, 'reverse_log'),
+        decay_steps=(1000, 2001, 'int'), end_learning_rate_factor=(0.0, 1.0, 'linear')))
+    np.testing.assert_allclose(values['learning_rate'], [0.01 + u * 0.19 for u in unit['learning_rate']],
+                               rtol=1e-12, atol=0)
+    # 1 - momentum log-uniform in [0.01, 0.5], u = 0 at momentum 0.99.
+    expected_momentum = [1 - 10 ** (math.log10(1 - 0.99) + u * (math.log10(0.5) - math.log10(1 - 0.99)))
+                         for u in unit['momentum']]
+    np.testing.assert_allclose(values['momentum'], expected_momentum, rtol=1e-12, atol=0)
+    assert values['decay_steps'].tolist() == [int(1000 + u * 1001) for u in unit['decay_steps']]
+    np.testing.assert_allclose(values['end_learning_rate_factor'], unit['end_learning_rate_factor'],
+                               rtol=0, atol=1e-15)
+
+
+def test_a_changed_range_leaves_the_other_searched_dimensions_alone():
+    default = study.trial_metaparameters(study_config(['learning_rate', 'momentum']))
+    changed = study.trial_metaparameters(study_config(['learning_rate', 'momentum'],
+                                                      momentum=(0.0, 0.5, 'linear')))
+    np.testing.assert_array_equal(changed['learning_rate'], default['learning_rate'])
+    assert not np.array_equal(changed['momentum'], default['momentum'])
+
+
+def test_an_unsearched_range_changes_no_trial():
+    default = study.trial_metaparameters(study_config(['learning_rate']))
+    changed = study.trial_metaparameters(study_config(['learning_rate'], momentum=(0.0, 0.5, 'linear')))
+    for name in default:
+        np.testing.assert_array_equal(changed[name], default[name], err_msg=name)
