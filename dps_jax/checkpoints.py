@@ -22,7 +22,9 @@ import numpy as np
 from dps_jax import parallel
 from dps_jax.analysis import finite_or_none
 
-FORMAT = 2  # bump when the saved layout changes: older checkpoints are then ignored, not misread
+# Bump when the saved layout changes: older checkpoints are then ignored, not misread.
+# 3: trial states carry model_state and dropout_key.
+FORMAT = 3
 
 
 _leaf_sums = jax.jit(lambda leaves: [jnp.sum(leaf.astype(jnp.float32)) for leaf in leaves])
