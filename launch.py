@@ -35,7 +35,7 @@ def main(argv):
     # Imported here so that --help answers without loading JAX.
     logging.set_verbosity(logging.WARNING)  # absl's INFO would show JAX's backend probing
     from dps_jax import config as config_lib
-    from dps_jax import data, parallel, single_trial, study
+    from dps_jax import api, data, parallel, single_trial
     config = flags.FLAGS.config
     # Before any computation: every process of a multi-host run joins; only process 0 writes.
     if parallel.initialize_distributed(flags.FLAGS.distributed, flags.FLAGS.coordinator_address,
@@ -43,7 +43,7 @@ def main(argv):
         print(f'process {parallel.jax.process_index()} of {parallel.jax.process_count()}', flush=True)
     try:
         if 'sparsities' in config:  # a study: a grid of cells
-            study.run(config, flags.FLAGS.workdir, log=lambda line: print(line, flush=True))
+            api.run_study(config, flags.FLAGS.workdir, log=lambda line: print(line, flush=True))
         else:  # one trial
             config_lib.validate_trial_config(config)
             single_trial.train_and_evaluate(config, flags.FLAGS.workdir,

@@ -53,11 +53,24 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     return value
 
 
+ARRAYS_PREFIX = 'arrays:'  # config.dataset of a Dataset object given to the Python API (dps_jax.api)
+
+
+def _require_dataset(config: Any) -> str:
+    """config.dataset: a built-in dataset's name, a 'tfds:' name, or a Python API Dataset's identity."""
+    from dps_jax import data
+    value = _get(config, 'dataset')
+    if isinstance(value, str) and value.startswith(ARRAYS_PREFIX):
+        return value
+    return require_choice(config, 'dataset', data.DATASETS)
+
+
 def _require_model(config: Any) -> str:
     """config.model: a built-in model's name or an import path (imported when the workload loads)."""
     from dps_jax import models, network
     value = _get(config, 'model')
-    if not isinstance(value, str) or not (value in models.MODELS or network.is_import_path(value)):
+    if not isinstance(value, str) or not (value in models.MODELS or network.is_import_path(value)
+                                          or value.startswith(network.OBJECT_PREFIX)):
         raise ConfigError(f"config.model={value!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or an "
                           f"import path 'package.module:attribute' or 'path/to/file.py:attribute'")
     return value
@@ -100,7 +113,7 @@ def _validate_workload(config: Any) -> None:
     """The fields a single trial and a study share: data, model, pruning, optimizer, goal, budget."""
     from dps_jax import data, models  # the data and model modules are heavy to import
 
-    require_choice(config, 'dataset', data.DATASETS)
+    _require_dataset(config)
     require_choice(config, 'data_source', data.SOURCES)
     _require_model(config)
     require_choice(config, 'pruning', masks.METHODS)

@@ -31,6 +31,7 @@ from dps_jax.config import ConfigError
 
 MODE_ARGUMENTS = ('train', 'training', 'deterministic')  # how a __call__ may take the mode
 DROPOUT_STREAM = 'dropout'
+OBJECT_PREFIX = 'python:'  # config.model of a Module object given to the Python API
 
 
 class ModelError(ConfigError):
@@ -125,7 +126,7 @@ def describe_module(module: Any) -> str:
 def module_identity(module: nn.Module) -> str:
     """A stable text naming a Module object for a study's config: class and a digest of its fields."""
     digest = hashlib.sha1(repr(module).encode()).hexdigest()[:12]
-    return f'python:{type(module).__module__}.{type(module).__qualname__}#{digest}'
+    return f'{OBJECT_PREFIX}{type(module).__module__}.{type(module).__qualname__}#{digest}'
 
 
 def is_import_path(model: str) -> bool:
@@ -171,6 +172,9 @@ def resolve_module(model: Any, num_classes: int) -> nn.Module:
                          f"'package.module:attribute' or a flax Module")
     if model in models.MODELS:
         return models.get_model(model, num_classes)
+    if model.startswith(OBJECT_PREFIX):
+        raise ModelError(f'config.model={model!r} names a Module object given to the Python API; give it again '
+                         f'(dps_jax.run_study(config, workdir, model=...))')
     if not is_import_path(model):
         raise ModelError(f"config.model={model!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or "
                          f"an import path 'package.module:attribute' or 'file.py:attribute'")

@@ -263,10 +263,13 @@ def report(workdir: str, log: Callable[[str], None] = print) -> None:
     log(f'{len(paths)} figures in {os.path.join(workdir, "figures")}')
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print, *,
+        model: Any = None, dataset: data.Dataset | None = None) -> None:
     """Runs (or resumes) the study of `config` in `workdir` and writes the results store.
 
-    In a multi-host run every process computes and only process 0 writes and logs.
+    model / dataset: a flax Module and a data.Dataset used instead of config.model and
+    config.dataset (dps_jax.run_study records what they are in the config). In a multi-host run
+    every process computes and only process 0 writes and logs.
     """
     main = parallel.is_main_process()
     log = log if main else (lambda line: None)
@@ -278,8 +281,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     if not config.plan_only:
         # Checks against the training split come before config.json is written, so a refused
         # value does not lock the workdir to it.
-        work = workload.load_workload(config)
+        work = workload.load_workload(config, model, dataset)
         config_lib.validate_study_config(config, work.num_train_examples)
+        check_measurable(config, work)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
         runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision)

@@ -1,0 +1,206 @@
+"""Any flax Module as a trial's network: import paths, BatchNorm statistics, dropout keys."""
+
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dps_jax import config as config_lib
+from dps_jax import engine, models, network, optim, trial
+
+RNG = np.random.default_rng(11)
+
+
+class BatchNormNet(nn.Module):
+    """Dense -> BatchNorm -> ReLU -> Dropout -> Dense, with a `train` argument."""
+    num_classes: int = 3
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(8, name='hidden')(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='norm')(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+        return nn.Dense(self.num_classes, name='out')(x)
+
+
+def problem(num_examples=600, noise=0.8):
+    centres = np.eye(3, 6) * 2.0
+    labels = RNG.integers(0, 3, size=num_examples)
+    images = centres[labels] + RNG.normal(size=(num_examples, 6)) * noise
+    return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+
+IMAGES, LABELS = problem()
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+# --- Which Module a config names --------------------------------------------------------------
+
+def test_built_in_names_give_the_built_in_models():
+    assert isinstance(network.resolve_module('simple_cnn', 10), models.SimpleCNN)
+    assert network.resolve_module('resnet8', 7).num_classes == 7
+
+
+def test_an_import_path_names_a_class_a_factory_or_an_instance(tmp_path, monkeypatch):
+    (tmp_path / 'my_nets.py').write_text(textwrap.dedent('''
+        import flax.linen as nn
+
+        class Net(nn.Module):
+            num_classes: int
+
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+        def make_net(num_classes):
+            return Net(num_classes * 2)
+
+        ready = Net(5)
+        not_a_model = 3
+        def not_a_module(num_classes):
+            return 'a string'
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert network.resolve_module('my_nets:Net', 4).num_classes == 4
+    assert network.resolve_module('my_nets:make_net', 4).num_classes == 8
+    assert network.resolve_module('my_nets:ready', 4).num_classes == 5
+    by_file = network.resolve_module(f'{tmp_path / "my_nets.py"}:Net', 3)
+    assert type(by_file).__name__ == 'Net' and by_file.num_classes == 3
+    for path, message in [('my_nets:missing', "has no attribute 'missing'"),
+                          ('my_nets:not_a_model', 'is a int, not a flax Module class'),
+                          ('my_nets:not_a_module', 'returned a str, not a flax Module'),
+                          ('no_such_package.nets:Net', "cannot import 'no_such_package.nets': ModuleNotFoundError"),
+                          (f'{tmp_path / "absent.py"}:Net', 'no file'),
+                          ('resnet_9000', "choose one of: simple_cnn, resnet8, or an import path")]:
+        with pytest.raises(network.ModelError, match=message):
+            network.resolve_module(path, 4)
+
+
+def test_a_bad_model_field_is_one_config_error():
+    config = config_lib.base_study_config()
+    config.model = 'not a path'
+    with pytest.raises(config_lib.ConfigError, match=r"config.model='not a path' is not accepted"):
+        config_lib.validate_study_config(config)
+    config.model = 'package.module:Attribute'  # imported only when the workload loads
+    config_lib.validate_study_config(config)
+
+
+def test_logits_of_the_wrong_width_are_refused_by_name():
+    net = network.from_module(BatchNormNet(num_classes=4), (6,))
+    with pytest.raises(network.ModelError, match=r'shape \(4,\) per example; the dataset has 3 classes'):
+        network.check_logits(net, (6,), 3, 'BatchNormNet')
+
+
+def test_mutable_collections_need_a_mode_argument():
+    class NoMode(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=False)(x)
+
+    with pytest.raises(network.ModelError, match=r'mutable collections \(batch_stats\) but its __call__ takes none'):
+        network.from_module(NoMode(), (6,))
+
+
+# --- Built-in models are unchanged ------------------------------------------------------------
+
+def test_built_in_networks_initialize_as_before_with_no_state():
+    model = models.SimpleCNN()
+    params, model_state = trial.init_variables(network.from_module(model, (28, 28, 1)), (28, 28, 1), 3)
+    assert model_state == {}
+    expected = trial.init_params(model, (28, 28, 1), 3)
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+# --- BatchNorm and dropout against hand computations -------------------------------------------
+
+def test_a_training_step_updates_batch_statistics_as_numpy_computes_them():
+    net = network.from_module(BatchNormNet(), (6,), 'highest')
+    params, model_state = net.init(jax.random.PRNGKey(0), (6,))
+    assert set(model_state) == {'batch_stats'}
+    tx = optim.make_optimizer('sgd')
+    keep = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+    state = trial.new_trial_state(params, keep, tx, {'learning_rate': 0.1}, model_state, trial.dropout_key(0))
+    batch = (IMAGES[:32], LABELS[:32])
+    stepped, _ = jax.jit(trial.make_train_step(net, tx))(state, batch)
+    hidden = np.asarray(batch[0], np.float64) @ np.asarray(params['hidden']['kernel'], np.float64)
+    hidden += np.asarray(params['hidden']['bias'])
+    # flax: running = momentum * running + (1 - momentum) * batch statistic (variance biased).
+    np.testing.assert_allclose(stepped.model_state['batch_stats']['norm']['mean'], 0.1 * hidden.mean(0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(stepped.model_state['batch_stats']['norm']['var'], 0.9 + 0.1 * hidden.var(0),
+                               rtol=1e-5)
+    assert int(stepped.step) == 1
+
+
+@pytest.mark.matmul_precision('highest')
+def test_evaluation_uses_the_running_statistics():
+    net = network.from_module(BatchNormNet(), (6,))
+    params, model_state = net.init(jax.random.PRNGKey(1), (6,))
+    stats = {'mean': jnp.asarray(RNG.normal(size=8), jnp.float32),
+             'var': jnp.asarray(RNG.uniform(0.5, 2.0, size=8), jnp.float32)}
+    model_state = {'batch_stats': {'norm': stats}}
+    logits = net.eval_apply(params, model_state, IMAGES[:16])
+    x = np.asarray(IMAGES[:16], np.float64)
+    hidden = x @ np.asarray(params['hidden']['kernel']) + np.asarray(params['hidden']['bias'])
+    normed = (hidden - np.asarray(stats['mean'])) / np.sqrt(np.asarray(stats['var']) + 1e-5)
+    normed = normed * np.asarray(params['norm']['scale']) + np.asarray(params['norm']['bias'])
+    expected = relu(normed) @ np.asarray(params['out']['kernel']) + np.asarray(params['out']['bias'])
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_draws_from_the_trial_key_folded_with_the_step():
+    module = BatchNormNet(dropout_rate=0.5)
+    net = network.from_module(module, (6,))
+    params, model_state = net.init(jax.random.PRNGKey(2), (6,))
+    key = trial.dropout_key(4)
+    tx = optim.make_optimizer('sgd')
+    keep = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+    state = trial.new_trial_state(params, keep, tx, {'learning_rate': 0.0}, model_state, key)._replace(
+        step=jnp.asarray(7, jnp.int32))
+    batch = (IMAGES[:32], LABELS[:32])
+    _, metrics = trial.make_train_step(net, tx)(state, batch)
+    # flax's own training pass with the key of step 7 gives the same loss; step 8's key does not.
+    for step, same in ((7, True), (8, False)):
+        logits, _ = module.apply({'params': params, **model_state}, batch[0], train=True, mutable=['batch_stats'],
+                                 rngs={'dropout': jax.random.fold_in(key, step)})
+        loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(32), batch[1]])
+        assert bool(jnp.isclose(loss, metrics.loss, rtol=1e-6)) == same
+    assert not np.array_equal(trial.dropout_key(4), trial.dropout_key(5))
+
+
+# --- The engine with state: vmapped trials equal trials run alone -------------------------------
+
+# Batched vs single matmuls compared at 1e-5: full float32.
+@pytest.mark.matmul_precision('highest')
+def test_batchnorm_dropout_trials_vmapped_equal_each_trial_run_alone():
+    net = network.from_module(BatchNormNet(dropout_rate=0.2), (6,))
+    tx = optim.make_optimizer('momentum')
+    rates = np.array([0.3, 0.05, 1e30, 0.01])
+    hyper = {'learning_rate': rates, 'momentum': np.full(len(rates), 0.5)}
+    init_trial = trial.make_init_trial(net, tx, (6,), pruning='snip', sparsity=0.5, snip_batch_size=100)
+    train, val = (IMAGES[:500], LABELS[:500]), (IMAGES[500:], LABELS[500:])
+    trials = engine.init_trials(init_trial, np.arange(len(rates)), hyper, *train)
+    settings = dict(train_step=trial.make_train_step(net, tx), val_error=trial.make_val_error_count(net, 32),
+                    train_images=train[0], train_labels=train[1], val_images=val[0], val_labels=val[1],
+                    batch_size=16, goal_error=0.12, max_steps=200, check_every=10, data_seed=0)
+    result = engine.run_cell(trials, until='all', compaction=True, keep_final_state=True, **settings)
+    assert set(result.status_names()) >= {'reached', 'diverged'}
+    for index, rate in enumerate(rates):
+        single = jax.jit(init_trial)(index, {'learning_rate': rate, 'momentum': 0.5}, *train)
+        alone = trial.run_trial(state=single, **settings)
+        assert engine.STATUS_NAMES[result.status[index]] == alone.status, index
+        assert result.steps_to_result[index] == (alone.steps_to_result or -1)
+        assert result.steps[index] == alone.steps
+    final = jax.tree.map(lambda leaf: leaf[0], result.final_state)
+    # Pruned entries stay exactly zero; the statistics moved away from their initial values.
+    for param, keep in zip(jax.tree.leaves(final.params), jax.tree.leaves(final.mask)):
+        assert np.all(np.asarray(param)[~np.asarray(keep)] == 0)
+    assert not np.allclose(final.model_state['batch_stats']['norm']['var'], 1.0)
