@@ -58,7 +58,10 @@ def _validate_workload(config: Any) -> None:
     """The fields a single trial and a study share: data, model, pruning, optimizer, goal, budget."""
     from dps_jax import data, models  # the data and model modules are heavy to import
 
-    require_choice(config, 'dataset', data.DATASETS)
+    try:  # a built-in name or 'tfds:NAME[:SPLIT]'
+        data.check_dataset_name(_get(config, 'dataset'))
+    except data.DataError as error:
+        raise ConfigError(f'config.dataset={config.dataset!r}: {error}') from None
     require_choice(config, 'data_source', data.SOURCES)
     require_choice(config, 'model', models.MODELS)
     require_choice(config, 'pruning', masks.METHODS)
@@ -114,9 +117,10 @@ def base_study_config():
 
     config = ml_collections.ConfigDict()
     # --- Data.
-    config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10'
+    config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10' | 'tfds:NAME[:SPLIT]' (a prepared
+                                        # TFDS image dataset, e.g. 'tfds:cifar10:train[:50%]'; data_dir = TFDS data dir)
     config.data_dir = ''                # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
-    config.data_source = 'files'        # 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (prepared TFDS dataset)
+    config.data_source = 'files'        # built-in names: 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (TFDS copy)
     # --- Model and pruning at initialization.
     config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8'
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'

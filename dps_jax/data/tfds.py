@@ -143,14 +143,16 @@ def prepared_builder(builder_name: str, data_dir: str | None, how_to_prepare: st
         raise DataError(f'TFDS cannot open dataset {builder_name!r} (data_dir {root}): '
                         f'{type(error).__name__}: {_one_line(error)}') from None
     if not builder.is_prepared():
+        how_to_prepare = how_to_prepare or ' (or `tfds build` with --file_format=array_record)'
         raise DataError(
             f'TFDS dataset {builder_name!r} is not prepared in {builder.data_dir}. dps_jax reads prepared data only '
             f"and never downloads it: prepare it with tfds.builder({builder_name!r}, data_dir={str(root)!r}, "
-            f"file_format='array_record').download_and_prepare(){how_to_prepare or ' (or `tfds build` with --file_format=array_record)'}.")
+            f"file_format='array_record').download_and_prepare(){how_to_prepare}.")
     formats = [getattr(f, 'value', str(f)) for f in _available_formats(builder.info)]
     if 'array_record' not in formats:
-        raise DataError(f'TFDS dataset {builder_name!r} in {builder.data_dir} is stored as {", ".join(formats) or "?"}; '
-                        "reading without TensorFlow needs file_format='array_record' (prepare it again so).")
+        raise DataError(f'TFDS dataset {builder_name!r} in {builder.data_dir} is stored as '
+                        f"{', '.join(formats) or '?'}; reading without TensorFlow needs file_format='array_record' "
+                        '(prepare it again so).')
     return builder
 
 
@@ -166,7 +168,7 @@ def image_label_features(builder, where: str) -> ImageLabelFeatures:
         raise DataError(f'{where} is not an image classification dataset: its supervised_keys {keys!r} '
                         'are not (image feature, label feature).')
     features = builder.info.features
-    names = list(features.keys()) if hasattr(features, 'keys') else []
+    names = sorted(features.keys()) if hasattr(features, 'keys') else []
     for key in (image_key, label_key):
         if key not in names:
             raise DataError(f'{where} is not an image classification dataset: no feature {key!r} '
