@@ -1,9 +1,13 @@
 """A tiny, learnable image-classification dataset prepared offline as a TFDS array_record dataset.
 
 Each class owns one cell of a grid over the image; an example of class k is a dark noisy background
-with a bright square (random brightness per channel, jittered by a pixel) in cell k. A small CNN
-separates the classes within a few hundred steps, so examples and end-to-end tests can train a
-model on `tfds:` data in seconds, without a network and without TensorFlow (PIL encodes the PNGs).
+with a bright square (random brightness per channel, jittered by a pixel) in cell k. Small CNNs
+learn it fast, so examples and end-to-end tests can train a model on `tfds:` data in seconds,
+without a network and without TensorFlow (PIL encodes the PNGs). Measured at the default noise 0.2:
+a 3x3-conv + dense net (SGD momentum 0.9, lr 0.01, batch 32) is under 2% validation error by step
+10 on 8x8x1 / 4 classes and on 16x16x3 / 10 classes; dps_jax's Simple-CNN (which needs images of
+at least 16x16: two VALID 5x5 convolutions) reached 0.5% at its first check, step 50, on the
+16x16x3 one. noise=0.3 makes it slower and leaves a few percent of 8x8 examples ambiguous.
 
 Usage, from a script in examples/ (Python puts the script's folder on sys.path):
 
