@@ -62,7 +62,11 @@ def _require_dataset(config: Any) -> str:
     value = _get(config, 'dataset')
     if isinstance(value, str) and value.startswith(ARRAYS_PREFIX):
         return value
-    return require_choice(config, 'dataset', data.DATASETS)
+    try:  # a built-in name or 'tfds:NAME[:SPLIT]'
+        data.check_dataset_name(value)
+    except data.DataError as error:
+        raise ConfigError(f'config.dataset={value!r}: {error}') from None
+    return value
 
 
 def _require_model(config: Any) -> str:
@@ -111,7 +115,7 @@ def _require_metaparameter(config: Any, name: str) -> float:
 
 def _validate_workload(config: Any) -> None:
     """The fields a single trial and a study share: data, model, pruning, optimizer, goal, budget."""
-    from dps_jax import data, models  # the data and model modules are heavy to import
+    from dps_jax import data  # heavy to import: not at module level
 
     _require_dataset(config)
     require_choice(config, 'data_source', data.SOURCES)
@@ -171,9 +175,10 @@ def base_study_config():
 
     config = ml_collections.ConfigDict()
     # --- Data.
-    config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10'
+    config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10' | 'tfds:NAME[:SPLIT]' (a prepared
+                                        # TFDS image dataset, e.g. 'tfds:cifar10:train[:50%]'; data_dir = TFDS data dir)
     config.data_dir = ''                # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
-    config.data_source = 'files'        # 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (prepared TFDS dataset)
+    config.data_source = 'files'        # built-in names: 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (TFDS copy)
     # --- Model and pruning at initialization.
     config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8' | 'package.module:attribute' | 'file.py:attribute':
                                         # a flax Module class or function called with the number of classes, or a

@@ -6,12 +6,12 @@ import pytest
 
 from dps_jax import data
 
-IDX_NAMES = data._IDX_FILES
+IDX_NAMES = data.files.IDX_FILES
 
 
 def fashion_mnist_dir() -> Path | None:
     """The first folder data.load would search that holds the four IDX .gz files (the tests read the .gz)."""
-    for folder in data._search_dirs('fashion_mnist', None):
+    for folder in data.files.search_dirs('fashion_mnist', None):
         if all((folder / (name + '.gz')).is_file() for name in IDX_NAMES):
             return folder
     return None

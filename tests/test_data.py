@@ -26,9 +26,9 @@ REAL_FASHION_DIR = FASHION_MNIST_DIR or Path('/usr/share/datasets/fashion-mnist'
 needs_real_fashion = needs_fashion_mnist
 
 SMALL_TRAIN, SMALL_TEST = 50, 12
-SMALL_MNIST = data._SPECS['mnist']._replace(num_train=SMALL_TRAIN, num_test=SMALL_TEST)
+SMALL_MNIST = data.files.SPECS['mnist']._replace(num_train=SMALL_TRAIN, num_test=SMALL_TEST)
 CIFAR_PER_BATCH, CIFAR_TEST = 4, 6
-SMALL_CIFAR = data._SPECS['cifar10']._replace(num_train=5 * CIFAR_PER_BATCH, num_test=CIFAR_TEST)
+SMALL_CIFAR = data.files.SPECS['cifar10']._replace(num_train=5 * CIFAR_PER_BATCH, num_test=CIFAR_TEST)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +69,11 @@ def make_idx_dataset(directory: Path, seed: int = 0, compress: bool = True,
     return arrays
 
 
+def load_spec(spec, data_dir: str | None, source: str = 'files') -> data.Dataset:
+    """`data.load` of a built-in dataset with a spec of its own (small test files, their own counts)."""
+    return data.standardize_and_split(data.load_raw_spec(spec, data_dir, source))
+
+
 def expected_standardized(train_uint8: np.ndarray, per_channel_axes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Independent numpy standardization: returns (standardized float32, mean, std) from float64 math."""
     x = train_uint8.astype(np.float64) / 255.0
@@ -89,8 +94,8 @@ def isolated(tmp_path, monkeypatch):
     """No system datasets, no $DPS_DATA_DIR, cache under tmp: only what a test creates is found."""
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.delenv(data.DATA_URL_BASE_ENV, raising=False)
-    monkeypatch.setattr(data, 'SYSTEM_DATA_ROOT', str(tmp_path / 'system'))
-    monkeypatch.setattr(data, 'DEFAULT_CACHE_ROOT', str(tmp_path / 'cache'))
+    monkeypatch.setattr(data.files, 'SYSTEM_DATA_ROOT', str(tmp_path / 'system'))
+    monkeypatch.setattr(data.files, 'DEFAULT_CACHE_ROOT', str(tmp_path / 'cache'))
     return tmp_path
 
 
@@ -126,7 +131,7 @@ def http_root(tmp_path):
 @pytest.mark.parametrize('compress', [True, False])
 def test_idx_values_decoded_exactly(isolated, compress):
     arrays = make_idx_dataset(isolated / 'd', compress=compress)
-    raw = data._load_raw_spec(SMALL_MNIST, str(isolated / 'd'), 'files')
+    raw = data.load_raw_spec(SMALL_MNIST, str(isolated / 'd'), 'files')
     assert raw.train_images.shape == (SMALL_TRAIN, 28, 28, 1) and raw.train_images.dtype == np.uint8
     np.testing.assert_array_equal(raw.train_images[..., 0], arrays['train-images-idx3-ubyte'])
     np.testing.assert_array_equal(raw.test_images[..., 0], arrays['t10k-images-idx3-ubyte'])
@@ -137,7 +142,7 @@ def test_idx_values_decoded_exactly(isolated, compress):
 
 def test_idx_standardization_and_split_match_independent_numpy(isolated):
     arrays = make_idx_dataset(isolated / 'd')
-    ds = data._load_spec(SMALL_MNIST, str(isolated / 'd'))
+    ds = load_spec(SMALL_MNIST, str(isolated / 'd'))
     train_uint8 = arrays['train-images-idx3-ubyte'][..., None]
     full, mean, std = expected_standardized(train_uint8, None)  # ONE global mean/std
     test_full = ((arrays['t10k-images-idx3-ubyte'][..., None] / 255.0 - mean) / std).astype(np.float32)
@@ -171,8 +176,8 @@ def test_validation_indices_follow_randomstate_rule():
 
 def test_load_is_deterministic(isolated):
     make_idx_dataset(isolated / 'd', seed=3)
-    first = data._load_spec(SMALL_MNIST, str(isolated / 'd'))
-    second = data._load_spec(SMALL_MNIST, str(isolated / 'd'))
+    first = load_spec(SMALL_MNIST, str(isolated / 'd'))
+    second = load_spec(SMALL_MNIST, str(isolated / 'd'))
     for a, b in zip((first.train, first.val, first.test), (second.train, second.val, second.test)):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -180,7 +185,7 @@ def test_load_is_deterministic(isolated):
 
 def test_describe_one_line(isolated):
     make_idx_dataset(isolated / 'd')
-    text = data.describe(data._load_spec(SMALL_MNIST, str(isolated / 'd')))
+    text = data.describe(load_spec(SMALL_MNIST, str(isolated / 'd')))
     assert '\n' not in text
     assert text.startswith('mnist') and 'train 45' in text and 'val 5' in text and 'test 12' in text
     assert '28x28x1' in text
@@ -195,11 +200,11 @@ def test_search_order_data_dir_subfolder_env_then_system(isolated, monkeypatch):
     in_dashed_sub = make_idx_dataset(isolated / 'given' / 'fashion-mnist', seed=1)
     in_env = make_idx_dataset(env_dir / 'fashion_mnist', seed=2)
     in_system = make_idx_dataset(system_root / 'fashion-mnist', seed=3)
-    spec = data._SPECS['fashion_mnist']._replace(num_train=SMALL_TRAIN, num_test=SMALL_TEST)
+    spec = data.files.SPECS['fashion_mnist']._replace(num_train=SMALL_TRAIN, num_test=SMALL_TEST)
     monkeypatch.setenv(data.DATA_DIR_ENV, str(env_dir))
 
     def first_label_file(data_dir):
-        return data._load_raw_spec(spec, data_dir, 'files').train_labels
+        return data.load_raw_spec(spec, data_dir, 'files').train_labels
 
     np.testing.assert_array_equal(first_label_file(str(isolated / 'given')), in_dashed_sub['train-labels-idx1-ubyte'])
     np.testing.assert_array_equal(first_label_file(None), in_env['train-labels-idx1-ubyte'])
@@ -209,7 +214,7 @@ def test_search_order_data_dir_subfolder_env_then_system(isolated, monkeypatch):
 
 def test_files_directly_in_data_dir(isolated):
     arrays = make_idx_dataset(isolated / 'flat', compress=False)
-    raw = data._load_raw_spec(SMALL_MNIST, str(isolated / 'flat'), 'files')
+    raw = data.load_raw_spec(SMALL_MNIST, str(isolated / 'flat'), 'files')
     np.testing.assert_array_equal(raw.test_labels, arrays['t10k-labels-idx1-ubyte'])
 
 
@@ -267,7 +272,7 @@ def test_corrupt_idx_files_raise_dataerror_naming_file(isolated, case, pattern):
         labels[7] = 12
         bad = _corrupt_one(directory, 'train-labels-idx1-ubyte', idx_bytes(labels))
     with pytest.raises(data.DataError, match=pattern) as info:
-        data._load_spec(SMALL_MNIST, str(directory))
+        load_spec(SMALL_MNIST, str(directory))
     assert str(bad) in str(info.value)
 
 
@@ -282,7 +287,7 @@ def test_incomplete_idx_set_names_missing_file(isolated):
     make_idx_dataset(isolated / 'd')
     (isolated / 'd' / 't10k-labels-idx1-ubyte.gz').unlink()
     with pytest.raises(data.DataError, match='t10k-labels-idx1-ubyte') as info:
-        data._load_spec(SMALL_MNIST, str(isolated / 'd'))
+        load_spec(SMALL_MNIST, str(isolated / 'd'))
     assert 'incomplete' in str(info.value) and str(isolated / 'd') in str(info.value)
 
 
@@ -321,21 +326,21 @@ def test_fetch_verifies_checksum(isolated, http_root):
     root, base = http_root
     served = write_file(root / 'blob', os.urandom(5000))
     good = _remote_for(served, f'{base}/blob.gz')
-    data._fetch([good], isolated / 'ok')
+    data.download.fetch([good], isolated / 'ok')
     assert (isolated / 'ok' / 'blob.gz').read_bytes() == served.read_bytes()
     assert sorted(p.name for p in (isolated / 'ok').iterdir()) == ['blob.gz']  # staging cleaned up
 
     wrong = good._replace(sha256='0' * 64)
     with pytest.raises(data.DataError, match='checksum') as info:
-        data._fetch([wrong], isolated / 'bad')
+        data.download.fetch([wrong], isolated / 'bad')
     assert good.url in str(info.value)
     assert not (isolated / 'bad' / 'blob.gz').exists()
 
 
 def test_fetch_http_404_is_download_failure(isolated, http_root):
     _, base = http_root
-    with pytest.raises(data._DownloadUnavailable, match='404'):
-        data._fetch([data.RemoteFile(f'{base}/nothing.gz', 'nothing.gz', 1, '0' * 64)], isolated / 'x')
+    with pytest.raises(data.download.DownloadUnavailable, match='404'):
+        data.download.fetch([data.RemoteFile(f'{base}/nothing.gz', 'nothing.gz', 1, '0' * 64)], isolated / 'x')
 
 
 def test_remote_files_use_tfds_registered_checksums(monkeypatch):
@@ -367,7 +372,7 @@ def test_download_then_load_real_files(isolated, http_root, monkeypatch):
 
     # With checksums of the served files the download is accepted and loads.
     original = data.remote_files
-    monkeypatch.setattr(data, 'remote_files', lambda name, url_base=None: tuple(
+    monkeypatch.setattr(data.download, 'remote_files', lambda name, url_base=None: tuple(
         _remote_for(root / name / f.filename, f.url) for f in original(name, url_base)))
     downloaded = data.load_raw('fashion_mnist', data_dir=str(given))
     for name in IDX_NAMES:
@@ -416,13 +421,13 @@ def make_cifar_archive(batch_parent: Path, archive: Path) -> None:
 @pytest.mark.parametrize('protocol', [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar_layout_and_per_channel_standardization(isolated, protocol):
     train_hwc, train_labels, test_hwc, test_labels = make_cifar(isolated / 'c', protocol=protocol)
-    raw = data._load_raw_spec(SMALL_CIFAR, str(isolated / 'c'), 'files')
+    raw = data.load_raw_spec(SMALL_CIFAR, str(isolated / 'c'), 'files')
     np.testing.assert_array_equal(raw.train_images, train_hwc)  # CHW rows became HWC images
     np.testing.assert_array_equal(raw.test_images, test_hwc)
     np.testing.assert_array_equal(raw.train_labels, train_labels)
     np.testing.assert_array_equal(raw.test_labels, test_labels)
 
-    ds = data._load_spec(SMALL_CIFAR, str(isolated / 'c'))
+    ds = load_spec(SMALL_CIFAR, str(isolated / 'c'))
     full, mean, std = expected_standardized(train_hwc, (0, 1, 2))
     assert mean.shape == (3,) and np.ptp(mean) > 0.2  # per channel, not global
     train_idx, val_idx = independent_split(5 * CIFAR_PER_BATCH)
@@ -439,8 +444,8 @@ def test_cifar_archive_equals_directory(isolated):
     make_cifar(isolated / 'c')
     (isolated / 'a').mkdir()
     make_cifar_archive(isolated / 'c', isolated / 'a' / 'cifar-10-python.tar.gz')
-    from_dir = data._load_raw_spec(SMALL_CIFAR, str(isolated / 'c'), 'files')
-    from_archive = data._load_raw_spec(SMALL_CIFAR, str(isolated / 'a'), 'files')
+    from_dir = data.load_raw_spec(SMALL_CIFAR, str(isolated / 'c'), 'files')
+    from_archive = data.load_raw_spec(SMALL_CIFAR, str(isolated / 'a'), 'files')
     for a, b in zip(from_dir[1:5], from_archive[1:5]):
         np.testing.assert_array_equal(a, b)
 
@@ -449,11 +454,11 @@ def test_cifar_missing_batch_named(isolated):
     make_cifar(isolated / 'c')
     (isolated / 'c' / 'cifar-10-batches-py' / 'data_batch_3').unlink()
     with pytest.raises(data.DataError, match='missing data_batch_3'):
-        data._load_spec(SMALL_CIFAR, str(isolated / 'c'))
+        load_spec(SMALL_CIFAR, str(isolated / 'c'))
     (isolated / 'a').mkdir()
     make_cifar_archive(isolated / 'c', isolated / 'a' / 'cifar-10-python.tar.gz')
     with pytest.raises(data.DataError, match='cifar-10-batches-py/data_batch_3') as info:
-        data._load_spec(SMALL_CIFAR, str(isolated / 'a'))
+        load_spec(SMALL_CIFAR, str(isolated / 'a'))
     assert 'cifar-10-python.tar.gz' in str(info.value)
 
 
@@ -466,7 +471,7 @@ def test_cifar_truncated_archive_and_count(isolated):
         data.load('cifar10', data_dir=str(isolated / 'a'))
     archive.write_bytes(archive.read_bytes()[:5000])
     with pytest.raises(data.DataError, match='not a readable tar.gz') as info:
-        data._load_spec(SMALL_CIFAR, str(isolated / 'a'))
+        load_spec(SMALL_CIFAR, str(isolated / 'a'))
     assert str(archive) in str(info.value)
 
 
@@ -475,7 +480,7 @@ def test_cifar_pickle_cannot_run_code(isolated):
     evil = isolated / 'c' / 'cifar-10-batches-py' / 'data_batch_2'
     evil.write_bytes(pickle.dumps(io.BytesIO(b'x')))  # any non-array class
     with pytest.raises(data.DataError, match='refusing to load') as info:
-        data._load_spec(SMALL_CIFAR, str(isolated / 'c'))
+        load_spec(SMALL_CIFAR, str(isolated / 'c'))
     assert str(evil) in str(info.value)
 
 
@@ -599,12 +604,12 @@ def test_tfds_cifar_small_order_and_values(isolated):
     local_cifar.arrays = {'train': (train_hwc, train_labels), 'test': (test_hwc, test_labels)}
     builder = local_cifar(data_dir=str(isolated / 'tfds'), file_format='array_record')
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    raw = data._load_raw_spec(SMALL_CIFAR, str(isolated / 'tfds'), 'tfds')
+    raw = data.load_raw_spec(SMALL_CIFAR, str(isolated / 'tfds'), 'tfds')
     np.testing.assert_array_equal(raw.train_images, train_hwc)
     np.testing.assert_array_equal(raw.train_labels, train_labels)
     np.testing.assert_array_equal(raw.test_images, test_hwc)
-    from_files = data._load_spec(SMALL_CIFAR, str(isolated / 'c'))
-    from_tfds = data._load_spec(SMALL_CIFAR, str(isolated / 'tfds'), 'tfds')
+    from_files = load_spec(SMALL_CIFAR, str(isolated / 'c'))
+    from_tfds = load_spec(SMALL_CIFAR, str(isolated / 'tfds'), 'tfds')
     np.testing.assert_array_equal(from_files.val.images, from_tfds.val.images)
     with pytest.raises(data.DataError, match='has 20 examples, expected 50000'):
         data.load('cifar10', data_dir=str(isolated / 'tfds'), source='tfds')
