@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dps_jax import config as config_lib
 from dps_jax import data, network as network_lib, optim, precision
 
 
@@ -59,6 +60,9 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
     data.from_arrays) to use instead of config.dataset.
     """
     if dataset is None:
+        if config.dataset.startswith(config_lib.ARRAYS_PREFIX):
+            raise data.DataError(f'config.dataset={config.dataset!r} names a Dataset object given to the Python API; '
+                                 f'give it again (dps_jax.run_study(config, workdir, dataset=...))')
         dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
     example_shape = tuple(dataset.train.images.shape[1:])
     module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes)

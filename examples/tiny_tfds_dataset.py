@@ -139,3 +139,26 @@ def prepare_tiny_image_dataset(data_dir: str, name: str = DEFAULT_NAME, num_trai
     builder = builder_class(name)(data_dir=str(data_dir), config=config, file_format='array_record')
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return f'tfds:{name}/{config.name}'
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python examples/tiny_tfds_dataset.py DATA_DIR [--image_shape 8,8,1] [--num_classes 4] ...: prepares
+    the dataset in DATA_DIR and prints its dps_jax dataset string."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument('data_dir')
+    parser.add_argument('--image_shape', default='8,8,1', help='H,W,C')
+    parser.add_argument('--num_classes', type=int, default=4)
+    parser.add_argument('--num_train', type=int, default=1024)
+    parser.add_argument('--num_test', type=int, default=256)
+    parser.add_argument('--noise', type=float, default=0.2)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    tfds.disable_progress_bar()
+    print(prepare_tiny_image_dataset(args.data_dir, num_train=args.num_train, num_test=args.num_test,
+                                     image_shape=tuple(int(size) for size in args.image_shape.split(',')),
+                                     num_classes=args.num_classes, noise=args.noise, seed=args.seed))
+
+
+if __name__ == '__main__':
+    main()
