@@ -42,8 +42,19 @@ def _save(figure: Figure, path_stem: str, formats: Sequence[str]) -> list[str]:
     return paths
 
 
+def _short_name(value: Any) -> str:
+    """A config's dataset or model as a title shows it: 'arrays:stripes#d6af..' -> 'stripes',
+    'python:__main__.TinyNet#d14f..' -> 'TinyNet', 'examples/net.py:Net' -> 'Net'."""
+    text = str(value)
+    if text.startswith(('arrays:', 'python:')):
+        return text.split(':', 1)[1].split('#')[0].rsplit('.', 1)[-1]
+    if not text.startswith('tfds:') and ':' in text:
+        return text.rsplit(':', 1)[1]
+    return text
+
+
 def _study_title(config: Mapping[str, Any]) -> str:
-    parts = [str(config[key]) for key in ('dataset', 'model', 'optimizer') if config.get(key) is not None]
+    parts = [_short_name(config[key]) for key in ('dataset', 'model', 'optimizer') if config.get(key) is not None]
     goal = config.get('goal_error')
     title = ' / '.join(parts) if parts else 'study'
     return title if goal is None else f'{title} (goal error {goal:g})'

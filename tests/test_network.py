@@ -204,3 +204,27 @@ def test_batchnorm_dropout_trials_vmapped_equal_each_trial_run_alone():
     for param, keep in zip(jax.tree.leaves(final.params), jax.tree.leaves(final.mask)):
         assert np.all(np.asarray(param)[~np.asarray(keep)] == 0)
     assert not np.allclose(final.model_state['batch_stats']['norm']['var'], 1.0)
+
+
+def test_a_batchnorm_dropout_cell_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+    """The statistics and dropout keys are part of the checkpointed trial state."""
+    from dps_jax import checkpoints
+
+    net = network.from_module(BatchNormNet(dropout_rate=0.3), (6,))
+    tx = optim.make_optimizer('sgd')
+    rates = np.array([0.2, 0.05, 0.01, 0.5])
+    init_trial = trial.make_init_trial(net, tx, (6,), pruning='random', sparsity=0.3)
+    trials = engine.init_trials(init_trial, np.arange(4), {'learning_rate': rates}, IMAGES[:500], LABELS[:500])
+    settings = dict(train_step=trial.make_train_step(net, tx), val_error=trial.make_val_error_count(net, 50),
+                    train_images=IMAGES[:500], train_labels=LABELS[:500], val_images=IMAGES[500:],
+                    val_labels=LABELS[500:], batch_size=8, goal_error=0.1, max_steps=120, check_every=10,
+                    until='all')
+    uninterrupted = engine.run_cell(trials, **settings)
+    saved = lambda lines: checkpoints.CellCheckpoints(str(tmp_path), 1, identity={'cell': 'bn'}, log=lines.append)
+    engine.run_cell(trials, checkpoints=saved([]), **settings)  # leaves its last two checkpoints, as a kill would
+    lines = []
+    resumed = engine.run_cell(trials, checkpoints=saved(lines), log=lines.append, **settings)
+    assert any('resumed from checkpoint at step' in line for line in lines), lines
+    for field in ('status', 'steps_to_result', 'steps', 'best_val_error', 'last_val_error'):
+        np.testing.assert_array_equal(getattr(resumed, field), getattr(uninterrupted, field), err_msg=field)
+    assert len(set(uninterrupted.steps.tolist())) > 1  # trials ended at different steps: the test can tell

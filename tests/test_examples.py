@@ -1,0 +1,88 @@
+"""The examples run as a user runs them: a user model from a file path on `tfds:` data through launch.py
+and through the Python API (the same store), and the notebook-style script."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.tiny_tfds import prepare_tiny_image_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(workdir, data_dir, *extra):
+    return subprocess.run([sys.executable, 'launch.py', '--config=examples/bn_net_tfds.py',
+                           f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp('tfds')
+    # The dataset examples/bn_net_tfds.py names.
+    assert prepare_tiny_image_dataset(str(data_dir), noise=0.4) == 'tfds:dps_tiny_shapes/h8_w8_c1_k4_n1024_t256_z40_s0'
+    return data_dir
+
+
+@pytest.fixture(scope='module')
+def launched_store(tiny_tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('bn_net')
+    run = launch(workdir, tiny_tfds_dir)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return workdir, run.stdout
+
+
+def test_a_user_model_on_tfds_data_runs_from_a_config_and_resumes(launched_store, tiny_tfds_dir):
+    workdir, output = launched_store
+    assert 'tfds:dps_tiny_shapes/h8_w8_c1_k4_n1024_t256_z40_s0: train 922, val 102, test 256' in output
+    assert 'steps to result (goal validation error 0.1)' in output
+    for name in ('summary.csv', 'analysis.json', 'plan.json', 'provenance.json', 'figures/steps_vs_batch.png',
+                 'cells/0.8_16/trials.jsonl', 'figures/trials/0.8_16.png'):
+        assert (workdir / name).is_file(), name
+    rows = (workdir / 'summary.csv').read_text().splitlines()
+    assert len(rows) == 7 and all(row.split(',')[2] for row in rows[1:])  # every cell reached the goal
+    again = launch(workdir, tiny_tfds_dir)
+    assert again.returncode == 0 and '6 cells, 6 already finished, 0 to run' in again.stdout, again.stdout[-2000:]
+
+
+def test_the_python_api_writes_the_same_store_as_launch(launched_store, tiny_tfds_dir, tmp_path, monkeypatch):
+    import dps_jax
+    sys.path.insert(0, os.path.join(ROOT, 'examples'))
+    try:
+        import bn_net_tfds
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'examples'))
+    monkeypatch.chdir(ROOT)  # the config's model path is relative to the repository root
+    config = bn_net_tfds.get_config()
+    config.data_dir = str(tiny_tfds_dir)
+    study = dps_jax.run_study(config, str(tmp_path), log=None)
+    launched, _ = launched_store
+    assert (tmp_path / 'summary.csv').read_text() == (launched / 'summary.csv').read_text()
+    for cell in ('0_4', '0.8_64'):
+        assert (tmp_path / 'cells' / cell / 'trials.jsonl').read_text() == (
+            launched / 'cells' / cell / 'trials.jsonl').read_text()
+    assert study.cells.keys() == dps_jax.load_results(str(launched)).cells.keys()
+    # In memory (no workdir), the same steps-to-result per cell.
+    config.sparsities, config.batch_sizes = (0.8,), (16,)
+    in_memory = dps_jax.run_study(config, log=None)
+    assert in_memory.cells[(0.8, 16)].summary['steps_to_result'] == study.cells[(0.8, 16)].summary['steps_to_result']
+
+
+def test_a_bad_model_path_is_one_line(tiny_tfds_dir, tmp_path):
+    run = launch(tmp_path, tiny_tfds_dir, '--config.model=examples/bn_net.py:NoSuchNet')
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1] == (
+        "launch.py: error: config.model='examples/bn_net.py:NoSuchNet': examples/bn_net.py has no attribute "
+        "'NoSuchNet'")
+
+
+def test_the_notebook_example_runs_a_cell_and_a_grid_and_draws_them(tmp_path):
+    run = subprocess.run([sys.executable, 'examples/notebook_cell.py', str(tmp_path)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert 'sparsity 0.5, batch 32: steps-to-result' in run.stdout
+    assert 'steps to result (goal validation error 0.1)' in run.stdout
+    for name in ('steps_vs_batch.png', 'steps_vs_batch.pdf', 'trials_0.5_32.png'):
+        assert (tmp_path / name).is_file(), name
