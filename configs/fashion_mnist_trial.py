@@ -9,11 +9,11 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
-    config.dataset = 'fashion_mnist'      # 'mnist' | 'fashion_mnist' | 'cifar10'
+    config.dataset = 'fashion_mnist'      # 'mnist' | 'fashion_mnist' | 'cifar10' | 'tfds:NAME[:SPLIT]'
     config.data_dir = ''                  # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
     config.data_source = 'files'          # 'files' (IDX .gz / CIFAR batches) | 'tfds' (prepared TFDS data)
     # Model and pruning at initialization.
-    config.model = 'simple_cnn'           # 'simple_cnn' | 'resnet8'
+    config.model = 'simple_cnn'           # 'simple_cnn' | 'resnet8' | 'package.module:attribute' | 'file.py:attribute'
     config.sparsity = 0.9                 # fraction of parameters pruned, in [0, 1)
     config.pruning = 'snip'               # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False     # False: weights and biases compete (as the reference)
