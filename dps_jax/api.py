@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import ml_collections
 import numpy as np
 
@@ -25,7 +26,6 @@ from dps_jax import analysis, compilation_cache, data, network, parallel, study,
 from dps_jax import config as config_lib
 
 Log = Callable[[str], None]
-ARRAYS_PREFIX = config_lib.ARRAYS_PREFIX
 
 
 def dataset_identity(dataset: data.Dataset) -> str:
@@ -36,14 +36,20 @@ def dataset_identity(dataset: data.Dataset) -> str:
             array = np.ascontiguousarray(array)
             digest.update(f'{array.dtype}{array.shape}'.encode())
             digest.update(array.data)
-    return f'{ARRAYS_PREFIX}{dataset.name}#{digest.hexdigest()[:12]}'
+    return f'{config_lib.ARRAYS_PREFIX}{dataset.name}#{digest.hexdigest()[:12]}'
 
 
 def resolved_config(config: ml_collections.ConfigDict, model: Any = None,
                     dataset: data.Dataset | None = None) -> ml_collections.ConfigDict:
-    """A copy of `config` whose model and dataset fields name the objects given (when given)."""
+    """A copy of `config` whose model and dataset fields name the objects given (when given); a
+    string model= is taken as config.model."""
     config = ml_collections.ConfigDict(config.to_dict())
-    if model is not None:
+    if isinstance(model, str):
+        config.model = model
+    elif model is not None:
+        if not isinstance(model, nn.Module):
+            raise config_lib.ConfigError(f'model= must be a flax Module instance (e.g. MyNet(10)) or a config.model '
+                                         f'string, got {model!r}')
         config.model = network.module_identity(model)
     if dataset is not None:
         if not isinstance(dataset, data.Dataset):
@@ -66,11 +72,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | None = None, *, 
     log = log or (lambda line: None)
     config = resolved_config(config, model, dataset)
     if workdir is not None:
-        study.run(config, workdir, log, model=model, dataset=dataset)
+        study.run(config, workdir, log, model=None if isinstance(model, str) else model, dataset=dataset)
         if config.plan_only or not parallel.is_main_process():
             return None
         return analysis.load_study(workdir)
     config_lib.validate_study_config(config)
+    if config.plan_only:
+        raise config_lib.ConfigError('config.plan_only=True writes DIR/plan.json: give run_study a workdir')
     cells = study.grid_cells(config)
     context = _context(config, model, dataset, [sparsity for sparsity, _ in cells], log)
     finished = {}
@@ -103,8 +111,9 @@ def load_results(workdir: str) -> analysis.Study:
 def _context(config: ml_collections.ConfigDict, model: Any, dataset: data.Dataset | None, sparsities: Sequence[float],
              log: Log) -> study.CellContext:
     compilation_cache.use_compilation_cache(config.compilation_cache_dir)
-    work = workload.load_workload(config, model, dataset)
+    work = workload.load_workload(config, None if isinstance(model, str) else model, dataset)
     config_lib.validate_study_config(config, work.num_train_examples)
+    study.check_measurable(config, work)
     log(data.describe(work.dataset))
     return study.cell_context(config, work, sparsities, study.study_mesh(config), log)
 

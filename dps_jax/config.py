@@ -53,7 +53,9 @@ def require_float(config: Any, field: str, low: float, high: float, *, low_open:
     return value
 
 
-ARRAYS_PREFIX = 'arrays:'  # config.dataset of a Dataset object given to the Python API (dps_jax.api)
+# How a stored config names objects given to the Python API (dps_jax.api) instead of config fields.
+ARRAYS_PREFIX = 'arrays:'  # config.dataset of a Dataset object: 'arrays:<name>#<digest of its arrays>'
+OBJECT_PREFIX = 'python:'  # config.model of a flax Module object: 'python:<class>#<digest>' (network.py)
 
 
 def _require_dataset(config: Any) -> str:
@@ -74,7 +76,7 @@ def _require_model(config: Any) -> str:
     from dps_jax import models, network
     value = _get(config, 'model')
     if not isinstance(value, str) or not (value in models.MODELS or network.is_import_path(value)
-                                          or value.startswith(network.OBJECT_PREFIX)):
+                                          or value.startswith(OBJECT_PREFIX)):
         raise ConfigError(f"config.model={value!r} is not accepted; choose one of: {', '.join(models.MODELS)}, or an "
                           f"import path 'package.module:attribute' or 'path/to/file.py:attribute'")
     return value
@@ -176,13 +178,18 @@ def base_study_config():
     config = ml_collections.ConfigDict()
     # --- Data.
     config.dataset = 'fashion_mnist'    # 'mnist' | 'fashion_mnist' | 'cifar10' | 'tfds:NAME[:SPLIT]' (a prepared
-                                        # TFDS image dataset, e.g. 'tfds:cifar10:train[:50%]'; data_dir = TFDS data dir)
+                                        # TFDS image dataset, e.g. 'tfds:cifar10:train[:50%]'; data_dir = its data dir);
+                                        # a store made by dps_jax.run_study(dataset=...) holds 'arrays:<name>#<digest>'
     config.data_dir = ''                # '' searches $DPS_DATA_DIR, then /usr/share/datasets/<name>
     config.data_source = 'files'        # built-in names: 'files' (IDX .gz / CIFAR-10 batches) | 'tfds' (TFDS copy)
     # --- Model and pruning at initialization.
     config.model = 'simple_cnn'         # 'simple_cnn' | 'resnet8' | 'package.module:attribute' | 'file.py:attribute':
                                         # a flax Module class or function called with the number of classes, or a
-                                        # Module (README, "Your own workload"; dps_jax/network.py)
+                                        # Module. Its __call__ may take `train`/`training` (True in training steps)
+                                        # or `deterministic` (True in evaluation); BatchNorm statistics are kept
+                                        # per trial, dropout uses the 'dropout' stream. A store made by
+                                        # dps_jax.run_study(model=...) holds 'python:<class>#<digest>'
+                                        # (README, "Your own workload"; dps_jax/network.py)
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
     config.snip_batch_size = 100        # SNIP sums mask gradients over the whole split in batches of this

@@ -188,7 +188,8 @@ def cell_programs(train_step, val_error, batch_size: int, check_every: int,
             body, (states, order, finite, states.params), None, length=check_every)
         # The losses are taken before each update, so a step that breaks the weights at the end
         # of the chunk shows only in the weights themselves.
-        return states, order, finite & jax.vmap(trial.all_finite)(states.params), previous
+        # The mutable collections too: a BatchNorm variance gone to inf breaks evaluation, not the loss.
+        return states, order, finite & jax.vmap(trial.all_finite)((states.params, states.model_state)), previous
 
     evaluate = jax.vmap(val_error, in_axes=(0, None, None))
     # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.

@@ -48,21 +48,25 @@ def prunable_tree(params: Any, kernels_only: bool = False) -> Any:
 
 
 def mask_gradient_sum(apply_fn: ApplyFn, params: Any, images: jax.Array, labels: jax.Array,
-                      batch_size: int = 100) -> Any:
+                      batch_size: int = 100, dropout_key: jax.Array | None = None) -> Any:
     """Sum over batches of d(mean cross-entropy of the network with weights params * c)/dc at c = 1.
 
     images (n, H, W, C) and labels (n,) are a whole split; a last partial batch is its own mean.
     The result is a pytree like params; analytically it equals sum over batches of g * w.
+    With a dropout_key, apply_fn takes (params, images, key) and batch i gets fold_in(key, i), so
+    a network with dropout draws a fresh mask per batch, as in training.
     """
     num_examples = images.shape[0]
     if num_examples == 0:
         raise ValueError('SNIP needs at least one training example')
     ones = jax.tree.map(jnp.ones_like, params)
 
-    def batch_mask_gradient(batch_images, batch_labels):
+    def batch_mask_gradient(batch_images, batch_labels, batch_index):
         def loss_of_mask(mask):
             masked = jax.tree.map(jnp.multiply, params, mask)
-            return losses.cross_entropy(apply_fn(masked, batch_images), batch_labels)
+            logits = (apply_fn(masked, batch_images) if dropout_key is None
+                      else apply_fn(masked, batch_images, jax.random.fold_in(dropout_key, batch_index)))
+            return losses.cross_entropy(logits, batch_labels)
         return jax.grad(loss_of_mask)(ones)
 
     num_full = num_examples // batch_size
@@ -74,17 +78,18 @@ def mask_gradient_sum(apply_fn: ApplyFn, params: Any, images: jax.Array, labels:
         def accumulate(running, batch):
             return jax.tree.map(jnp.add, running, batch_mask_gradient(*batch)), None
 
-        total, _ = jax.lax.scan(accumulate, total, (full_images, full_labels))
+        total, _ = jax.lax.scan(accumulate, total, (full_images, full_labels, jnp.arange(num_full)))
     if num_examples % batch_size:
-        rest = batch_mask_gradient(images[num_full * batch_size:], labels[num_full * batch_size:])
+        rest = batch_mask_gradient(images[num_full * batch_size:], labels[num_full * batch_size:], num_full)
         total = jax.tree.map(jnp.add, total, rest)
     return total
 
 
 def snip_scores(apply_fn: ApplyFn, params: Any, images: jax.Array, labels: jax.Array,
-                batch_size: int = 100) -> Any:
-    """|summed mask gradient| normalized to sum 1 over all parameters (pytree like params)."""
-    magnitude = jax.tree.map(jnp.abs, mask_gradient_sum(apply_fn, params, images, labels, batch_size))
+                batch_size: int = 100, dropout_key: jax.Array | None = None) -> Any:
+    """|summed mask gradient| normalized to sum 1 over all parameters (pytree like params);
+    dropout_key as in mask_gradient_sum."""
+    magnitude = jax.tree.map(jnp.abs, mask_gradient_sum(apply_fn, params, images, labels, batch_size, dropout_key))
     total = sum(jnp.sum(leaf) for leaf in jax.tree.leaves(magnitude))
     # An all-zero gradient (e.g. a dead network) would divide by zero; ranking is unchanged.
     total = jnp.where(total > 0, total, 1.0)
@@ -138,15 +143,15 @@ def magnitude_mask(params: Any, sparsity: float, kernels_only: bool = False) -> 
 
 def pruning_scores(method: str, *, key: jax.Array, params: Any, apply_fn: ApplyFn | None = None,
                    images: jax.Array | None = None, labels: jax.Array | None = None,
-                   batch_size: int = 100) -> Any:
+                   batch_size: int = 100, dropout_key: jax.Array | None = None) -> Any:
     """The per-entry scores a global top-k ranks (pytree like params); independent of sparsity,
-    so one computation serves every sparsity of a study."""
+    so one computation serves every sparsity of a study. dropout_key: see mask_gradient_sum."""
     if method not in METHODS:
         raise ValueError(f'unknown pruning method {method!r}; accepted: {", ".join(METHODS)}')
     if method == 'snip':
         if apply_fn is None or images is None or labels is None:
             raise ValueError("pruning method 'snip' needs apply_fn, images and labels")
-        return snip_scores(apply_fn, params, images, labels, batch_size)
+        return snip_scores(apply_fn, params, images, labels, batch_size, dropout_key)
     if method == 'random':
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(key, len(leaves))
@@ -165,7 +170,7 @@ def mask_from_scores(scores: Any, params: Any, sparsity: float, kernels_only: bo
 def make_mask(method: str, *, key: jax.Array, params: Any, sparsity: float,
               apply_fn: ApplyFn | None = None, images: jax.Array | None = None,
               labels: jax.Array | None = None, batch_size: int = 100,
-              kernels_only: bool = False) -> Any:
+              kernels_only: bool = False, dropout_key: jax.Array | None = None) -> Any:
     """The mask of `method` (one of METHODS) at `sparsity`; sparsity 0 keeps everything."""
     validate_sparsity(sparsity)
     if method not in METHODS:
@@ -173,7 +178,7 @@ def make_mask(method: str, *, key: jax.Array, params: Any, sparsity: float,
     if float(sparsity) == 0.0:
         return mask_from_scores(None, params, sparsity)
     scores = pruning_scores(method, key=key, params=params, apply_fn=apply_fn, images=images,
-                            labels=labels, batch_size=batch_size)
+                            labels=labels, batch_size=batch_size, dropout_key=dropout_key)
     return mask_from_scores(scores, params, sparsity, kernels_only)
 
 

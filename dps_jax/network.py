@@ -14,11 +14,13 @@ one without such an argument is called with the images only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -27,11 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from dps_jax import models, precision
+from dps_jax import config as config_lib
 from dps_jax.config import ConfigError
 
 MODE_ARGUMENTS = ('train', 'training', 'deterministic')  # how a __call__ may take the mode
 DROPOUT_STREAM = 'dropout'
-OBJECT_PREFIX = 'python:'  # config.model of a Module object given to the Python API
+OBJECT_PREFIX = config_lib.OBJECT_PREFIX  # config.model of a Module object given to the Python API
 
 
 class ModelError(ConfigError):
@@ -87,7 +90,11 @@ def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str |
     argument = mode_argument(module)
     is_flax = isinstance(module, nn.Module)
     dummy = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
-    shapes = jax.eval_shape(lambda key: module.init(key, dummy, **_mode(argument, False)), jax.random.PRNGKey(0))
+    try:
+        shapes = jax.eval_shape(lambda key: module.init(key, dummy, **_mode(argument, False)), jax.random.PRNGKey(0))
+    except Exception as error:
+        raise ModelError(f'model {describe_module(module)} fails on images of shape {tuple(example_shape)}: '
+                         f'{_first_line(error)}') from None
     if 'params' not in shapes:
         raise ModelError(f'{describe_module(module)} has no parameters')
     collections = tuple(sorted(name for name in shapes if name != 'params'))
@@ -120,13 +127,26 @@ def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str |
 
 def describe_module(module: Any) -> str:
     """A short name of a Module object: its class."""
-    return type(module).__qualname__
+    return type(module).__name__
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'
 
 
 def module_identity(module: nn.Module) -> str:
-    """A stable text naming a Module object for a study's config: class and a digest of its fields."""
-    digest = hashlib.sha1(repr(module).encode()).hexdigest()[:12]
-    return f'{OBJECT_PREFIX}{type(module).__module__}.{type(module).__qualname__}#{digest}'
+    """A text naming a Module object in a study's config: 'python:<class>#<digest>' of the class's
+    source code (when Python has it) and its fields as printed, memory addresses removed. Two
+    objects of one class that differ only in what prints alike (e.g. two initializers, which print
+    by name) are the same to it."""
+    try:
+        source = inspect.getsource(type(module))
+    except (OSError, TypeError):
+        source = ''
+    fields = re.sub(r' at 0x[0-9a-fA-F]+', '', repr(module))
+    digest = hashlib.sha1((source + fields).encode()).hexdigest()[:12]
+    return f'{OBJECT_PREFIX}{type(module).__name__}#{digest}'
 
 
 def is_import_path(model: str) -> bool:
@@ -135,32 +155,43 @@ def is_import_path(model: str) -> bool:
     return bool(where) and attribute.isidentifier()
 
 
+@contextlib.contextmanager
+def _on_path(folder: str):
+    """`folder` at the front of sys.path for the duration (so a model file imports its neighbours)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
 def _import(where: str, model: str):
+    """The Python module of an import path's left part: a file (loaded afresh, so an edited file is
+    read again) or a dotted module name (looked up from the working directory too, as `python -c`
+    would: launch.py's own sys.path starts at its folder)."""
     if where.endswith('.py'):
         path = os.path.abspath(where)
         if not os.path.isfile(path):
             raise ModelError(f'config.model={model!r}: no file {path}')
         name = 'dps_jax_user_model_' + hashlib.sha1(path.encode()).hexdigest()[:12]
-        if name in sys.modules:
-            return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[name] = module  # flax and dataclasses look a class's module up while it is made
         try:
-            spec.loader.exec_module(module)
+            with _on_path(os.path.dirname(path)):
+                spec.loader.exec_module(module)
         except Exception as error:
             del sys.modules[name]
-            raise ModelError(f'config.model={model!r}: importing {path} failed: '
-                             f'{type(error).__name__}: {error}') from None
+            raise ModelError(f'config.model={model!r}: importing {path} failed: {_first_line(error)}') from None
         return module
-    if os.getcwd() not in sys.path and '' not in sys.path:
-        # launch.py's sys.path starts at its own folder: a user's package beside the working
-        # directory should import as it does in `python -c`.
-        sys.path.append(os.getcwd())
     try:
-        return importlib.import_module(where)
+        with _on_path(os.getcwd()):
+            return importlib.import_module(where)
     except Exception as error:
-        raise ModelError(f'config.model={model!r}: cannot import {where!r}: {type(error).__name__}: {error}') from None
+        raise ModelError(f'config.model={model!r}: cannot import {where!r}: {_first_line(error)}') from None
 
 
 def resolve_module(model: Any, num_classes: int) -> nn.Module:
@@ -190,8 +221,7 @@ def resolve_module(model: Any, num_classes: int) -> nn.Module:
     try:
         module = found(num_classes)
     except Exception as error:
-        raise ModelError(f'config.model={model!r}: {attribute}({num_classes}) failed: '
-                         f'{type(error).__name__}: {error}') from None
+        raise ModelError(f'config.model={model!r}: {attribute}({num_classes}) failed: {_first_line(error)}') from None
     if not isinstance(module, nn.Module):
         raise ModelError(f'config.model={model!r}: {attribute}({num_classes}) returned a {type(module).__name__}, '
                          f'not a flax Module')
@@ -199,18 +229,21 @@ def resolve_module(model: Any, num_classes: int) -> nn.Module:
 
 
 def check_logits(network: Network, example_shape: tuple, num_classes: int, name: str) -> None:
-    """Raises ModelError unless the network maps (2, *example_shape) images to (2, num_classes) logits."""
+    """Raises ModelError unless the network maps (2, *example_shape) images to (2, num_classes) logits
+    in evaluation and in training (where it may draw only from the 'dropout' stream)."""
     images = jax.ShapeDtypeStruct((2,) + tuple(example_shape), jnp.float32)
 
     def logits_of(key, images):
         params, model_state = network.init(key, example_shape)
-        return network.eval_apply(params, model_state, images)
+        return (network.eval_apply(params, model_state, images),
+                network.train_apply(params, model_state, images, key)[0])
 
     try:
-        logits = jax.eval_shape(logits_of, jax.random.PRNGKey(0), images)
+        logits, trained = jax.eval_shape(logits_of, jax.random.PRNGKey(0), images)
     except Exception as error:
         raise ModelError(f'model {name} fails on images of shape {tuple(example_shape)}: '
-                         f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}') from None
-    if logits.shape != (2, num_classes):
-        raise ModelError(f'model {name} gives outputs of shape {logits.shape[1:]} per example; the dataset has '
-                         f'{num_classes} classes, so logits must have shape ({num_classes},)')
+                         f'{_first_line(error)}') from None
+    for shape in (logits.shape, trained.shape):
+        if shape != (2, num_classes):
+            raise ModelError(f'model {name} gives outputs of shape {shape[1:]} per example; the dataset has '
+                             f'{num_classes} classes, so logits must have shape ({num_classes},)')

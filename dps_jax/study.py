@@ -350,8 +350,8 @@ class CellContext(NamedTuple):
 
 def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, sparsities, mesh=None,
                  log: Callable[[str], None] = print) -> CellContext:
-    """Initializes every trial and, when a sparsity > 0 is among `sparsities`, its pruning scores."""
-    check_measurable(config, work)
+    """Initializes every trial and, when a sparsity > 0 is among `sparsities`, its pruning scores
+    (the config was checked against the workload: validate_study_config, check_measurable)."""
     network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
     num_trials = config.num_trials
     train_step = trial.make_train_step(network, optimizer)
@@ -372,8 +372,8 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
             params, model_state, seed = args
             mask_key = trial.trial_keys(seed)[1]
             return masks.pruning_scores(config.pruning, key=mask_key, params=params,
-                                        apply_fn=trial.scoring_apply(network, model_state, mask_key),
-                                        images=images, labels=labels, batch_size=config.snip_batch_size)
+                                        apply_fn=trial.scoring_apply(network, model_state), images=images,
+                                        labels=labels, batch_size=config.snip_batch_size, dropout_key=mask_key)
 
         scores = jax.jit(lambda params, model_state, seeds: jax.lax.map(
             score_one, (params, model_state, seeds), batch_size=engine.default_trials_at_once(num_trials)))(
@@ -382,10 +382,9 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
         log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
     # The estimators set their own precision (precision.ESTIMATOR_PRECISION): a network without one.
-    measurements = None
-    if config.lipschitz_every or config.noise_scale_every:
-        unset = work.network_at(None)
-        measurements = smoothness_measurements(config, lambda params, images: unset.eval_apply(params, {}, images))
+    unset = work.network_at(None)
+    measurements = smoothness_measurements(config, lambda params, images: unset.eval_apply(params, {}, images))
+    if measurements is not None:
         examples = config.lipschitz_examples or work.train_images.shape[0]
         log('measuring every live trial: ' + ', '.join(
             ([f'L every {config.lipschitz_every} steps (10 gradients over {examples:,d} examples each)']

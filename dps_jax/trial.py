@@ -21,6 +21,7 @@ from dps_jax.ledger import RUNNING, STATUSES, Ledger, Rule
 from dps_jax.ledger import error_rate, max_errors_at_goal, reached_goal  # noqa: F401
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
+DROPOUT_KEY_TAG = 0x64726F70  # 'drop': folded into the seed's key for the trial's dropout key
 # What the step and evaluation builders take: a dps_jax.network.Network, or a plain ApplyFn for a
 # network without state or dropout.
 NetworkLike = Union[network_lib.Network, ApplyFn]
@@ -222,8 +223,9 @@ def trial_keys(seed) -> tuple[jax.Array, jax.Array]:
 
 
 def dropout_key(seed) -> jax.Array:
-    """The trial's dropout key (uint32[2]); independent of its initialization and mask keys."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    """The trial's dropout key (uint32[2]); not its initialization or mask key (a plain fold_in(key, 1)
+    would equal the mask key where threefry is partitionable)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_KEY_TAG)
 
 
 def init_params(model, example_shape: tuple, seed) -> Any:
@@ -236,11 +238,12 @@ def init_variables(network: network_lib.Network, example_shape: tuple, seed) -> 
     return network.init(trial_keys(seed)[0], example_shape)
 
 
-def scoring_apply(network: NetworkLike, model_state: Any, key: jax.Array | None) -> ApplyFn:
-    """(params, images) -> logits for pruning scores: the network at initialization in training
-    mode (BatchNorm on batch statistics, updates discarded; dropout from `key`)."""
+def scoring_apply(network: NetworkLike, model_state: Any) -> Callable:
+    """(params, images, key) -> logits for pruning scores: the network at initialization in training
+    mode, as common SNIP implementations score it (BatchNorm on the batch's statistics, their updates
+    discarded; dropout drawn from `key`, which masks.mask_gradient_sum folds with the batch index)."""
     network = network_lib.as_network(network)
-    return lambda params, images: network.train_apply(params, model_state, images, key)[0]
+    return lambda params, images, key: network.train_apply(params, model_state, images, key)[0]
 
 
 def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters, model_state: Any = None,
@@ -257,8 +260,8 @@ def make_init_trial(network, optimizer, example_shape: tuple, *, pruning: str, s
     """init_trial(seed, hyperparameters, train_images, train_labels) -> TrainState, for ONE trial.
 
     `network`: a dps_jax.network.Network, or a flax Module (run at the ambient matmul precision).
-    The seed draws the initialization, the dropout key and, for random pruning, the mask; SNIP
-    uses the whole training split given (see scoring_apply). vmap it over seeds and
+    The seed draws the initialization, the dropout key and the mask key (random pruning's scores;
+    SNIP's dropout, see scoring_apply); SNIP uses the whole training split given. vmap it over seeds and
     hyperparameters for N trials.
     """
     if not isinstance(network, network_lib.Network):
@@ -268,8 +271,9 @@ def make_init_trial(network, optimizer, example_shape: tuple, *, pruning: str, s
         params, model_state = init_variables(network, example_shape, seed)
         mask_key = trial_keys(seed)[1]
         mask = masks.make_mask(pruning, key=mask_key, params=params, sparsity=sparsity,
-                               apply_fn=scoring_apply(network, model_state, mask_key), images=train_images,
-                               labels=train_labels, batch_size=snip_batch_size, kernels_only=kernels_only)
+                               apply_fn=scoring_apply(network, model_state), images=train_images,
+                               labels=train_labels, batch_size=snip_batch_size, kernels_only=kernels_only,
+                               dropout_key=mask_key)
         return new_trial_state(params, mask, optimizer, hyperparameters, model_state, dropout_key(seed))
 
     return init_trial
@@ -307,7 +311,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         # in the weights.
         errors, finite, last_loss = jax.device_get((
             evaluate(state, val_images, val_labels),
-            jnp.all(jnp.isfinite(metrics.loss)) & all_finite(state.params), metrics.loss[-1]))
+            jnp.all(jnp.isfinite(metrics.loss)) & all_finite((state.params, state.model_state)), metrics.loss[-1]))
         ledger = ledger.after_check(only, np.reshape(errors, 1), np.reshape(finite, 1), steps, rule)
         error, last_loss = float(ledger.last_val_error[0]), float(last_loss)
         history.append((steps, error, last_loss))

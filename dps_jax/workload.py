@@ -66,8 +66,7 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
         dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
     example_shape = tuple(dataset.train.images.shape[1:])
     module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes)
-    name = network_lib.describe_module(module) if model is not None or not isinstance(config.model, str) \
-        else repr(config.model)
+    name = network_lib.describe_module(module) if model is not None else repr(config.model)
     network = network_lib.from_module(module, example_shape, config.matmul_precision)
     network_lib.check_logits(network, example_shape, dataset.num_classes, name)
     return Workload(

@@ -64,10 +64,25 @@ def test_the_python_api_writes_the_same_store_as_launch(launched_store, tiny_tfd
         assert (tmp_path / 'cells' / cell / 'trials.jsonl').read_text() == (
             launched / 'cells' / cell / 'trials.jsonl').read_text()
     assert study.cells.keys() == dps_jax.load_results(str(launched)).cells.keys()
-    # In memory (no workdir), the same steps-to-result per cell.
+    # In memory (no workdir): the same records and summary as the store's (but the wall time).
     config.sparsities, config.batch_sizes = (0.8,), (16,)
-    in_memory = dps_jax.run_study(config, log=None)
-    assert in_memory.cells[(0.8, 16)].summary['steps_to_result'] == study.cells[(0.8, 16)].summary['steps_to_result']
+    cell = dps_jax.run_study(config, log=None).cells[(0.8, 16)]
+    stored = study.cells[(0.8, 16)]
+    assert cell.trials == stored.trials
+    without_time = lambda summary: {key: value for key, value in summary.items() if key != 'wall_seconds'}
+    assert without_time(cell.summary) == without_time(stored.summary)
+
+
+def test_the_python_api_refuses_what_it_cannot_record():
+    import dps_jax
+    config = dps_jax.base_study_config()
+    with pytest.raises(dps_jax.ConfigError, match=r'model= must be a flax Module instance \(e.g. MyNet\(10\)\)'):
+        dps_jax.run_cell(config, 0.0, 8, model=dict)
+    with pytest.raises(dps_jax.ConfigError, match='dataset must be a dps_jax.data.Dataset'):
+        dps_jax.run_cell(config, 0.0, 8, dataset=(1, 2))
+    config.plan_only = True
+    with pytest.raises(dps_jax.ConfigError, match='give run_study a workdir'):
+        dps_jax.run_study(config)
 
 
 def test_a_bad_model_path_is_one_line(tiny_tfds_dir, tmp_path):

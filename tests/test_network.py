@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dps_jax import config as config_lib
-from dps_jax import engine, models, network, optim, trial
+from dps_jax import engine, masks, models, network, optim, trial
 
 RNG = np.random.default_rng(11)
 
@@ -99,6 +99,37 @@ def test_logits_of_the_wrong_width_are_refused_by_name():
         network.check_logits(net, (6,), 3, 'BatchNormNet')
 
 
+def test_a_model_that_fails_on_the_data_or_draws_another_random_stream_is_one_line():
+    class Reshaping(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape((x.shape[0], 7, -1, 5)).sum((1, 2)))
+
+    with pytest.raises(network.ModelError, match=r'^model Reshaping fails on images of shape \(6,\): TypeError: '):
+        network.from_module(Reshaping(), (6,))
+
+    class Noisy(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            if train:
+                x = x + jax.random.normal(self.make_rng('noise'), x.shape)
+            return nn.Dense(3)(x)
+
+    with pytest.raises(network.ModelError, match=r"^model Noisy fails on images of shape \(6,\): .*noise"):
+        network.check_logits(network.from_module(Noisy(), (6,)), (6,), 3, 'Noisy')
+
+
+def test_a_model_file_imports_its_neighbours_and_is_read_afresh(tmp_path):
+    (tmp_path / 'layers.py').write_text('WIDTH = 4\n')
+    model_file = tmp_path / 'net.py'
+    source = 'import flax.linen as nn\nimport layers\n\ndef make(num_classes):\n    return nn.Dense({})\n'
+    model_file.write_text(source.format('layers.WIDTH'))
+    assert network.resolve_module(f'{model_file}:make', 3).features == 4
+    assert str(tmp_path) not in __import__('sys').path  # the folder was on the path for the import only
+    model_file.write_text(source.format('num_classes * 5'))
+    assert network.resolve_module(f'{model_file}:make', 3).features == 15
+
+
 def test_mutable_collections_need_a_mode_argument():
     class NoMode(nn.Module):
         @nn.compact
@@ -111,12 +142,40 @@ def test_mutable_collections_need_a_mode_argument():
 
 # --- Built-in models are unchanged ------------------------------------------------------------
 
-def test_built_in_networks_initialize_as_before_with_no_state():
+def test_built_in_networks_train_and_prune_bit_for_bit_as_a_plain_apply_function():
+    """The Module path (network.from_module) against the stateless (params, images) -> logits path
+    the built-in models used before networks had state: the same init, SNIP scores and steps."""
     model = models.SimpleCNN()
-    params, model_state = trial.init_variables(network.from_module(model, (28, 28, 1)), (28, 28, 1), 3)
+    shape = (28, 28, 1)
+    net = network.from_module(model, shape)
+    plain = lambda params, images: model.apply({'params': params}, images)
+    params, model_state = trial.init_variables(net, shape, 3)
     assert model_state == {}
-    expected = trial.init_params(model, (28, 28, 1), 3)
-    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    jax.tree.map(np.testing.assert_array_equal, params,
+                 model.init(trial.trial_keys(3)[0], jnp.zeros((1,) + shape))['params'])
+    images = jnp.asarray(RNG.normal(size=(24,) + shape), jnp.float32)
+    labels = jnp.asarray(RNG.integers(0, 10, size=24), jnp.int32)
+    mask_key = trial.trial_keys(3)[1]
+    scores = jax.jit(lambda p: masks.snip_scores(trial.scoring_apply(net, {}), p, images, labels, 8, mask_key))(params)
+    plain_scores = jax.jit(lambda p: masks.snip_scores(plain, p, images, labels, 8))(params)
+    jax.tree.map(np.testing.assert_array_equal, scores, plain_scores)
+    tx = optim.make_optimizer('momentum')
+    mask = masks.mask_from_scores(scores, params, 0.9)
+    state = trial.new_trial_state(params, mask, tx, {'learning_rate': 0.05, 'momentum': 0.9}, {}, trial.dropout_key(3))
+    stepped, plain_stepped = state, state._replace(dropout_key=None)
+    for step in range(3):
+        batch = (images[8 * step:8 * step + 8], labels[8 * step:8 * step + 8])
+        stepped, _ = jax.jit(trial.make_train_step(net, tx))(stepped, batch)
+        plain_stepped, _ = jax.jit(trial.make_train_step(plain, tx))(plain_stepped, batch)
+    jax.tree.map(np.testing.assert_array_equal, stepped.params, plain_stepped.params)
+
+
+def test_the_dropout_key_is_neither_the_initialization_nor_the_mask_key():
+    for seed in (0, 1, 4):
+        root = jax.random.PRNGKey(seed)
+        others = [*trial.trial_keys(seed), *jax.random.split(root, 8), jax.random.fold_in(root, 1)]
+        assert not any(np.array_equal(trial.dropout_key(seed), other) for other in others)
+    assert not np.array_equal(trial.dropout_key(4), trial.dropout_key(5))
 
 
 # --- BatchNorm and dropout against hand computations -------------------------------------------
@@ -173,7 +232,6 @@ def test_dropout_draws_from_the_trial_key_folded_with_the_step():
                                  rngs={'dropout': jax.random.fold_in(key, step)})
         loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(32), batch[1]])
         assert bool(jnp.isclose(loss, metrics.loss, rtol=1e-6)) == same
-    assert not np.array_equal(trial.dropout_key(4), trial.dropout_key(5))
 
 
 # --- The engine with state: vmapped trials equal trials run alone -------------------------------
