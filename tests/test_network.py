@@ -146,7 +146,7 @@ def test_built_in_networks_train_and_prune_bit_for_bit_as_a_plain_apply_function
     """The Module path (network.from_module) against the stateless (params, images) -> logits path
     the built-in models used before networks had state: the same init, SNIP scores and steps."""
     model = models.SimpleCNN()
-    shape = (28, 28, 1)
+    shape = (16, 16, 1)  # the smallest Simple-CNN takes: compiles fastest
     net = network.from_module(model, shape)
     plain = lambda params, images: model.apply({'params': params}, images)
     params, model_state = trial.init_variables(net, shape, 3)
@@ -163,10 +163,11 @@ def test_built_in_networks_train_and_prune_bit_for_bit_as_a_plain_apply_function
     mask = masks.mask_from_scores(scores, params, 0.9)
     state = trial.new_trial_state(params, mask, tx, {'learning_rate': 0.05, 'momentum': 0.9}, {}, trial.dropout_key(3))
     stepped, plain_stepped = state, state._replace(dropout_key=None)
-    for step in range(3):
-        batch = (images[8 * step:8 * step + 8], labels[8 * step:8 * step + 8])
-        stepped, _ = jax.jit(trial.make_train_step(net, tx))(stepped, batch)
-        plain_stepped, _ = jax.jit(trial.make_train_step(plain, tx))(plain_stepped, batch)
+    step, plain_step = jax.jit(trial.make_train_step(net, tx)), jax.jit(trial.make_train_step(plain, tx))
+    for index in range(3):
+        batch = (images[8 * index:8 * index + 8], labels[8 * index:8 * index + 8])
+        stepped, _ = step(stepped, batch)
+        plain_stepped, _ = plain_step(plain_stepped, batch)
     jax.tree.map(np.testing.assert_array_equal, stepped.params, plain_stepped.params)
 
 
@@ -241,15 +242,15 @@ def test_dropout_draws_from_the_trial_key_folded_with_the_step():
 def test_batchnorm_dropout_trials_vmapped_equal_each_trial_run_alone():
     net = network.from_module(BatchNormNet(dropout_rate=0.2), (6,))
     tx = optim.make_optimizer('momentum')
-    rates = np.array([0.3, 0.05, 1e30, 0.01])
+    rates = np.array([0.3, 1e30, 0.01])
     hyper = {'learning_rate': rates, 'momentum': np.full(len(rates), 0.5)}
     init_trial = trial.make_init_trial(net, tx, (6,), pruning='snip', sparsity=0.5, snip_batch_size=100)
     train, val = (IMAGES[:500], LABELS[:500]), (IMAGES[500:], LABELS[500:])
     trials = engine.init_trials(init_trial, np.arange(len(rates)), hyper, *train)
     settings = dict(train_step=trial.make_train_step(net, tx), val_error=trial.make_val_error_count(net, 32),
                     train_images=train[0], train_labels=train[1], val_images=val[0], val_labels=val[1],
-                    batch_size=16, goal_error=0.12, max_steps=200, check_every=10, data_seed=0)
-    result = engine.run_cell(trials, until='all', compaction=True, keep_final_state=True, **settings)
+                    batch_size=16, goal_error=0.12, max_steps=100, check_every=10, data_seed=0)
+    result = engine.run_cell(trials, until='all', compaction=False, keep_final_state=True, **settings)
     assert set(result.status_names()) >= {'reached', 'diverged'}
     for index, rate in enumerate(rates):
         single = jax.jit(init_trial)(index, {'learning_rate': rate, 'momentum': 0.5}, *train)
@@ -275,7 +276,7 @@ def test_a_batchnorm_dropout_cell_resumed_from_a_checkpoint_ends_as_the_uninterr
     trials = engine.init_trials(init_trial, np.arange(4), {'learning_rate': rates}, IMAGES[:500], LABELS[:500])
     settings = dict(train_step=trial.make_train_step(net, tx), val_error=trial.make_val_error_count(net, 50),
                     train_images=IMAGES[:500], train_labels=LABELS[:500], val_images=IMAGES[500:],
-                    val_labels=LABELS[500:], batch_size=8, goal_error=0.1, max_steps=120, check_every=10,
+                    val_labels=LABELS[500:], batch_size=8, goal_error=0.1, max_steps=80, check_every=10,
                     until='all')
     uninterrupted = engine.run_cell(trials, **settings)
     saved = lambda lines: checkpoints.CellCheckpoints(str(tmp_path), 1, identity={'cell': 'bn'}, log=lines.append)
