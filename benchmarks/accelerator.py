@@ -96,18 +96,22 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
     jax.block_until_ready(trials)
     print(f'  SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
           flush=True)
-    for until in ('first', 'all'):
+    # dispatch_ahead=None is the engine's default (on for accelerators); 'all' also runs without it.
+    for until, ahead in (('first', None), ('all', None), ('all', False)):
         run = lambda: engine.run_cell(
             trials, train_step=trial.make_train_step(apply_fn, optimizer),
             val_error=trial.make_val_error_count(apply_fn, max(50, 8192 // num_trials)),
             train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
-            batch_size=64, goal_error=0.15, max_steps=max_steps, check_every=100, until=until)
+            batch_size=64, goal_error=0.15, max_steps=max_steps, check_every=100, until=until,
+            dispatch_ahead=ahead)
         run()  # compiles every bucket's programs
         result = run()
         rate = result.trial_steps_computed / result.wall_seconds
         bare = result.trial_steps_computed / bare_rate
-        print(f'| real cell, until={until!r} | {result.wall_seconds:.1f} s | {rate:,.0f} trial-steps/s | '
-              f'steps-to-result {result.min_steps_to_result} | {result.trial_steps_computed:,d} trial-steps | '
+        mode = 'default' if ahead is None else ('on' if ahead else 'off')
+        print(f'| real cell, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
+              f'{rate:,.0f} trial-steps/s | steps-to-result {result.min_steps_to_result} | '
+              f'{result.trial_steps_computed:,d} trial-steps | '
               f'not bare chunks: {max(0.0, 1 - bare / result.wall_seconds):.0%} of the wall time |', flush=True)
 
 

@@ -355,13 +355,21 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
     num_trials = config.num_trials
     train_step = trial.make_train_step(network, optimizer)
-    # ~1,600 rows per vmapped matmul was fastest on XLA:CPU (16 trials x 100: 70 GFLOP/s, x 1000: 47).
-    eval_chunk = config.eval_chunk_size or int(np.clip(1600 // num_trials, 25, 1000))
-    val_error = trial.make_val_error_count(network, eval_chunk)
-
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)
     dropout_keys = jax.jit(jax.vmap(trial.dropout_key))(seeds)
+    eval_chunk = config.eval_chunk_size
+    if not eval_chunk:
+        backend, per_example = jax.default_backend(), None
+        if backend != 'cpu':
+            one = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[0], params),
+                                        jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
+                                        {name: column[0] for name, column in trial_metaparameters(config).items()},
+                                        jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
+            per_example = engine.train_bytes_per_example(train_step, one, example_shape)
+        eval_chunk = engine.eval_chunk_size(num_trials, int(work.val_images.shape[0]), backend, per_example,
+                                            engine.default_memory_bytes(config.memory_fraction))
+    val_error = trial.make_val_error_count(network, eval_chunk)
     scores = None
     if any(sparsity > 0 for sparsity in sparsities):
         started = time.perf_counter()

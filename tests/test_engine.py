@@ -1,5 +1,7 @@
 """The vectorized trial engine against single-trial runs and a closed form."""
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -262,3 +264,67 @@ def test_goal_is_checked_before_a_non_finite_loss_and_at_the_reference_threshold
     assert result.status_names() == ['reached', 'exhausted', 'reached', 'diverged']
     np.testing.assert_array_equal(result.steps_to_result, [10, -1, 10, -1])
     np.testing.assert_allclose(result.last_val_error, [719 / 6000, 720 / 6000, 700 / 6000, 900 / 6000])
+
+
+def assert_same_trials(got, want, measurement_rtol=0.0):
+    for field in ('status', 'steps_to_result', 'steps', 'best_val_error', 'last_val_error'):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    for series in ('lipschitz', 'noise_scale'):
+        got_series, want_series = getattr(got, series), getattr(want, series)
+        assert [[row[0] for row in rows] for rows in got_series] == [[row[0] for row in rows] for rows in want_series]
+        for got_rows, want_rows in zip(got_series, want_series):
+            np.testing.assert_allclose(np.array(got_rows, float), np.array(want_rows, float), rtol=measurement_rtol)
+
+
+# Batched matmuls of different trial counts (compaction happens one check later ahead): full float32.
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('options', [dict(until='all'), dict(until='all', compaction=False),
+                                     dict(until='all', group_size=3, per_trial_order=True), dict(until='first')])
+def test_dispatching_the_next_check_ahead_changes_no_trial(options):
+    """The device works on check k+1 before the host reads check k; trials that check k ends train a
+    chunk in vain, which is discarded."""
+    trials, tx, _, _ = cell_setup()
+    plain = run(trials, tx, dispatch_ahead=False, **options)
+    ahead = run(trials, tx, dispatch_ahead=True, **options)
+    assert_same_trials(ahead, plain)
+    if options['until'] == 'all':
+        assert len(set(plain.steps.tolist())) > 2  # trials end at different checks: discarded work is exercised
+    # The work done ahead shows in the device's count (every slot always computes without compaction):
+    # the chunk after the last check read, and the chunks of trials in the check after they ended.
+    if options.get('compaction', True):
+        assert ahead.trial_steps_computed > plain.trial_steps_computed
+    else:
+        assert ahead.trial_steps_computed == plain.trial_steps_computed
+    assert ahead.trial_steps_needed == plain.trial_steps_needed and ahead.checks == plain.checks
+
+
+def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same_trials(tmp_path):
+    from dps_jax import checkpoints, smoothness
+
+    trials, tx, _, _ = cell_setup()
+    measured = smoothness.Measurements(smoothness.make_example_losses(APPLY), lipschitz_every=20,
+                                       noise_scale_every=40, chunk_size=128, noise_scale_batch_sizes=(8, 32),
+                                       noise_scale_draws=2)
+    settings = dict(max_steps=100, measurements=measured)
+    plain = run(trials, tx, dispatch_ahead=False, **settings)
+    saved = lambda: checkpoints.CellCheckpoints(str(tmp_path), 3, identity={'cell': 'ahead'}, log=lambda line: None)
+    ahead = run(trials, tx, dispatch_ahead=True, checkpoints=saved(), **settings)
+    # Measured on the same states, but compaction comes a check later ahead, so the estimators run
+    # vmapped over more slots: their float sums agree to rounding, not bit for bit.
+    assert_same_trials(ahead, plain, measurement_rtol=1e-4)
+    kept = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
+    assert kept and all(checks % 3 == 0 for checks in kept)  # saved at the checks due, nothing ahead in flight
+    lines = []
+    resumed = run(trials, tx, dispatch_ahead=True, checkpoints=saved(), log=lines.append, **settings)
+    assert any('resumed from checkpoint at step' in line for line in lines), lines
+    assert_same_trials(resumed, plain, measurement_rtol=1e-4)
+
+
+def test_the_eval_chunk_is_cpu_tuned_on_cpu_and_sized_from_memory_on_accelerators():
+    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 100  # 1600 // 16
+    assert engine.eval_chunk_size(100, 6000, 'cpu') == 25 and engine.eval_chunk_size(1, 6000, 'cpu') == 1000
+    # 100 trials x 2 KB per example in 40 MB: 200 examples per chunk; more memory: the whole split.
+    assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 40_000_000) == 200
+    assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 80 << 30) == 6000
+    assert engine.eval_chunk_size(1000, 6000, 'tpu', 1e6, 1 << 30) == 25  # at least 25
+    assert engine.eval_chunk_size(100, 6000, 'gpu', None, 1 << 30) == 25  # no estimate: the CPU rule
