@@ -355,6 +355,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
     num_trials = config.num_trials
     train_step = trial.make_train_step(network, optimizer)
+    values = trial_metaparameters(config)
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)
     dropout_keys = jax.jit(jax.vmap(trial.dropout_key))(seeds)
@@ -364,7 +365,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
         if backend != 'cpu':
             one = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[0], params),
                                         jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
-                                        {name: column[0] for name, column in trial_metaparameters(config).items()},
+                                        {name: column[0] for name, column in values.items()},
                                         jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
             per_example = engine.train_bytes_per_example(train_step, one, example_shape)
         eval_chunk = engine.eval_chunk_size(num_trials, int(work.val_images.shape[0]), backend, per_example,
@@ -399,7 +400,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
              if config.lipschitz_every else []) +
             ([f'B_simple at step 0 and every {config.noise_scale_every} steps ({config.noise_scale_draws} draws '
               f'of batches {tuple(config.noise_scale_batch_sizes)})'] if config.noise_scale_every else [])))
-    return CellContext(config, work, trial_metaparameters(config), train_step, val_error, params, model_state,
+    return CellContext(config, work, values, train_step, val_error, params, model_state,
                        dropout_keys, scores, measurements, mesh, {})
 
 
