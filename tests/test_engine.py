@@ -278,8 +278,8 @@ def assert_same_trials(got, want, measurement_rtol=0.0):
 
 # Batched matmuls of different trial counts (compaction happens one check later ahead): full float32.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('options', [dict(until='all'), dict(until='all', compaction=False),
-                                     dict(until='all', group_size=3, per_trial_order=True), dict(until='first')])
+@pytest.mark.parametrize('options', [dict(until='all'), dict(until='all', compaction=False, group_size=3,
+                                                                 per_trial_order=True), dict(until='first')])
 def test_dispatching_the_next_check_ahead_changes_no_trial(options):
     """The device works on check k+1 before the host reads check k; trials that check k ends train a
     chunk in vain, which is discarded."""
@@ -305,7 +305,7 @@ def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same
     measured = smoothness.Measurements(smoothness.make_example_losses(APPLY), lipschitz_every=20,
                                        noise_scale_every=40, chunk_size=128, noise_scale_batch_sizes=(8, 32),
                                        noise_scale_draws=2)
-    settings = dict(max_steps=100, measurements=measured)
+    settings = dict(max_steps=60, measurements=measured)
     plain = run(trials, tx, dispatch_ahead=False, **settings)
     saved = lambda: checkpoints.CellCheckpoints(str(tmp_path), 3, identity={'cell': 'ahead'}, log=lambda line: None)
     ahead = run(trials, tx, dispatch_ahead=True, checkpoints=saved(), **settings)
