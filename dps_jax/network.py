@@ -96,10 +96,10 @@ def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str |
         raise ModelError(f'model {describe_module(module)} fails on images of shape {tuple(example_shape)}: '
                          f'{_first_line(error)}') from None
     if 'params' not in shapes:
-        raise ModelError(f'{describe_module(module)} has no parameters')
+        raise ModelError(f'model {describe_module(module)} has no parameters')
     collections = tuple(sorted(name for name in shapes if name != 'params'))
     if collections and argument is None:
-        raise ModelError(f'{describe_module(module)} has mutable collections ({", ".join(collections)}) but its '
+        raise ModelError(f'model {describe_module(module)} has mutable collections ({", ".join(collections)}) but its '
                          f'__call__ takes none of the arguments {", ".join(MODE_ARGUMENTS)}: it cannot be told '
                          f'training from evaluation')
 
