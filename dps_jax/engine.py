@@ -12,8 +12,9 @@ compaction, are dropped into a smaller bucket of slots so they stop costing comp
 The pieces `run_cell` puts together: a CellSpec (the static settings, also the checkpoint
 identity); the Ledger (dps_jax.ledger: the per-trial record, one update per check); Slots (which
 trial each device slot holds, in groups; `lay_out`, `compacted`); `device_check` (the device
-work of one check) inside `run_check` (its one host read and the ledger's record); Measuring (the
-smoothness hooks); CellCheckpointer (saves and restores the whole CellState).
+work of one check) queued by `dispatch_check` and read by `read_check` (its one host read and
+the ledger's record); Measuring (the smoothness hooks); CellCheckpointer (saves and restores the
+whole CellState).
 """
 
 from __future__ import annotations
@@ -462,13 +463,6 @@ def read_check(cell: CellState, flight: InFlight, measuring: Measuring, rule: Ru
     ledger = cell.ledger.after_check(trials, seen.errors, seen.finite, flight.step, rule)
     ledger = measuring.recorded(ledger, trials, flight.step, seen)
     return cell._replace(ledger=ledger, step=flight.step, checks=cell.checks + 1)
-
-
-def run_check(cell: CellState, programs: Programs, measuring: Measuring, data: Splits, spec: CellSpec,
-              rule: Rule) -> CellState:
-    """One check, nothing ahead: the device work of every group, ONE host read, the ledger's record."""
-    cell, flight = dispatch_check(cell, programs, measuring, data, spec, cell.step + spec.check_every)
-    return read_check(cell, flight, measuring, rule)
 
 
 # --- Checkpoints of the whole cell ------------------------------------------------------------

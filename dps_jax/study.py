@@ -379,10 +379,8 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
 
         def score_one(args):
             params, model_state, seed = args
-            mask_key = trial.trial_keys(seed)[1]
-            return masks.pruning_scores(config.pruning, key=mask_key, params=params,
-                                        apply_fn=trial.scoring_apply(network, model_state), images=images,
-                                        labels=labels, batch_size=config.snip_batch_size, dropout_key=mask_key)
+            return trial.initial_scores(network, config.pruning, seed, params, model_state, images, labels,
+                                        config.snip_batch_size)
 
         scores = jax.jit(lambda params, model_state, seeds: jax.lax.map(
             score_one, (params, model_state, seeds), batch_size=engine.default_trials_at_once(num_trials)))(

@@ -246,6 +246,15 @@ def scoring_apply(network: NetworkLike, model_state: Any) -> Callable:
     return lambda params, images, key: network.train_apply(params, model_state, images, key)[0]
 
 
+def initial_scores(network: NetworkLike, pruning: str, seed, params: Any, model_state: Any, images: jax.Array,
+                   labels: jax.Array, batch_size: int = 100) -> Any:
+    """A trial's pruning scores at initialization (masks.pruning_scores, like params): its mask key
+    draws random scores and SNIP's dropout (scoring_apply); SNIP sums over `images` in batches."""
+    mask_key = trial_keys(seed)[1]
+    return masks.pruning_scores(pruning, key=mask_key, params=params, apply_fn=scoring_apply(network, model_state),
+                                images=images, labels=labels, batch_size=batch_size, dropout_key=mask_key)
+
+
 def new_trial_state(params: Any, mask: Any, optimizer, hyperparameters, model_state: Any = None,
                     dropout_key: jax.Array | None = None) -> TrainState:
     """Step-0 state: pruned entries zeroed, a fresh optimizer state holding the hyperparameters."""

@@ -28,14 +28,6 @@ class Workload(NamedTuple):
         return network_lib.from_module(self.model, self.example_shape, matmul_precision)
 
     @property
-    def apply_fn(self) -> Callable:
-        """(params, images) -> logits in evaluation mode, for a network without mutable collections."""
-        if self.network.has_state:
-            raise ValueError(f'the model has mutable collections ({", ".join(self.network.collections)}): '
-                             f'it has no (params, images) -> logits')
-        return lambda params, images: self.network.eval_apply(params, {}, images)
-
-    @property
     def example_shape(self) -> tuple:
         return tuple(self.dataset.train.images.shape[1:])
 

@@ -298,6 +298,23 @@ def test_dispatching_the_next_check_ahead_changes_no_trial(options):
     assert ahead.trial_steps_needed == plain.trial_steps_needed and ahead.checks == plain.checks
 
 
+def saved_metadata(folder):
+    """{checks: (step, slot layout, fingerprint of the saved states)} of the checkpoints in `folder`."""
+    import json
+    found = {}
+    for step in (name for name in os.listdir(folder) if name.isdigit()):
+        for root, _, files in os.walk(os.path.join(folder, step, 'meta')):
+            for name in files:
+                try:
+                    with open(os.path.join(root, name)) as file:
+                        meta = json.load(file)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(meta, dict) and 'host' in meta:
+                    found[int(step)] = (meta['host']['step'], meta['host']['slot_trial'], meta['fingerprint'])
+    return found
+
+
 def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same_trials(tmp_path):
     from dps_jax import checkpoints, smoothness
 
@@ -306,16 +323,25 @@ def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same
                                        noise_scale_every=40, chunk_size=128, noise_scale_batch_sizes=(8, 32),
                                        noise_scale_draws=2)
     settings = dict(max_steps=60, measurements=measured)
-    plain = run(trials, tx, dispatch_ahead=False, **settings)
-    saved = lambda: checkpoints.CellCheckpoints(str(tmp_path), 3, identity={'cell': 'ahead'}, log=lambda line: None)
-    ahead = run(trials, tx, dispatch_ahead=True, checkpoints=saved(), **settings)
+    saved = lambda folder: checkpoints.CellCheckpoints(str(folder), 3, identity={'cell': 'ahead'},
+                                                       log=lambda line: None)
+    plain = run(trials, tx, dispatch_ahead=False, checkpoints=saved(tmp_path / 'plain'), **settings)
+    ahead = run(trials, tx, dispatch_ahead=True, checkpoints=saved(tmp_path / 'ahead'), **settings)
     # Measured on the same states, but compaction comes a check later ahead, so the estimators run
     # vmapped over more slots: their float sums agree to rounding, not bit for bit.
     assert_same_trials(ahead, plain, measurement_rtol=1e-4)
-    kept = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
-    assert kept and all(checks % 3 == 0 for checks in kept)  # saved at the checks due, nothing ahead in flight
+    # The same saved states as the plain loop's: no work ahead in them (the slot-steps computed differ,
+    # as the discarded work before them counts).
+    ahead_saved, plain_saved = saved_metadata(tmp_path / 'ahead'), saved_metadata(tmp_path / 'plain')
+    assert ahead_saved.keys() == plain_saved.keys() and plain_saved
+    for checks, (step, layout, fingerprint) in plain_saved.items():
+        assert ahead_saved[checks][:2] == (step, layout)
+        # Compaction ran a check later ahead, so the kept trials' floats agree to rounding; a chunk
+        # of work ahead would move them (and their step counts) far more.
+        np.testing.assert_allclose(ahead_saved[checks][2], fingerprint, rtol=1e-4)
     lines = []
-    resumed = run(trials, tx, dispatch_ahead=True, checkpoints=saved(), log=lines.append, **settings)
+    resumed = run(trials, tx, dispatch_ahead=True, checkpoints=saved(tmp_path / 'ahead'), log=lines.append,
+                  **settings)
     assert any('resumed from checkpoint at step' in line for line in lines), lines
     assert_same_trials(resumed, plain, measurement_rtol=1e-4)
 

@@ -53,7 +53,8 @@ def test_evaluation_and_snip_follow_the_apply_function_precision():
     apply_fn = workload.model_apply(MODEL, 'highest')
     keep = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), PARAMS)
     error_count = trial.make_val_error_count(apply_fn, chunk_size=4)
-    state = trial.new_trial_state(PARAMS, keep, optim.make_optimizer('sgd'), {name: 0.1 for name in optim.HYPERPARAMETERS})
+    state = trial.new_trial_state(PARAMS, keep, optim.make_optimizer('sgd'),
+                                  {name: 0.1 for name in optim.HYPERPARAMETERS})
     assert set(dot_precisions(error_count, state, IMAGES, LABELS)) == {'HIGHEST'}
     snip = lambda params: masks.snip_scores(apply_fn, params, IMAGES, LABELS, 4)
     assert set(dot_precisions(snip, PARAMS)) == {'HIGHEST'}
@@ -84,7 +85,8 @@ def test_a_workload_trains_at_its_config_precision():
     config = config_lib.base_study_config()
     config.matmul_precision = 'highest'
     work = workload.load_workload(config)
-    assert set(dot_precisions(work.apply_fn, PARAMS, IMAGES)) == {'HIGHEST'}
+    assert set(dot_precisions(lambda params, images: work.network.eval_apply(params, {}, images), PARAMS,
+                              IMAGES)) == {'HIGHEST'}
     unstated = work.network_at('default')
     assert set(dot_precisions(lambda params, images: unstated.eval_apply(params, {}, images), PARAMS, IMAGES)) == {
         'DEFAULT'}
