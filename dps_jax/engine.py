@@ -621,6 +621,8 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         if checkpointer is not None and flight is None and checkpointer.due(cell):
             checkpointer.save(cell, time.perf_counter() - started)
 
+    if flight is not None:
+        jax.block_until_ready(flight.readouts)  # the discarded work ahead belongs to this cell's wall time
     if checkpointer is not None:
         checkpointer.close()
     if keep_final_state:
