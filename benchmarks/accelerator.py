@@ -122,6 +122,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small sizes: a smoke test, not a measurement')
     parser.add_argument('--skip_real_cell', action='store_true')
+    parser.add_argument('--batch_sizes', type=int, nargs='*', help='only these batch sizes of part 2 (and part 3 '
+                        'only with 64 among them)')
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f'jax {jax.__version__}, {device.platform} {device.device_kind} x {jax.device_count()}')
@@ -133,9 +135,17 @@ def main():
     print('| --- | --- | --- | --- | --- | --- |')
     rates = {}
     for batch_size, trial_counts in (QUICK_CASES if args.quick else CHUNK_CASES):
+        if args.batch_sizes and batch_size not in args.batch_sizes:
+            continue
         alone = one_trial_rate(batch_size, steps, images, labels)
         for num_trials in trial_counts:
-            rate = chunk_rate(num_trials, batch_size, steps, images, labels)
+            try:
+                rate = chunk_rate(num_trials, batch_size, steps, images, labels)
+            except jax.errors.JaxRuntimeError as error:  # e.g. batch 64, N = 1000 fits an H200, not an H100
+                if 'RESOURCE_EXHAUSTED' not in str(error):
+                    raise
+                print(f'| {batch_size} | {num_trials} | out of device memory | | | |', flush=True)
+                continue
             model_tflops = rate * batch_size * FLOPS_PER_EXAMPLE / 1e12
             print(f'| {batch_size} | {num_trials} | {rate:,.0f} | {rate / alone:.1f}x | {model_tflops:.3g} | '
                   f'{model_tflops / peak:.0%} |', flush=True)
@@ -143,6 +153,8 @@ def main():
         print(f'| {batch_size} | one trial alone | {alone:,.0f} | 1.0x | '
               f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | |', flush=True)
     flax_trials = 2 if args.quick else 100
+    if (64, flax_trials) not in rates:
+        return
     flax_rate = flax_conv_rate(flax_trials, 64, steps)
     print(f'vmapped flax nn.Conv in lax.scan, batch 64, N = {flax_trials}: {flax_rate:,.0f} trial-steps/s; '
           f'the engine at the same N: {rates[64, flax_trials] / flax_rate:.2f}x', flush=True)
