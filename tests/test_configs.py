@@ -54,6 +54,18 @@ def test_paper_workloads(name, dataset, optimizer, goal, budget, searched):
     assert config.model == ('resnet8' if dataset == 'cifar10' else 'simple_cnn')
 
 
+def test_gpu_study_is_a_real_grid_of_the_size_it_was_timed_at():
+    """configs/fashion_mnist_gpu.py was timed on an H100 (401 s) at this size: a change re-times it."""
+    config = load(next(path for path in CONFIGS if path.endswith('fashion_mnist_gpu.py')))
+    assert (config.dataset, config.model, config.optimizer, config.pruning) == (
+        'fashion_mnist', 'simple_cnn', 'sgd', 'snip')
+    assert len(config.sparsities) >= 4 and len(config.batch_sizes) >= 8 and config.num_trials >= 32
+    assert (tuple(config.sparsities), tuple(config.batch_sizes), config.num_trials) == (
+        (0.0, 0.5, 0.7, 0.9), tuple(2 ** k for k in range(3, 11)), 32)
+    assert (config.goal_error, config.max_steps, config.check_every, config.until) == (0.12, 20000, 100, 'first')
+    assert config.snip_examples == 0  # the whole split, as timed
+
+
 def test_cifar_plan_has_every_cell_and_integer_decay_steps(tmp_path):
     config = load(next(path for path in CONFIGS if path.endswith('cifar10_resnet8_nesterov.py')))
     config.plan_only = True
