@@ -99,7 +99,13 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
     # Built once: the engine caches its programs on these functions, so the warm-up run below
     # compiles what the timed run uses.
     train_step = trial.make_train_step(apply_fn, optimizer)
-    val_error = trial.make_val_error_count(apply_fn, max(50, 8192 // num_trials))
+    # The study's rule for the evaluation chunk (study.cell_context): from the device's memory.
+    one = jax.tree.map(lambda leaf: leaf[0], trials)
+    eval_chunk = engine.eval_chunk_size(num_trials, int(val_images.shape[0]), jax.default_backend(),
+                                        engine.train_bytes_per_example(train_step, one, (28, 28, 1)),
+                                        engine.default_memory_bytes())
+    print(f'  evaluation chunk: {eval_chunk} validation examples per trial', flush=True)
+    val_error = trial.make_val_error_count(apply_fn, eval_chunk)
     # dispatch_ahead=None is the engine's default (on for accelerators); 'all' also runs without it.
     for until, ahead in (('first', None), ('all', None), ('all', False)):
         run = lambda: engine.run_cell(

@@ -133,10 +133,11 @@ def train_bytes_per_example(train_step: Callable, state: trial.TrainState, examp
 
 
 def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
-                        batch_size: int, memory_bytes: int, num_trials: int) -> int:
-    """How many trials fit in `memory_bytes` at `batch_size` (train_bytes_per_example; the state,
-    its gradient and update on top)."""
-    per_example = train_bytes_per_example(train_step, state, example_shape)
+                        batch_size: int, memory_bytes: int, num_trials: int,
+                        bytes_per_example: float | None = None) -> int:
+    """How many trials fit in `memory_bytes` at `batch_size` (train_bytes_per_example, or the
+    `bytes_per_example` it already gave; the state, its gradient and update on top)."""
+    per_example = bytes_per_example or train_bytes_per_example(train_step, state, example_shape)
     if per_example is None:
         return num_trials  # the backend gives no estimate: do not split
     params_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

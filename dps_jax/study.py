@@ -346,6 +346,7 @@ class CellContext(NamedTuple):
     measurements: smoothness.Measurements | None
     mesh: Any
     group_sizes: dict        # batch size -> trials per group, filled as cells run
+    bytes_per_example: float | None  # engine.train_bytes_per_example, once per study (None: no figures)
 
 
 def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, sparsities, mesh=None,
@@ -359,17 +360,19 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)
     dropout_keys = jax.jit(jax.vmap(trial.dropout_key))(seeds)
-    eval_chunk = config.eval_chunk_size
-    if not eval_chunk:
-        backend, per_example = jax.default_backend(), None
-        if backend != 'cpu':
-            one = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[0], params),
-                                        jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
-                                        {name: column[0] for name, column in values.items()},
-                                        jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
-            per_example = engine.train_bytes_per_example(train_step, one, example_shape)
-        eval_chunk = engine.eval_chunk_size(num_trials, int(work.val_images.shape[0]), backend, per_example,
-                                            engine.default_memory_bytes(config.memory_fraction))
+    # Compiled once here (a single-trial step at two batch sizes): the evaluation chunk and every
+    # batch size's group estimate use it.
+    per_example = None
+    backend = jax.default_backend()
+    if not config.trials_per_group or (not config.eval_chunk_size and backend != 'cpu'):
+        one = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[0], params),
+                                    jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
+                                    {name: column[0] for name, column in values.items()},
+                                    jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
+        per_example = engine.train_bytes_per_example(train_step, one, example_shape)
+    eval_chunk = config.eval_chunk_size or engine.eval_chunk_size(
+        num_trials, int(work.val_images.shape[0]), backend, per_example,
+        engine.default_memory_bytes(config.memory_fraction))
     val_error = trial.make_val_error_count(network, eval_chunk)
     scores = None
     if any(sparsity > 0 for sparsity in sparsities):
@@ -399,7 +402,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
             ([f'B_simple at step 0 and every {config.noise_scale_every} steps ({config.noise_scale_draws} draws '
               f'of batches {tuple(config.noise_scale_batch_sizes)})'] if config.noise_scale_every else [])))
     return CellContext(config, work, values, train_step, val_error, params, model_state,
-                       dropout_keys, scores, measurements, mesh, {})
+                       dropout_keys, scores, measurements, mesh, {}, per_example)
 
 
 def sparsity_mask(context: CellContext, sparsity: float) -> Any:
@@ -438,7 +441,7 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
         group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
             context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
             batch_size // parallel.data_count(mesh), engine.default_memory_bytes(config.memory_fraction),
-            config.num_trials)
+            config.num_trials, context.bytes_per_example)
         group_size = min(group_size, config.num_trials)
         context.group_sizes[batch_size] = group_size
         if group_size < config.num_trials and log is not None:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+import dps_jax
 from dps_jax import config as config_lib
 from dps_jax import engine, store, study
 from tests.real_data import needs_fashion_mnist
@@ -305,3 +307,42 @@ def test_the_compilation_cache_folder_is_resolved_from_the_config(monkeypatch, t
     with pytest.raises(config_lib.ConfigError, match='config.compilation_cache_dir=None must be a folder'):
         config_lib.validate_study_config(tiny_config(compilation_cache_dir=None))
 
+
+
+class _TwoLayerNet(nn.Module):
+    """A small MLP for the grouping test: cheap to compile, and the memory estimate sees real sizes."""
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, images):
+        hidden = nn.relu(nn.Dense(16)(images.reshape(images.shape[0], -1)))
+        return nn.Dense(self.num_classes)(hidden)
+
+
+def test_a_study_split_into_groups_by_its_memory_estimate_gives_every_trial_the_same_numbers(monkeypatch):
+    """With room for one trial at a time the cells run in groups of one, and each trial's record equals
+    the one-group run's; the memory figure is compiled once per study, not once per batch size."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=400)
+    images = (rng.normal(size=(400, 6, 6, 1)) + labels[:, None, None, None]).astype(np.float32)
+    dataset = dps_jax.from_arrays(images, labels, name='grouping')
+    config = tiny_config(sparsities=(0.5,), batch_sizes=(8, 16), num_trials=3, pruning='random', goal_error=0.3,
+                         check_every=5, max_steps=20, compaction=False)
+    calls = []
+    measure = engine.train_bytes_per_example
+    monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: calls.append(1) or measure(*args))
+
+    def run(memory_bytes):
+        monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: memory_bytes)
+        lines = []
+        result = dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lines.append)
+        return result, lines
+
+    whole, whole_lines = run(1 << 40)
+    assert len(calls) == 1 and not any('trials at a time' in line for line in whole_lines)
+    grouped, grouped_lines = run(1)
+    assert len(calls) == 2
+    assert sum('memory: 1 trials at a time' in line for line in grouped_lines) == 2  # one per batch size
+    for key, cell in whole.cells.items():
+        assert cell.trials == grouped.cells[key].trials
+        assert {trial['status'] for trial in cell.trials} != {'running'}
