@@ -284,7 +284,7 @@ class Slots(NamedTuple):
 
     def running(self, ledger: Ledger) -> np.ndarray:
         """bool (slots,): the slots whose trial is still running (padding never is)."""
-        return (self.trial >= 0) & ledger.running[np.maximum(self.trial, 0)]
+        return running_slots(self.trial, ledger)
 
     def slot_of_trial(self) -> np.ndarray:
         """int (highest trial held + 1,): the slot holding each trial, -1 for none."""
@@ -297,6 +297,11 @@ class Slots(NamedTuple):
         """Whether the groups are the layout `spec` gives the trials held (not another group size's)."""
         return bucket_layout(int((self.trial >= 0).sum()), spec.group_size, spec.slot_multiple) == (
             len(self.groups), self.per_group)
+
+
+def running_slots(slot_trial: np.ndarray, ledger: Ledger) -> np.ndarray:
+    """bool (slots,): which slots of a slot -> trial map (-1: padding) hold a trial still running."""
+    return (slot_trial >= 0) & ledger.running[np.maximum(slot_trial, 0)]
 
 
 def lay_out(trials: np.ndarray, source: Group, source_row: np.ndarray, spec: CellSpec) -> Slots:
@@ -458,7 +463,7 @@ def read_check(cell: CellState, flight: InFlight, measuring: Measuring, rule: Ru
     """The ONE host read of a dispatched check (errors, finiteness flags, measurements of every
     slot) and the ledger's record of it. Slots whose trial ended before this check (it was
     dispatched ahead of their ending) are left out: that work is discarded."""
-    running = (flight.slot_trial >= 0) & cell.ledger.running[np.maximum(flight.slot_trial, 0)]
+    running = running_slots(flight.slot_trial, cell.ledger)
     seen = jax.tree.map(lambda values: values[running], _concatenated(parallel.to_host(flight.readouts)))
     trials = flight.slot_trial[running]
     ledger = cell.ledger.after_check(trials, seen.errors, seen.finite, flight.step, rule)
@@ -478,6 +483,10 @@ class CellCheckpointer:
     def due(self, cell: CellState) -> bool:
         """Whether to save after this check (never once the cell has nothing left to run)."""
         return bool(cell.ledger.running.any()) and cell.step < self.spec.max_steps and self.checkpoints.due(cell.checks)
+
+    def due_after_next(self, cell: CellState) -> bool:
+        """Whether the check after the one in flight is a checkpoint's (none is then queued ahead of it)."""
+        return self.checkpoints.due(cell.checks + 1)
 
     def save(self, cell: CellState, elapsed_seconds: float) -> None:
         self.checkpoints.save(cell.checks, {'groups': list(cell.slots.groups), 'shared_order': cell.shared_order}, {
@@ -606,7 +615,7 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
             cell, flight = dispatch_check(cell, programs, measuring, data, spec, cell.step + check_every)
         following = None
         if spec.dispatch_ahead and flight.step < max_steps and not (
-                checkpointer is not None and checkpointer.checkpoints.due(cell.checks + 1)):
+                checkpointer is not None and checkpointer.due_after_next(cell)):
             # The device trains the next chunk while the host reads this check. A trial this check
             # ends trains it in vain; its numbers from it are never read (read_check).
             cell, following = dispatch_check(cell, programs, measuring, data, spec, flight.step + check_every)
