@@ -51,12 +51,13 @@ def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_path):
-    completed = launch(tmp_path)
+    # The README's single trial with a nearer goal (0.15 takes 1,100 steps): a few hundred steps.
+    completed = launch(tmp_path, '--config.goal_error=0.2')
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert 'steps-to-result:' in completed.stdout
     result = json.loads((tmp_path / 'trial.json').read_text())
     assert result['status'] == 'reached'
-    assert result['steps_to_result'] % 100 == 0
-    assert result['history'][-1]['val_error'] <= 0.15
-    assert all(check['val_error'] > 0.15 for check in result['history'][:-1])
+    assert result['steps_to_result'] % 100 == 0 and result['steps_to_result'] >= 200
+    assert result['history'][-1]['val_error'] <= 0.2
+    assert all(check['val_error'] > 0.2 for check in result['history'][:-1])
     assert 'total             6,235 /    62,346   10.00%' in completed.stdout
