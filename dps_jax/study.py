@@ -346,7 +346,8 @@ class CellContext(NamedTuple):
     measurements: smoothness.Measurements | None
     mesh: Any
     group_sizes: dict        # batch size -> trials per group, filled as cells run
-    bytes_per_example: float | None  # engine.train_bytes_per_example, once per study (None: no figures)
+    bytes_per_example: float | None  # engine.train_bytes_per_example, once per study (None: not needed,
+                                     # or the backend reports no memory sizes)
 
 
 def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, sparsities, mesh=None,
