@@ -139,6 +139,8 @@ def _validate_workload(config: Any) -> None:
         raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
     require_int(config, 'data_seed', minimum=0)
     require_choice(config, 'matmul_precision', precision.MATMUL_PRECISIONS)
+    if 'compute_dtype' in config:  # optional: a config written before the field trains in float32
+        require_choice(config, 'compute_dtype', precision.COMPUTE_DTYPES)
 
 
 def _require_cache_dir(config: Any) -> None:
@@ -256,6 +258,10 @@ def base_study_config():
     config.smoothness_chunk_size = 25   # examples per gradient chunk, per trial and point (L takes 10 points
                                         # at once): ~25 was fastest on XLA:CPU; raise it on accelerators
     # --- Numerics (README, "Numerics and reproducibility").
+    config.compute_dtype = 'float32'    # 'float32' (the reference) | 'bfloat16': training and evaluation cast the
+                                        # float32 parameters (the master copy, updated in float32) and the images
+                                        # to bfloat16 per step; logits, loss, pruning scores and the smoothness
+                                        # estimators stay float32. Opt-in, for GPUs/TPUs; slower on XLA:CPU
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

@@ -80,8 +80,10 @@ def _mode(argument: str | None, training: bool) -> dict:
     return {argument: (not training) if argument == 'deterministic' else training}
 
 
-def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str | None = None) -> Network:
-    """The Network of a flax Module on images of `example_shape` (H, W, C), at `matmul_precision`.
+def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str | None = None,
+                compute_dtype: str = 'float32') -> Network:
+    """The Network of a flax Module on images of `example_shape` (H, W, C), at `matmul_precision`,
+    training and evaluating in `compute_dtype` (precision.COMPUTE_DTYPES; see in_compute_dtype).
 
     Initialization runs in evaluation mode, so BatchNorm's statistics start at their initial
     values and no dropout key is needed. An object that is not an nn.Module but has its
@@ -120,9 +122,30 @@ def from_module(module: nn.Module, example_shape: tuple, matmul_precision: str |
     def eval_apply(params, model_state, images):
         return module.apply({'params': params, **model_state}, images, **_mode(argument, False))
 
+    if compute_dtype not in precision.COMPUTE_DTYPES:
+        raise ValueError(f'compute dtype {compute_dtype!r} is not one of {", ".join(precision.COMPUTE_DTYPES)}')
+    if compute_dtype != 'float32':
+        train_apply, eval_apply = in_compute_dtype(train_apply, eval_apply, jnp.dtype(compute_dtype))
     return Network(init=init, train_apply=precision.at_matmul_precision(train_apply, matmul_precision),
                    eval_apply=precision.at_matmul_precision(eval_apply, matmul_precision),
                    collections=collections)
+
+
+def in_compute_dtype(train_apply: Callable, eval_apply: Callable, dtype) -> tuple[Callable, Callable]:
+    """(train_apply, eval_apply) computing in `dtype`: parameters and images cast to it on the way in
+    (gradients flow back through the cast to the float32 parameters, the master copy), logits back in
+    float32 for the loss and the error count, mutable collections back in their own dtypes."""
+    def train_in_dtype(params, model_state, images, dropout_key):
+        logits, updated = train_apply(precision.cast_floating(params, dtype), model_state,
+                                      precision.cast_floating(images, dtype), dropout_key)
+        return (logits.astype(jnp.float32),
+                jax.tree.map(lambda new, old: new.astype(old.dtype), updated, model_state))
+
+    def eval_in_dtype(params, model_state, images):
+        return eval_apply(precision.cast_floating(params, dtype), model_state,
+                          precision.cast_floating(images, dtype)).astype(jnp.float32)
+
+    return train_in_dtype, eval_in_dtype
 
 
 def describe_module(module: Any) -> str:

@@ -10,8 +10,13 @@ import functools
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 MATMUL_PRECISIONS = ('default', 'high', 'highest')  # jax.default_matmul_precision's names
+
+# config.compute_dtype: what training and evaluation compute in. float32 is the reference's; with
+# bfloat16 the float32 parameters stay the master copy and are cast for each forward pass.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # The Lipschitz and gradient-noise-scale estimates subtract nearly equal numbers (gradients at two
 # nearby points, squared norms of two batch sizes): TF32's error would be of the size of the result.
@@ -35,3 +40,8 @@ def at_matmul_precision(function: Callable, precision: str | None) -> Callable:
             return function(*args, **kwargs)
 
     return at_precision
+
+
+def cast_floating(tree, dtype):
+    """`tree` with every floating-point leaf cast to `dtype` (integer and boolean leaves unchanged)."""
+    return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, tree)

@@ -47,7 +47,7 @@ def git_commit(folder: str | None = None) -> str | None:
     return commit + ('+dirty' if changes else '') if commit else None
 
 
-def collect(matmul_precision: str | None = None) -> dict[str, Any]:
+def collect(matmul_precision: str | None = None, compute_dtype: str = 'float32') -> dict[str, Any]:
     """This process's record: versions, backend, devices, numerics settings, time."""
     device = jax.devices()[0]
     return {
@@ -59,7 +59,7 @@ def collect(matmul_precision: str | None = None) -> dict[str, Any]:
         'devices': {'kind': device.device_kind, 'count': jax.device_count(),
                     'process_count': jax.process_count(),
                     'platform_version': getattr(device.client, 'platform_version', None)},
-        'numerics': {'matmul_precision': matmul_precision, 'dtype': 'float32',
+        'numerics': {'matmul_precision': matmul_precision, 'dtype': compute_dtype,
                      'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
                      'jax_enable_x64': bool(jax.config.jax_enable_x64),
                      'xla_flags': os.environ.get('XLA_FLAGS', '')},

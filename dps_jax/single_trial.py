@@ -30,8 +30,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_images, train_labels = work.train_images, work.train_labels
 
     started = time.perf_counter()
-    init_trial = trial.make_init_trial(
-        network, optimizer, work.example_shape, pruning=config.pruning,
+    init_trial = trial.make_init_trial(  # its pruning scores in float32, whatever config.compute_dtype
+        work.network_at(config.matmul_precision), optimizer, work.example_shape, pruning=config.pruning,
         sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
         snip_batch_size=config.snip_batch_size)
     state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images, train_labels)
@@ -53,7 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
             f'(best validation error {result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
-        'config': config.to_dict(), 'provenance': provenance.collect(config.matmul_precision),
+        'config': config.to_dict(), 'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config)),
         'status': result.status,
         'steps_to_result': result.steps_to_result, 'steps': result.steps,
         'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,

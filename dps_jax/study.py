@@ -286,7 +286,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         check_measurable(config, work)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
-        runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision)
+        runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,
+                                                                              workload.compute_dtype(config))
         note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
         if note:
             log(note)
@@ -380,10 +381,11 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
         started = time.perf_counter()
         snip_examples = config.snip_examples or work.train_images.shape[0]
         images, labels = work.train_images[:snip_examples], work.train_labels[:snip_examples]
+        scoring = work.network_at(config.matmul_precision)  # float32, whatever config.compute_dtype
 
         def score_one(args):
             params, model_state, seed = args
-            return trial.initial_scores(network, config.pruning, seed, params, model_state, images, labels,
+            return trial.initial_scores(scoring, config.pruning, seed, params, model_state, images, labels,
                                         config.snip_batch_size)
 
         scores = jax.jit(lambda params, model_state, seeds: jax.lax.map(

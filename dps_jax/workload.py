@@ -16,7 +16,7 @@ class Workload(NamedTuple):
     """A config's data, network and optimizer, loaded once and shared by every trial and cell."""
     dataset: data.Dataset        # host copy (numpy), for sizes and descriptions
     model: Any                   # flax Module
-    network: network_lib.Network  # the model's pure functions at the config's matmul precision
+    network: network_lib.Network  # the model's pure functions at the config's matmul precision and compute dtype
     optimizer: Any               # optim.make_optimizer(...)
     train_images: jax.Array      # device-resident splits
     train_labels: jax.Array
@@ -24,7 +24,8 @@ class Workload(NamedTuple):
     val_labels: jax.Array
 
     def network_at(self, matmul_precision: str | None) -> network_lib.Network:
-        """The model's network at another matmul precision (None: the ambient one)."""
+        """The model's network in float32 at a matmul precision (None: the ambient one): pruning
+        scores and the smoothness estimators compute in float32 whatever config.compute_dtype."""
         return network_lib.from_module(self.model, self.example_shape, matmul_precision)
 
     @property
@@ -42,11 +43,16 @@ def model_apply(model: Any, matmul_precision: str | None = None) -> Callable:
                                          matmul_precision)
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+    """config.compute_dtype; 'float32' for a config written before the field existed."""
+    return config.get('compute_dtype', 'float32')
+
+
 def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset: data.Dataset | None = None
                   ) -> Workload:
     """Loads the config's dataset, puts its train and validation splits on the device, builds the
     network and the (masked, TF1-style) optimizer. Training, evaluation and SNIP run at
-    config.matmul_precision.
+    config.matmul_precision; training and evaluation in config.compute_dtype (float32 if absent).
 
     model: a flax Module to use instead of config.model; dataset: a data.Dataset (e.g.
     data.from_arrays) to use instead of config.dataset.
@@ -59,7 +65,7 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
     example_shape = tuple(dataset.train.images.shape[1:])
     module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes)
     name = network_lib.describe_module(module) if model is not None else repr(config.model)
-    network = network_lib.from_module(module, example_shape, config.matmul_precision)
+    network = network_lib.from_module(module, example_shape, config.matmul_precision, compute_dtype(config))
     network_lib.check_logits(network, example_shape, dataset.num_classes, name)
     return Workload(
         dataset=dataset, model=module, network=network,
