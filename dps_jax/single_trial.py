@@ -53,7 +53,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
             f'(best validation error {result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
-        'config': config.to_dict(), 'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config)),
+        'config': config.to_dict(),
+        'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config)),
         'status': result.status,
         'steps_to_result': result.steps_to_result, 'steps': result.steps,
         'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,
