@@ -60,16 +60,6 @@ def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels) -> 
     return num_trials * steps / max(common.seconds(run) - copy_only, 1e-9)
 
 
-def one_trial_rate(batch_size: int, steps: int, images, labels) -> float:
-    """Trial-steps/s of ONE trial run alone with the single-trial scan chunk."""
-    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
-    apply_fn = lambda params, x: model.apply({'params': params}, x)
-    single = jax.tree.map(lambda leaf: leaf[0], common.make_trials(model, optimizer, 1, images, labels))
-    chunk = jax.jit(trial.make_train_chunk(trial.make_train_step(apply_fn, optimizer), batch_size, steps))
-    order = trial.init_data_order(0, int(images.shape[0]))
-    return steps / common.seconds(lambda: chunk(single, order, images, labels))
-
-
 def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:
     """Trial-steps/s of flax nn.Conv + nn.max_pool trials, vmapped, in lax.scan over pre-drawn batches."""
     model = FlaxConvSimpleCNN()
@@ -143,7 +133,7 @@ def main():
     for batch_size, trial_counts in (QUICK_CASES if args.quick else CHUNK_CASES):
         if args.batch_sizes and batch_size not in args.batch_sizes:
             continue
-        alone = one_trial_rate(batch_size, steps, images, labels)
+        alone = common.one_trial_rate(batch_size, steps, images, labels)
         for num_trials in trial_counts:
             try:
                 rate = chunk_rate(num_trials, batch_size, steps, images, labels)

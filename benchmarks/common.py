@@ -39,6 +39,17 @@ def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
 
 
+def one_trial_rate(batch_size, steps, images, labels):
+    """Steps/s of ONE Simple-CNN SGD trial run alone with the single-trial scan chunk (what
+    trial.run_trial runs), best of 2 after a warm-up."""
+    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    single = jax.tree.map(lambda leaf: leaf[0], make_trials(model, optimizer, 1, images, labels))
+    chunk = jax.jit(trial.make_train_chunk(trial.make_train_step(apply_fn, optimizer), batch_size, steps))
+    order = trial.init_data_order(0, int(images.shape[0]))
+    return steps / seconds(lambda: chunk(single, order, images, labels))
+
+
 def simple_cnn_trials(num_trials, num_examples, sparsity=0.5):
     """(images, labels, apply_fn, optimizer, trials): N SGD Simple-CNN trials on a synthetic split."""
     images, labels = synthetic_split(num_examples)

@@ -77,20 +77,12 @@ def reference_steps_per_second(reference_dir: str, batch_size: int, steps: int) 
 
 
 def our_steps_per_second(batch_size: int, steps: int) -> float:
-    """Our single-trial training steps per second: trial.make_train_chunk over `steps` steps."""
-    import jax
+    """Our single-trial training steps per second (benchmarks/common.py: one_trial_rate)."""
     import jax.numpy as jnp
     sys.path.insert(0, HERE)
-    sys.path.insert(0, os.path.dirname(HERE))
     import common
-    from dps_jax import models, optim, trial
-    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
-    apply_fn = lambda params, x: model.apply({'params': params}, x)
     images, labels = (jnp.asarray(array) for array in synthetic_pool())
-    single = jax.tree.map(lambda leaf: leaf[0], common.make_trials(model, optimizer, 1, images, labels, 0.9))
-    chunk = jax.jit(trial.make_train_chunk(trial.make_train_step(apply_fn, optimizer), batch_size, steps))
-    order = trial.init_data_order(0, POOL)
-    return steps / common.seconds(lambda: chunk(single, order, images, labels))
+    return common.one_trial_rate(batch_size, steps, images, labels)
 
 
 def reference_in_subprocess(args, batch_size: int, steps: int) -> float:

@@ -8,7 +8,8 @@ where a trial's whole-validation error is <= 0.12.
 
 Sized from a measured run: on one H100 the whole study took 401 s (the 32 cells 344 s, every
 cell reached the goal; README, "Performance"). Its cells trained 294 million example-steps,
-which at the 2-core CPU's ~1,500 example-steps/s would be about two days: run it on a GPU.
+which at one trial's 1,500-2,100 example-steps/s on the 2-core CPU (batch 64) would take 1.5-2
+days: run it on a GPU.
 Every field is documented in dps_jax/config.py (base_study_config).
 """
 
