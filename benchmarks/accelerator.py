@@ -5,13 +5,15 @@
    2 after a warm-up) for batch 8 / 64 / 512 / 4096 and several trial counts N, in trial-steps/s
    and model TFLOP/s (22.5 MFLOP per example), against ONE trial run alone with the single-trial
    scan chunk at the same batch;
-3. a vmapped flax nn.Conv model in lax.scan (what a user would write), batch 64;
-4. a real cell (Fashion-MNIST, 100 SGD trials, SNIP 0.9 from 5,400 images, batch 64, goal 0.15,
+3. the same chunk with config.compute_dtype='bfloat16' (bfloat16 compute, float32 master weights)
+   against float32 at batch 64, N = 100 and batch 4096, N = 8;
+4. a vmapped flax nn.Conv model in lax.scan (what a user would write), batch 64;
+5. a real cell (Fashion-MNIST, 100 SGD trials, SNIP 0.9 from 5,400 images, batch 64, goal 0.15,
    a whole-validation check every 100 steps) with until='first' and 'all': wall time,
    trial-steps/s, and the share of the wall time that is not bare training chunks (checks, host
    reads, compaction).
 
-    python benchmarks/accelerator.py [--quick] [--skip_real_cell]
+    python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...]
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dps_jax import engine, models, optim, search, trial  # noqa: E402
+from dps_jax import engine, models, network, optim, search, trial  # noqa: E402
 import common  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_scan, make_train_step as make_sgd_step,  # noqa: E402
                     simple_cnn_training_flops_per_example)
@@ -37,6 +39,8 @@ from models import (FlaxConvSimpleCNN, make_scan, make_train_step as make_sgd_st
 # (batch size, trial counts) of part 2, as in the issue's table.
 CHUNK_CASES = ((8, (100, 1000)), (64, (8, 32, 100, 1000)), (512, (16, 100)), (4096, (1, 8)))
 QUICK_CASES = ((8, (4,)), (64, (2, 8)), (512, (2,)))  # --quick: includes N = 2 and 8 at batch 64
+# (batch size, trials N) of part 3, bfloat16 against float32.
+DTYPE_CASES, QUICK_DTYPE_CASES = ((64, 100), (4096, 8)), ((64, 8),)
 FLOPS_PER_EXAMPLE = simple_cnn_training_flops_per_example()
 
 
@@ -46,12 +50,13 @@ def matmul_tflops(size: int) -> float:
     return 2 * size ** 3 / common.seconds(lambda: matmul(a, a), repeats=3) / 1e12
 
 
-def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels) -> float:
+def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, compute_dtype: str = 'float32') -> float:
     """Trial-steps/s of the engine's vmapped chunk (all trials active, one shared data order)."""
     model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
-    apply_fn = lambda params, x: model.apply({'params': params}, x)
     trials = common.make_trials(model, optimizer, num_trials, images, labels)
-    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+    # The study's network: the model at the config's compute dtype (float32 master weights).
+    net = network.from_module(model, (28, 28, 1), compute_dtype=compute_dtype)
+    programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
                                     batch_size, steps, False)
     order, active = trial.init_data_order(0, int(images.shape[0])), jnp.ones(num_trials, bool)
     # The chunk donates its states on accelerators: each run starts from a fresh copy.
@@ -148,6 +153,21 @@ def main():
             rates[batch_size, num_trials] = rate
         print(f'| {batch_size} | one trial alone | {alone:,.0f} | 1.0x | '
               f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | |', flush=True)
+    print('| batch | trials N | float32 trial-steps/s | bfloat16 trial-steps/s | bfloat16 / float32 |')
+    print('| --- | --- | --- | --- | --- |')
+    for batch_size, num_trials in (QUICK_DTYPE_CASES if args.quick else DTYPE_CASES):
+        if args.batch_sizes and batch_size not in args.batch_sizes:
+            continue
+        try:
+            float32 = rates.get((batch_size, num_trials)) or chunk_rate(num_trials, batch_size, steps, images, labels)
+            bfloat16 = chunk_rate(num_trials, batch_size, steps, images, labels, compute_dtype='bfloat16')
+        except jax.errors.JaxRuntimeError as error:
+            if 'RESOURCE_EXHAUSTED' not in str(error):
+                raise
+            print(f'| {batch_size} | {num_trials} | out of device memory | | |', flush=True)
+            continue
+        print(f'| {batch_size} | {num_trials} | {float32:,.0f} | {bfloat16:,.0f} | {bfloat16 / float32:.2f}x |',
+              flush=True)
     flax_trials = 2 if args.quick else 100
     if (64, flax_trials) not in rates:
         return
