@@ -12,7 +12,9 @@
    the compiled vmapped float32 chunk, N = 8, for Simple-CNN and ResNet-8 at batch 8 / 64 / 512,
    beside the vmapped flax nn.Conv Simple-CNN step. XLA counts a loop body ONCE however many
    steps the scan runs (checked: a 1-, 2- and 10-step chunk report the same bytes and FLOPs), so
-   the figure is bytes / (N x batch), not / (N x batch x steps).
+   the figure is bytes / (N x batch), not / (N x batch x steps). XLA charges a fusion that only
+   slices one operand with the whole operand; hlo_traffic.py also prints the figure with those
+   charged what they move, and the chunk's heaviest instructions.
 
     python benchmarks/engine.py [--real_cell] [--quick] [--bytes]
 """
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dps_jax import engine, models, optim, search, trial  # noqa: E402
 import common  # noqa: E402
+import hlo_traffic  # noqa: E402
 from common import seconds  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_train_step as make_sgd_step, matmul_flops_per_second,  # noqa: E402
                     simple_cnn_training_flops_per_example)
@@ -153,8 +156,9 @@ def cost_analysis(compiled) -> dict:
     return analysis[0] if isinstance(analysis, list) else analysis
 
 
-def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10) -> tuple[float, float]:
-    """(bytes accessed, FLOPs) per example-step of the engine's compiled vmapped float32 chunk."""
+def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10) -> tuple[float, float, dict]:
+    """(bytes accessed, FLOPs) per example-step of the engine's compiled vmapped float32 chunk, and
+    the hlo_traffic.breakdown of its scan body."""
     model = models.get_model(model_name)
     shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
     apply_fn = lambda params, x: model.apply({'params': params}, x)
@@ -169,7 +173,8 @@ def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int
                                           images, labels).compile()
     cost = cost_analysis(compiled)
     # The scan body is counted once (see the module docstring).
-    return cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size)
+    return (cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size),
+            hlo_traffic.breakdown(compiled.as_text()))
 
 
 def flax_conv_cost(batch_size: int, num_trials: int = 8) -> tuple[float, float]:
@@ -186,9 +191,18 @@ def flax_conv_cost(batch_size: int, num_trials: int = 8) -> tuple[float, float]:
 def memory_traffic():
     for model_name in ('simple_cnn', 'resnet8'):
         for batch_size in (8, 64, 512):
-            traffic, flops = chunk_cost(model_name, batch_size)
+            traffic, flops, parts = chunk_cost(model_name, batch_size)
+            examples = 8 * batch_size
+            as_read = (parts['charged'] - parts['slicing_charged'] + parts['slicing_read']) / parts['charged'] * traffic
             print(f'  {model_name:10s} batch {batch_size:>3d}: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP '
-                  f'per example-step ({flops / traffic:.1f} FLOP per byte)', flush=True)
+                  f'per example-step ({flops / traffic:.1f} FLOP per byte); {parts["slicing_count"]} fusions that '
+                  f'only slice one operand are charged {parts["slicing_charged"] / examples / 1e6:.2f} MB of it and '
+                  f'move {parts["slicing_read"] / examples / 1e6:.2f} MB: {as_read / 1e6:.2f} MB with them charged '
+                  f'what they move', flush=True)
+            if (model_name, batch_size) == ('simple_cnn', 64):
+                print('    its five heaviest instructions, MB per example-step as charged:', flush=True)
+                for item in parts['heaviest']:
+                    print(f'      {item.charged / examples / 1e6:5.2f}  {item.text}', flush=True)
     traffic, flops = flax_conv_cost(64)
     print(f'  flax nn.Conv simple_cnn batch  64: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP per example-step '
           f'(its convolutions count only their operands and results)', flush=True)
