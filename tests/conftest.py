@@ -1,10 +1,21 @@
 """Test-wide fixtures: the matmul precision a numerics test states with @pytest.mark.matmul_precision,
-and a compilation cache of the test session's own."""
+a compilation cache of the test session's own, and the long tests first."""
 
 import os
 
-import jax
-import pytest
+# Parallel workers (pytest-xdist, -n 2) share one accelerator: neither may take most of its memory
+# up front, as JAX does by default. Set before any JAX backend starts.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked slow first (in their order): with parallel workers the long tests start at
+    once and spread over the workers instead of finishing alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 @pytest.fixture(autouse=True, scope='session')

@@ -587,6 +587,7 @@ def tfds_fashion_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @needs_real_fashion
 def test_tfds_source_equals_files_source(tfds_fashion_dir, real_fashion):
     from_files, _ = real_fashion

@@ -34,6 +34,8 @@ def launched_store(tiny_tfds_dir, tmp_path_factory):
     return workdir, run.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('launched_store')
 def test_a_user_model_on_tfds_data_runs_from_a_config_and_resumes(launched_store, tiny_tfds_dir):
     workdir, output = launched_store
     assert 'tfds:dps_tiny_shapes/h8_w8_c1_k4_n1024_t256_z40_s0: train 922, val 102, test 256' in output
@@ -47,6 +49,8 @@ def test_a_user_model_on_tfds_data_runs_from_a_config_and_resumes(launched_store
     assert again.returncode == 0 and '6 cells, 6 already finished, 0 to run' in again.stdout, again.stdout[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('launched_store')
 def test_the_python_api_writes_the_same_store_as_launch(launched_store, tiny_tfds_dir, tmp_path, monkeypatch):
     import dps_jax
     sys.path.insert(0, os.path.join(ROOT, 'examples'))
@@ -93,6 +97,7 @@ def test_a_bad_model_path_is_one_line(tiny_tfds_dir, tmp_path):
         "'NoSuchNet'")
 
 
+@pytest.mark.slow
 def test_the_notebook_example_runs_a_cell_and_a_grid_and_draws_them(tmp_path):
     run = subprocess.run([sys.executable, 'examples/notebook_cell.py', str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT, timeout=600)

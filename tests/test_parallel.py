@@ -40,6 +40,8 @@ def assert_same_trials(got, want, exact_params=True):
                                    rtol=0 if exact_params else 1e-4, atol=0 if exact_params else 1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_eight_devices_on_the_trial_axis_give_the_one_device_results(runs):
     assert runs['trial_8']['devices'] == 8 and len(runs['trial_8_devices']) == 8
     assert {'reached', 'diverged'} <= {engine.STATUS_NAMES[code] for code in runs['one_device']['status']}
@@ -47,11 +49,15 @@ def test_eight_devices_on_the_trial_axis_give_the_one_device_results(runs):
     np.testing.assert_allclose(runs['trial_8']['last_val_error'], runs['one_device']['last_val_error'], atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_a_data_by_trial_mesh_gives_the_one_device_results(runs):
     # The batch is split over 2 devices and the gradient summed across them: float order changes.
     assert_same_trials(runs['data_2_trial_4'], runs['one_device'], exact_params=False)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_padding_trials_never_appear_in_results(runs):
     padded, alone = runs['trial_8_5'], runs['one_device_5']
     assert len(padded['status']) == 5 and len(padded['params'][0]) == 5
@@ -66,6 +72,8 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_two_processes_give_the_one_process_results(runs):
     port = str(free_port())
     env = {**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}  # host devices, also on a GPU machine

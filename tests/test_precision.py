@@ -163,6 +163,7 @@ def test_an_unknown_compute_dtype_is_refused_by_name():
         config_lib.validate_study_config(config)
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_real_cell_in_bfloat16_reaches_the_goal_within_one_check_of_float32():
     import dps_jax

@@ -233,6 +233,8 @@ def assert_same_store(got, want):
         assert (got / 'cells' / cell / 'trials.jsonl').read_text() == (want / 'cells' / cell / 'trials.jsonl').read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('uninterrupted_study')
 @needs_data
 def test_a_study_killed_inside_its_second_cell_resumes_to_the_same_results(tmp_path, uninterrupted_study):
     """The finished first cell is kept, the second resumes from its checkpoint: the same store."""
@@ -249,6 +251,8 @@ def test_a_study_killed_inside_its_second_cell_resumes_to_the_same_results(tmp_p
     assert_same_store(tmp_path, uninterrupted_study)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group('uninterrupted_study')
 @needs_data
 def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version(tmp_path, uninterrupted_study):
     recorded = json.loads((uninterrupted_study / 'provenance.json').read_text())['runs']
@@ -280,6 +284,7 @@ def cache_entries(folder):
     return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_second_run_of_the_same_study_compiles_nothing(tmp_path):
     cache = tmp_path / 'cache'
