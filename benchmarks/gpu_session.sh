@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (about 10 minutes): the whole accelerator benchmark uninterrupted,
-# then the GPU study config with the time left. Every log goes to $OUT (default ./gpu_out).
+# What to run on a lent GPU machine, one device call per part. Logs go to $OUT (default ./gpu_out).
 #
 #   bash ../shared/device/prepare.sh        # here, once: fills .accel/ (ml-collections, Fashion-MNIST)
-#   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh", carry=[".accel"], timeout_s=600)
+#   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh benchmarks", carry=[".accel"])
+#   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh study", carry=[".accel"])
 #
-# BENCHMARK_SECONDS (default 390) and TOTAL_SECONDS (default 570) bound the two parts.
+# benchmarks: the whole accelerator benchmark uninterrupted (about 6 minutes on an H100), then the
+#   convolution forms at N = 100, batch 64, with what is left of PART_SECONDS (default 540);
+# study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS.
 set -u
+part=${1:?usage: gpu_session.sh benchmarks|study}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # the benchmark's cases and the study share the memory
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # one process after another, each taking what it needs
 start=$SECONDS
+limit=${PART_SECONDS:-540}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 set -o pipefail
-timeout "${BENCHMARK_SECONDS:-390}" python3 benchmarks/accelerator.py 2>&1 | tee "$OUT/accelerator.log"
-echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log"
-left=$(( ${TOTAL_SECONDS:-570} - (SECONDS - start) ))
-if [ "$left" -gt 60 ]; then
-  timeout "$left" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
-    --config.progress_every_seconds=30 2>&1 | tee "$OUT/study.log"
-  echo "study exit $? after $((SECONDS - start)) s (resumable: run the same command again)" | tee -a "$OUT/study.log"
-fi
-echo "total $((SECONDS - start)) s"
+case $part in
+  benchmarks)
+    timeout "$limit" python3 benchmarks/accelerator.py 2>&1 | tee "$OUT/accelerator.log"
+    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log"
+    left=$((limit - (SECONDS - start)))
+    if [ "$left" -gt 30 ]; then
+      timeout "$left" python3 benchmarks/conv_forms.py --trials 100 --steps 50 2>&1 | tee "$OUT/conv_forms.log"
+      echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
+    fi ;;
+  study)
+    timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
+      --config.progress_every_seconds=30 2>&1 | tee "$OUT/study.log"
+    echo "study exit $? after $((SECONDS - start)) s" | tee -a "$OUT/study.log" ;;
+  *) echo "unknown part '$part': benchmarks or study" >&2; exit 2 ;;
+esac

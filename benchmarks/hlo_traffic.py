@@ -110,3 +110,9 @@ def breakdown(hlo_text: str) -> dict:
             'slicing_charged': sum(item.charged for item in slicing),
             'slicing_read': sum(2 * item.read_if_slice for item in slicing),  # read a slice, write it
             'heaviest': sorted(body_items, key=lambda item: -item.charged)[:5]}
+
+
+def cost_analysis_bytes(compiled) -> float:
+    """XLA's cost analysis 'bytes accessed' of a compiled JAX program (a loop body counted once)."""
+    analysis = compiled.cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)['bytes accessed']
