@@ -10,6 +10,7 @@
 # study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS.
 set -u
 part=${1:?usage: gpu_session.sh benchmarks|study}
+case $part in benchmarks|study) ;; *) echo "unknown part '$part': benchmarks or study" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # one process after another, each taking what it needs
@@ -30,5 +31,4 @@ case $part in
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
       --config.progress_every_seconds=30 2>&1 | tee "$OUT/study.log"
     echo "study exit $? after $((SECONDS - start)) s" | tee -a "$OUT/study.log" ;;
-  *) echo "unknown part '$part': benchmarks or study" >&2; exit 2 ;;
 esac
