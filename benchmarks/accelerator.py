@@ -58,11 +58,7 @@ def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, com
     net = network.from_module(model, (28, 28, 1), compute_dtype=compute_dtype)
     programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
                                     batch_size, steps, False)
-    order, active = trial.init_data_order(0, int(images.shape[0])), jnp.ones(num_trials, bool)
-    # The chunk donates its states on accelerators: each run starts from a fresh copy.
-    run = lambda: programs.train_chunk(jax.tree.map(jnp.copy, trials), active, order, images, labels)
-    copy_only = common.seconds(lambda: jax.tree.map(jnp.copy, trials))
-    return num_trials * steps / max(common.seconds(run) - copy_only, 1e-9)
+    return common.chunk_rate(programs, trials, steps, images, labels)
 
 
 def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:

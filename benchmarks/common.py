@@ -25,18 +25,50 @@ def seconds(run, repeats=2):
     return best
 
 
-def synthetic_split(num_examples, seed=0):
-    """(images (n, 28, 28, 1), labels (n,)) of random values: the timings do not depend on pixels."""
+def synthetic_split(num_examples, seed=0, example_shape=(28, 28, 1)):
+    """(images (n, *example_shape), labels (n,)) of random values: the timings do not depend on pixels."""
     rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=(num_examples, 28, 28, 1)), jnp.float32),
+    return (jnp.asarray(rng.normal(size=(num_examples,) + tuple(example_shape)), jnp.float32),
             jnp.asarray(rng.integers(0, 10, size=num_examples), jnp.int32))
 
 
 def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
     """N trials of `model` with random masks (the compute is dense either way) and Sobol learning rates."""
-    init_trial = trial.make_init_trial(model, optimizer, (28, 28, 1), pruning='random', sparsity=sparsity)
+    init_trial = trial.make_init_trial(model, optimizer, tuple(images.shape[1:]), pruning='random',
+                                       sparsity=sparsity)
     rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
+
+
+def vmapped_chunk(model_name, num_trials, batch_size, steps, num_examples=4096):
+    """(programs, trials, images, labels): the engine's vmapped float32 SGD chunk of N trials of a
+    built-in model (engine.cell_programs) on a synthetic split of its input shape."""
+    model, optimizer = models.get_model(model_name), optim.make_optimizer('sgd')
+    apply_fn = lambda params, x: model.apply({'params': params}, x)
+    images, labels = synthetic_split(num_examples, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
+                                     else (32, 32, 3))
+    trials = make_trials(model, optimizer, num_trials, images, labels)
+    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+                                    batch_size, steps, False)
+    return programs, trials, images, labels
+
+
+def compiled_chunk(programs, trials, images, labels):
+    """The compiled train_chunk program of `vmapped_chunk`'s outputs (for XLA's cost analysis)."""
+    num_trials = int(jax.tree.leaves(trials)[0].shape[0])
+    return programs.train_chunk.lower(trials, jnp.ones(num_trials, bool), trial.init_data_order(0, int(images.shape[0])),
+                                      images, labels).compile()
+
+
+def chunk_rate(programs, trials, steps, images, labels) -> float:
+    """Trial-steps/s of `programs.train_chunk` (engine.cell_programs) over all stacked `trials`, one
+    shared data order. The chunk donates its states on accelerators, so each run starts from a
+    fresh copy, whose time is subtracted."""
+    num_trials = int(jax.tree.leaves(trials)[0].shape[0])
+    order, active = trial.init_data_order(0, int(images.shape[0])), jnp.ones(num_trials, bool)
+    run = lambda: programs.train_chunk(jax.tree.map(jnp.copy, trials), active, order, images, labels)
+    copy_only = seconds(lambda: jax.tree.map(jnp.copy, trials))
+    return num_trials * steps / max(seconds(run) - copy_only, 1e-9)
 
 
 def one_trial_rate(batch_size, steps, images, labels):

@@ -12,9 +12,9 @@
    the compiled vmapped float32 chunk, N = 8, for Simple-CNN and ResNet-8 at batch 8 / 64 / 512,
    beside the vmapped flax nn.Conv Simple-CNN step. XLA counts a loop body ONCE however many
    steps the scan runs (checked: a 1-, 2- and 10-step chunk report the same bytes and FLOPs), so
-   the figure is bytes / (N x batch), not / (N x batch x steps). XLA charges a fusion that only
-   slices one operand with the whole operand; hlo_traffic.py also prints the figure with those
-   charged what they move, and the chunk's heaviest instructions.
+   the figure is bytes / (N x batch), not / (N x batch x steps). XLA charges a fusion that reaches
+   a slice of its operand through a bitcast with the whole operand; hlo_traffic.py also gives the
+   figure with those charged what they move, and the chunk's heaviest instructions.
 
     python benchmarks/engine.py [--real_cell] [--quick] [--bytes]
 """
@@ -151,30 +151,11 @@ def real_cell(args):
           f'{everything.trial_steps_needed:,d} needed')
 
 
-def cost_analysis(compiled) -> dict:
-    analysis = compiled.cost_analysis()
-    return analysis[0] if isinstance(analysis, list) else analysis
-
-
-def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10) -> tuple[float, float, dict]:
-    """(bytes accessed, FLOPs) per example-step of the engine's compiled vmapped float32 chunk, and
-    the hlo_traffic.breakdown of its scan body."""
-    model = models.get_model(model_name)
-    shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
-    apply_fn = lambda params, x: model.apply({'params': params}, x)
-    optimizer = optim.make_optimizer('sgd')
-    images, labels = jnp.zeros((1024,) + shape), jnp.zeros(1024, jnp.int32)
-    init_trial = trial.make_init_trial(model, optimizer, shape, pruning='random', sparsity=0.5)
-    trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': np.full(num_trials, 0.1)},
-                                images, labels)
-    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
-                                    batch_size, steps, False)
-    compiled = programs.train_chunk.lower(trials, jnp.ones(num_trials, bool), trial.init_data_order(0, 1024),
-                                          images, labels).compile()
-    cost = cost_analysis(compiled)
-    # The scan body is counted once (see the module docstring).
-    return (cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size),
-            hlo_traffic.breakdown(compiled.as_text()))
+def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10):
+    """(hlo_traffic.Traffic, FLOPs) of the engine's compiled vmapped float32 chunk; the scan body is
+    counted once (see the module docstring), so dividing by N x batch gives per example-step."""
+    compiled = common.compiled_chunk(*common.vmapped_chunk(model_name, num_trials, batch_size, steps))
+    return hlo_traffic.traffic(compiled), hlo_traffic.cost_analysis(compiled)['flops']
 
 
 def flax_conv_cost(batch_size: int, num_trials: int = 8) -> tuple[float, float]:
@@ -184,26 +165,26 @@ def flax_conv_cost(batch_size: int, num_trials: int = 8) -> tuple[float, float]:
     params = jax.vmap(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)))['params'])(keys)
     batch = (jnp.zeros((batch_size, 28, 28, 1)), jnp.zeros(batch_size, jnp.int32))
     step = jax.jit(jax.vmap(make_sgd_step(model), in_axes=(0, None)))
-    cost = cost_analysis(step.lower(params, batch).compile())
+    cost = hlo_traffic.cost_analysis(step.lower(params, batch).compile())
     return cost['bytes accessed'] / (num_trials * batch_size), cost['flops'] / (num_trials * batch_size)
 
 
-def memory_traffic():
+def memory_traffic(num_trials: int = 8):
     for model_name in ('simple_cnn', 'resnet8'):
         for batch_size in (8, 64, 512):
-            traffic, flops, parts = chunk_cost(model_name, batch_size)
-            examples = 8 * batch_size
-            as_read = (parts['charged'] - parts['slicing_charged'] + parts['slicing_read']) / parts['charged'] * traffic
-            print(f'  {model_name:10s} batch {batch_size:>3d}: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP '
-                  f'per example-step ({flops / traffic:.1f} FLOP per byte); {parts["slicing_count"]} fusions that '
-                  f'only slice one operand are charged {parts["slicing_charged"] / examples / 1e6:.2f} MB of it and '
-                  f'move {parts["slicing_read"] / examples / 1e6:.2f} MB: {as_read / 1e6:.2f} MB with them charged '
-                  f'what they move', flush=True)
+            traffic, flops = chunk_cost(model_name, batch_size, num_trials)
+            parts, mb = traffic.parts, 1e6 * num_trials * batch_size  # MB per example-step
+            print(f'  {model_name:10s} batch {batch_size:>3d}: {traffic.counted / mb:6.2f} MB and '
+                  f'{flops / mb:5.1f} MFLOP per example-step ({flops / traffic.counted:.1f} FLOP per byte); '
+                  f'{parts["slicing_count"]} fusions charged a whole operand they only slice: '
+                  f'{parts["slicing_charged"] / mb:.2f} MB charged, {parts["slicing_read"] / mb:.2f} MB moved; '
+                  f'{traffic.moved / mb:.2f} MB as moved (the HLO parse adds up to '
+                  f'{traffic.parsed / traffic.counted:.1%} of XLA\'s count)', flush=True)
             if (model_name, batch_size) == ('simple_cnn', 64):
                 print('    its five heaviest instructions, MB per example-step as charged:', flush=True)
                 for item in parts['heaviest']:
-                    print(f'      {item.charged / examples / 1e6:5.2f}  {item.text}', flush=True)
-    traffic, flops = flax_conv_cost(64)
+                    print(f'      {item.charged / mb:5.2f}  {item.text}', flush=True)
+    traffic, flops = flax_conv_cost(64, num_trials)
     print(f'  flax nn.Conv simple_cnn batch  64: {traffic / 1e6:6.2f} MB and {flops / 1e6:5.1f} MFLOP per example-step '
           f'(its convolutions count only their operands and results)', flush=True)
 

@@ -6,16 +6,18 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh study", carry=[".accel"])
 #
 # benchmarks: the whole accelerator benchmark uninterrupted (about 6 minutes on an H100), then the
-#   convolution forms at N = 100, batch 64, with what is left of PART_SECONDS (default 540);
+#   convolution forms at N = 100, batch 64, with what is left of PART_SECONDS (default 480);
 # study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS.
+# With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
+cd "$(dirname "$0")/.."
 part=${1:?usage: gpu_session.sh benchmarks|study}
 case $part in benchmarks|study) ;; *) echo "unknown part '$part': benchmarks or study" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # one process after another, each taking what it needs
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # as the README's H100 figures were measured
 start=$SECONDS
-limit=${PART_SECONDS:-540}
+limit=${PART_SECONDS:-480}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 set -o pipefail
 case $part in

