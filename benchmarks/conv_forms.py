@@ -5,8 +5,9 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches.
 
-Bytes are XLA's cost analysis of the scan body and the same with fusions that only slice one
-operand charged what they move (hlo_traffic.py). Every form is first checked against
+Bytes are XLA's cost analysis of the compiled chunk (its scan body counted once), and the same
+with the fusions XLA charges a whole operand they only slice charged what they move
+(hlo_traffic.py). Every form is first checked against
 lax.conv_general_dilated on a small input.
 
     python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10]
