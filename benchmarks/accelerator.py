@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dps_jax import engine, models, network, optim, search, trial  # noqa: E402
+from dps_jax import engine, models, optim, search, trial  # noqa: E402
 import common  # noqa: E402
 from models import (FlaxConvSimpleCNN, make_scan, make_train_step as make_sgd_step,  # noqa: E402
                     simple_cnn_training_flops_per_example)
@@ -51,13 +51,9 @@ def matmul_tflops(size: int) -> float:
 
 
 def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, compute_dtype: str = 'float32') -> float:
-    """Trial-steps/s of the engine's vmapped chunk (all trials active, one shared data order)."""
-    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
-    trials = common.make_trials(model, optimizer, num_trials, images, labels)
-    # The study's network: the model at the config's compute dtype (float32 master weights).
-    net = network.from_module(model, (28, 28, 1), compute_dtype=compute_dtype)
-    programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
-                                    batch_size, steps, False)
+    """Trial-steps/s of the engine's vmapped Simple-CNN chunk (all trials active, one shared data order)."""
+    programs, trials, _, _ = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps, (images, labels),
+                                                  compute_dtype)
     return common.chunk_rate(programs, trials, steps, images, labels)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from dps_jax import engine, models, optim, search, trial  # noqa: E402
+from dps_jax import engine, models, network, optim, search, trial  # noqa: E402
 
 
 def seconds(run, repeats=2):
@@ -40,15 +40,16 @@ def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
 
 
-def vmapped_chunk(model_name, num_trials, batch_size, steps, num_examples=4096):
-    """(programs, trials, images, labels): the engine's vmapped float32 SGD chunk of N trials of a
-    built-in model (engine.cell_programs) on a synthetic split of its input shape."""
+def vmapped_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32'):
+    """(programs, trials, images, labels): the engine's vmapped SGD chunk of N trials of a built-in
+    model (engine.cell_programs) through the study's network at `compute_dtype`, on `split`
+    (images, labels), by default a synthetic split of 4096 examples of the model's input shape."""
     model, optimizer = models.get_model(model_name), optim.make_optimizer('sgd')
-    apply_fn = lambda params, x: model.apply({'params': params}, x)
-    images, labels = synthetic_split(num_examples, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
-                                     else (32, 32, 3))
+    images, labels = split or synthetic_split(4096, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
+                                              else (32, 32, 3))
+    net = network.from_module(model, tuple(images.shape[1:]), compute_dtype=compute_dtype)
     trials = make_trials(model, optimizer, num_trials, images, labels)
-    programs = engine.cell_programs(trial.make_train_step(apply_fn, optimizer), trial.make_val_error_count(apply_fn),
+    programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
                                     batch_size, steps, False)
     return programs, trials, images, labels
 

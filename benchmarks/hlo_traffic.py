@@ -149,9 +149,9 @@ def program_charged(hlo_text: str) -> int:
     return total
 
 
-def loop_body(hlo_text: str) -> str:
+def loop_body(hlo_text: str, found: dict | None = None) -> str:
     """The name of the body of the while loop that moves the most bytes (a scan's step)."""
-    found = computations(hlo_text)
+    found = computations(hlo_text) if found is None else found
     bodies = set(re.findall(r'\bwhile\(.*?body=%([^,\s]+)', hlo_text))
     if not bodies:
         raise ValueError('the program has no while loop')
@@ -161,7 +161,8 @@ def loop_body(hlo_text: str) -> str:
 def breakdown(hlo_text: str) -> dict:
     """The heaviest loop body's charged bytes, those of its fusions charged a whole operand they
     only slice (as charged, and as moved), and its five heaviest instructions."""
-    body_items = items(hlo_text, loop_body(hlo_text))
+    found = computations(hlo_text)
+    body_items = items(hlo_text, loop_body(hlo_text, found), found)
     slicing = [item for item in body_items if item.read_if_slice is not None]
     return {'charged': sum(item.charged for item in body_items),
             'slicing_count': len(slicing),
