@@ -1,21 +1,30 @@
-"""Three ways to write the engine's convolution, in the vmapped Simple-CNN chunk (N = 8, batch 64):
+"""Ways to write the engine's convolution, in the vmapped Simple-CNN chunk (N = 8, batch 64):
 bytes the compiled chunk moves and trial-steps/s, each form against im2col in the same run.
 
 - im2col (dps_jax.models.conv2d): all kh x kw shifted windows concatenated, one matmul;
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
-- shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches.
+- shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
+- xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
+- pallas: dps_jax.pallas_conv, Triton kernels that sum the windows without writing patches
+  (conv2 only: conv1 has one input channel and stays im2col). GPU only; on a CPU it is checked
+  in Pallas' interpret mode and not timed.
+
+The default forms are im2col, rows and shifted on a CPU (where xla inside lax.scan runs ~20x
+slower than im2col), and all five on a GPU. A form that fails to compile or run prints why and
+the others go on.
 
 Bytes are XLA's cost analysis of the compiled chunk (its scan body counted once), and the same
 with the fusions XLA charges a whole operand they only slice charged what they move
 (hlo_traffic.py). Every form is first checked against
 lax.conv_general_dilated on a small input.
 
-    python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10]
+    python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10] [--forms im2col pallas ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -26,7 +35,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dps_jax import models  # noqa: E402
+from dps_jax import models, pallas_conv  # noqa: E402
 import common  # noqa: E402
 import hlo_traffic  # noqa: E402
 
@@ -47,12 +56,26 @@ def conv2d_shifted(x, kernel, bias=None, stride=1, padding='SAME'):
     return y if bias is None else y + bias
 
 
-FORMS = {'im2col': models.conv2d, 'rows': conv2d_rows, 'shifted': conv2d_shifted}
+def conv2d_xla(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d as XLA's own convolution."""
+    y = lax.conv_general_dilated(x, kernel, models._pair(stride), padding.upper(),
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y if bias is None else y + bias
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() == 'gpu'
+
+
+FORMS = {'im2col': models.conv2d, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
+         'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
+CPU_FORMS = ('im2col', 'rows', 'shifted')
 
 
 def check_against_lax(form) -> None:
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 8))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 8, 16))
+    # 16 input channels: the least that pallas_conv's kernels take (fewer would test its fallback).
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 16))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 16, 32))
     for padding, stride in (('VALID', 1), ('SAME', 2)):
         want = lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision='highest')
@@ -73,17 +96,29 @@ def main():
     parser.add_argument('--trials', type=int, default=8)
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--forms', nargs='+', choices=tuple(FORMS), default=None,
+                        help='default: all on a GPU, ' + ', '.join(CPU_FORMS) + ' elsewhere')
     args = parser.parse_args()
+    forms = args.forms or (tuple(FORMS) if on_gpu() else CPU_FORMS)
+    if 'im2col' not in forms:
+        forms = ('im2col', *forms)  # the baseline of every ratio
     print(f'jax {jax.__version__}, {jax.devices()[0].platform}; Simple-CNN chunk, N = {args.trials}, '
           f'batch {args.batch}, {args.steps} steps, best of 2')
     print('| form | MB per example-step, as XLA counts | as moved | trial-steps/s | vs im2col |')
     print('| --- | --- | --- | --- | --- |')
     baseline = None
-    for name, form in FORMS.items():
-        check_against_lax(form)
-        models.conv2d = form  # SimpleCNN's layers call models.conv2d
+    for name in forms:
+        form = FORMS[name]
         try:
+            check_against_lax(form)
+            if name == 'pallas' and not on_gpu():
+                print(f'| {name} | | | skipped: its Triton kernels need a GPU (checked in interpret mode) | |')
+                continue
+            models.conv2d = form  # SimpleCNN's layers call models.conv2d
             traffic, rate = measure(args.trials, args.batch, args.steps)
+        except Exception as error:  # one form's failure (a compiler refusal, memory) must not end the run
+            print(f'| {name} | | | failed: {type(error).__name__}: {str(error).splitlines()[0][:300]} | |', flush=True)
+            continue
         finally:
             models.conv2d = FORMS['im2col']
         baseline = baseline or rate

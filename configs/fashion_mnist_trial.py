@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.sparsity = 0.9                 # fraction of parameters pruned, in [0, 1)
     config.pruning = 'snip'               # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False     # False: weights and biases compete (as the reference)
-    config.snip_batch_size = 100          # SNIP sums mask gradients over the whole split in batches of this
+    config.snip_batch_size = 100          # SNIP sums mask gradients over its examples in batches of this
+    config.snip_examples = 0              # 0 = the whole training split (the reference); n = its first n examples
     # Optimizer (TF1 semantics) and learning-rate schedule.
     config.optimizer = 'sgd'              # 'sgd' | 'momentum' | 'nesterov'
     config.schedule = 'constant'          # 'constant' | 'linear' (lr -> lr * end factor over decay_steps)

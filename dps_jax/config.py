@@ -149,6 +149,13 @@ def _require_cache_dir(config: Any) -> None:
                           f"or '' (off)")
 
 
+def _require_snip_examples(config: Any, num_train_examples: int | None) -> None:
+    snip_examples = require_int(config, 'snip_examples', minimum=0)
+    if num_train_examples is not None and snip_examples > num_train_examples:
+        raise ConfigError(f'config.snip_examples={snip_examples} is larger than the training split '
+                          f'({num_train_examples} examples)')
+
+
 def validate_trial_config(config: Any, num_train_examples: int | None = None) -> None:
     """Checks the fields one trial needs; with the training split size, also the batch size."""
     _validate_workload(config)
@@ -159,6 +166,8 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
                           f'({num_train_examples} examples)')
     require_int(config, 'seed', minimum=0)
     require_int(config, 'eval_chunk_size', minimum=1)
+    if 'snip_examples' in config:  # optional: a config written before the field scores the whole split
+        _require_snip_examples(config, num_train_examples)
     _require_cache_dir(config)
 
 
@@ -319,10 +328,7 @@ def _require_sequence(config: Any, field: str, what: str = 'the grid has no cell
 def validate_study_config(config: Any, num_train_examples: int | None = None) -> None:
     """Checks every field of a study config; with the training split size, also the batch sizes."""
     _validate_workload(config)
-    snip_examples = require_int(config, 'snip_examples', minimum=0)
-    if num_train_examples is not None and snip_examples > num_train_examples:
-        raise ConfigError(f'config.snip_examples={snip_examples} is larger than the training split '
-                          f'({num_train_examples} examples)')
+    _require_snip_examples(config, num_train_examples)
     for index, sparsity in enumerate(_require_sequence(config, 'sparsities')):
         require_float({f'sparsities[{index}]': sparsity}, f'sparsities[{index}]', 0.0, 1.0, high_open=True)
     if len(set(config.sparsities)) != len(config.sparsities):

@@ -36,6 +36,16 @@ def test_config_validates(path):
         config_lib.validate_trial_config(config, 54000)
 
 
+def test_a_single_trial_scores_at_most_its_training_split_for_snip():
+    config = load(next(path for path in CONFIGS if path.endswith('fashion_mnist_trial.py')))
+    config.snip_examples = 54001
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            'config.snip_examples=54001 is larger than the training split (54000 examples)')):
+        config_lib.validate_trial_config(config, 54000)
+    del config.snip_examples  # a config from before the field: the whole split
+    config_lib.validate_trial_config(config, 54000)
+
+
 @pytest.mark.parametrize('name, dataset, optimizer, goal, budget, searched', [
     ('mnist_simple_cnn_sgd', 'mnist', 'sgd', 0.02, 40000, ('learning_rate',)),
     ('mnist_simple_cnn_momentum', 'mnist', 'momentum', 0.02, 40000, ('learning_rate', 'momentum')),

@@ -1,0 +1,115 @@
+"""The Pallas window-sum convolution against lax.conv_general_dilated, run in Pallas' interpret mode on
+the CPU, and lowered (not run) for a CUDA GPU."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from dps_jax import pallas_conv
+
+pytestmark = pytest.mark.matmul_precision('highest')
+
+conv2d = functools.partial(pallas_conv.conv2d, interpret=True)
+
+
+def lax_conv(x, kernel, bias, padding, stride=1):
+    """The oracle: XLA's own convolution, NHWC / HWIO, at full float32 precision."""
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                 precision='highest')
+    return y + bias
+
+
+def random_case(batch, size, in_features, out_features, window, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    height, width = size
+    return (jax.random.normal(keys[0], (batch, height, width, in_features)),
+            jax.random.normal(keys[1], (window, window, in_features, out_features)) / (window * np.sqrt(in_features)),
+            jax.random.normal(keys[2], (out_features,)))
+
+
+# Simple-CNN's conv2 (12x12x32 -> 8x8x64), a SAME 3x3 as in ResNet-8, and sizes that are not powers of two
+# (odd batch, 9-pixel width, 24 in and 20 out channels), which the kernels pad and cut.
+CASES = [((2, (12, 12), 32, 64, 5), 'VALID'), ((2, (8, 8), 16, 16, 3), 'SAME'), ((3, (10, 9), 24, 20, 3), 'VALID')]
+
+
+def values_and_gradients(convolution, padding, x, kernel, bias):
+    """The convolution and the gradients of a nonlinear loss of it, in one jitted program (interpret mode
+    compiles each kernel's body, most of these tests' time; once per case)."""
+    def loss(x, kernel, bias):
+        y = convolution(x, kernel, bias, padding=padding)
+        # tanh and a sign pattern: the output gradient differs from pixel to pixel.
+        return jnp.sum(jnp.tanh(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+    return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, kernel, bias)
+
+
+def lax_form(x, kernel, bias, padding):
+    return lax_conv(x, kernel, bias, padding)
+
+
+@pytest.mark.parametrize('shape, padding', CASES)
+def test_values_and_gradients_match_lax(shape, padding):
+    x, kernel, bias = random_case(*shape)
+    assert pallas_conv.covers(x.shape, kernel.shape, 1)
+    (_, want_y), want = values_and_gradients(lax_form, padding, x, kernel, bias)
+    (_, got_y), got = values_and_gradients(conv2d, padding, x, kernel, bias)
+    # float32 sums of up to 800 products in another order: 1e-4 of values of order 1-10.
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-4)
+    for name, wanted, value in zip(('input', 'kernel', 'bias'), want, got):
+        np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_vmapped_over_trials_each_trial_gets_its_own_kernel():
+    """As the engine calls it: per-trial inputs and kernels under vmap, values and gradients per trial."""
+    x, kernel, bias = random_case(2, (10, 10), 16, 32, 3)
+    xs = jnp.stack([x, 2 * x, -x])
+    kernels = jnp.stack([kernel, 0.5 * kernel, jnp.flip(kernel, 0)])
+
+    def gradients(convolution, x, kernel):
+        return jax.grad(lambda x, kernel: jnp.sum(jnp.tanh(convolution(x, kernel, bias, padding='VALID')) ** 2),
+                        (0, 1))(x, kernel)
+
+    got = jax.jit(jax.vmap(functools.partial(gradients, conv2d)))(xs, kernels)
+    want = jax.jit(jax.vmap(functools.partial(gradients, lambda *a, padding: lax_conv(*a, padding))))(xs, kernels)
+    assert not np.allclose(got[1][0], got[1][1], atol=1e-3)  # the trials' gradients differ ...
+    for wanted, value in zip(want, got):  # ... and each is its own trial's
+        np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride, in_features', [(2, 16), (1, 1)])
+def test_what_the_kernels_do_not_cover_goes_to_im2col(stride, in_features, monkeypatch):
+    x, kernel, bias = random_case(2, (12, 12), in_features, 16, 3)
+    assert not pallas_conv.covers(x.shape, kernel.shape, stride)
+    monkeypatch.setattr(pallas_conv.pl, 'pallas_call', None)  # would fail if called
+    np.testing.assert_allclose(conv2d(x, kernel, bias, stride, 'SAME'), lax_conv(x, kernel, bias, 'SAME', stride),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_step_lowers_to_triton_kernels_for_a_cuda_gpu():
+    """The vmapped gradient of Simple-CNN's conv2 at N = 100, batch 64 lowers on this machine for CUDA:
+    three Triton kernels (forward, input gradient, kernel gradient), each over a grid with the trials."""
+    pytest.importorskip('jax._src.pallas.triton.lowering')
+
+    def loss(x, kernel):
+        return jnp.sum(pallas_conv.conv2d(x, kernel, None, 1, 'VALID') ** 2)
+
+    shapes = (jax.ShapeDtypeStruct((100, 64, 12, 12, 32), jnp.float32),
+              jax.ShapeDtypeStruct((100, 5, 5, 32, 64), jnp.float32))
+    text = jax.jit(jax.vmap(jax.grad(loss, (0, 1)))).trace(*shapes).lower(lowering_platforms=('cuda',)).as_text()
+    assert text.count('xla.gpu.triton') == 3
+    assert text.count('grid_z = 100') == 3
+    assert 'x800x' not in text  # no (., 800) im2col patch array of conv2
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='the compiled Triton kernels need a GPU')
+@pytest.mark.parametrize('shape, padding', CASES)
+def test_on_a_gpu_the_compiled_kernels_match_lax(shape, padding):
+    x, kernel, bias = random_case(*shape)
+    (_, want_y), want = values_and_gradients(lax_form, padding, x, kernel, bias)
+    (_, got_y), got = values_and_gradients(pallas_conv.conv2d, padding, x, kernel, bias)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-4)
+    for name, wanted, value in zip(('input', 'kernel', 'bias'), want, got):
+        np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4, err_msg=name)
