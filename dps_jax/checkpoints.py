@@ -40,6 +40,21 @@ def _same_fingerprint(saved: list, restored: list) -> bool:
         (a is None and not np.isfinite(b)) or (a is not None and (a == b)) for a, b in zip(saved, restored))
 
 
+def _uncommitted(tree: Any) -> Any:
+    """The tree with its single-device arrays uncommitted, as a fresh run's arrays are.
+
+    orbax returns arrays committed to their device, and jit compiles a program for committed
+    arguments apart from the one for uncommitted ones: a resumed cell would compile its chunk and
+    evaluation again instead of reusing what a fresh run left in the compilation cache. Arrays on
+    a mesh are committed in a fresh run too and are left as they are.
+    """
+    def uncommit(array):
+        if isinstance(array, jax.Array) and isinstance(array.sharding, jax.sharding.SingleDeviceSharding):
+            return jax.device_put(np.asarray(array))  # from the host: uncommitted, on the default device
+        return array
+    return jax.tree.map(uncommit, tree)
+
+
 class CellCheckpoints:
     """Checkpoints of one cell in `directory` every `every_checks` checks (orbax CheckpointManager).
 
@@ -96,8 +111,8 @@ class CellCheckpoints:
                 self._delete(step)
                 continue
             try:
-                arrays = self.manager.restore(step, args=self._ocp.args.Composite(
-                    arrays=self._ocp.args.StandardRestore(abstract_arrays(meta['host'])))).arrays
+                arrays = _uncommitted(self.manager.restore(step, args=self._ocp.args.Composite(
+                    arrays=self._ocp.args.StandardRestore(abstract_arrays(meta['host'])))).arrays)
                 if not _same_fingerprint(meta['fingerprint'], fingerprint(arrays)):
                     raise ValueError('its arrays do not match the fingerprint saved with them')
             except Exception as error:  # orbax raises bare Exception for unreadable array data

@@ -3,11 +3,13 @@
 import csv
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -207,15 +209,28 @@ def launch(workdir, *extra):
                              *TINY, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
+class Uninterrupted(NamedTuple):
+    workdir: pathlib.Path
+    cache: pathlib.Path        # its own compilation cache folder
+    cache_entries: list        # what the cache held after the run
+
+
 @pytest.fixture(scope='module')
 def uninterrupted_study(tmp_path_factory):
-    whole = tmp_path_factory.mktemp('whole')
-    first = launch(whole)
+    whole, cache = tmp_path_factory.mktemp('whole'), tmp_path_factory.mktemp('cache')
+    first = launch(whole, f'--config.compilation_cache_dir={cache}')
     output = first.communicate(timeout=900)[0]
     assert first.returncode == 0, output[-3000:]
     assert 'steps to result (goal validation error 0.2)' in output
+    assert f'compilation cache: {cache} (' in output
     assert not (whole / 'checkpoints' / '0_32').exists()  # removed once the cell's results are written
-    return whole
+    entries = cache_entries(cache)
+    assert len(entries) > 5  # data placement, initialization, chunks, evaluation, ...
+    return Uninterrupted(whole, cache, entries)
+
+
+def cache_entries(folder):
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 
 def kill_when(victim, condition, deadline_seconds=900):
@@ -237,30 +252,35 @@ def assert_same_store(got, want):
 @pytest.mark.xdist_group('uninterrupted_study')
 @needs_data
 def test_a_study_killed_inside_its_second_cell_resumes_to_the_same_results(tmp_path, uninterrupted_study):
-    """The finished first cell is kept, the second resumes from its checkpoint: the same store."""
+    """The finished first cell is kept, the second resumes from its checkpoint: the same store. Both runs
+    use the uninterrupted run's compilation cache and compile nothing: they add no entry to it."""
     checkpoints = tmp_path / 'checkpoints' / '0.8_32'
-    victim = launch(tmp_path)
+    same_cache = f'--config.compilation_cache_dir={uninterrupted_study.cache}'
+    victim = launch(tmp_path, same_cache)
     kill_when(victim, lambda: checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
     assert (tmp_path / 'cells' / '0_32' / 'summary.json').exists()
     assert not (tmp_path / 'cells' / '0.8_32' / 'summary.json').exists()
-    resumed = launch(tmp_path)
+    resumed = launch(tmp_path, same_cache)
     output = resumed.communicate(timeout=900)[0]
     assert resumed.returncode == 0, output[-3000:]
     assert '2 cells, 1 already finished, 1 to run' in output
     assert 'resumed from checkpoint at step' in output
-    assert_same_store(tmp_path, uninterrupted_study)
+    assert_same_store(tmp_path, uninterrupted_study.workdir)
+    # Every program is stored however fast it compiled (with JAX's default 1 s threshold these small
+    # programs would leave the cache nearly empty), so no new entry means that no program was compiled.
+    assert cache_entries(uninterrupted_study.cache) == uninterrupted_study.cache_entries
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group('uninterrupted_study')
 @needs_data
 def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version(tmp_path, uninterrupted_study):
-    recorded = json.loads((uninterrupted_study / 'provenance.json').read_text())['runs']
+    recorded = json.loads((uninterrupted_study.workdir / 'provenance.json').read_text())['runs']
     assert len(recorded) == 1
     assert recorded[0]['packages']['jax'] == jax.__version__ and recorded[0]['backend'] == jax.default_backend()
     assert recorded[0]['numerics']['matmul_precision'] == 'default'
     workdir = tmp_path / 'copy'
-    shutil.copytree(uninterrupted_study, workdir)
+    shutil.copytree(uninterrupted_study.workdir, workdir)
     fake = {**recorded[0], 'packages': {**recorded[0]['packages'], 'jax': '0.4.1'}}
     (workdir / 'provenance.json').write_text(json.dumps({'runs': [fake]}))
 
@@ -278,30 +298,6 @@ def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version
     assert 'made under jax 0.4.1' in output and '2 cells, 2 already finished, 0 to run' in output
     runs = json.loads((workdir / 'provenance.json').read_text())['runs']
     assert [run['packages']['jax'] for run in runs] == ['0.4.1', jax.__version__]
-
-
-def cache_entries(folder):
-    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
-
-
-@pytest.mark.slow
-@needs_data
-def test_a_second_run_of_the_same_study_compiles_nothing(tmp_path):
-    cache = tmp_path / 'cache'
-    one_cell = ['--config.cells=0_32', '--config.max_steps=20', f'--config.compilation_cache_dir={cache}']
-    for run, workdir in enumerate((tmp_path / 'first', tmp_path / 'second')):
-        process = launch(workdir, *one_cell)
-        output = process.communicate(timeout=900)[0]
-        assert process.returncode == 0, output[-3000:]
-        assert f'compilation cache: {cache} (' in output
-        if run == 0:
-            after_first = cache_entries(cache)
-            assert len(after_first) > 5  # data placement, initialization, chunks, evaluation, ...
-    # Every program is stored however fast it compiled (with JAX's default 1 s threshold these small
-    # programs would leave the cache nearly empty, failing the count above), so no new entry after
-    # the second run means that it compiled no program.
-    assert cache_entries(cache) == after_first
-    assert (tmp_path / 'first' / 'summary.csv').read_text() == (tmp_path / 'second' / 'summary.csv').read_text()
 
 
 def test_the_compilation_cache_folder_is_resolved_from_the_config(monkeypatch, tmp_path):
