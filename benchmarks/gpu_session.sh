@@ -5,9 +5,10 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh benchmarks", carry=[".accel"])
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh study", carry=[".accel"])
 #
-# benchmarks: the convolution forms im2col, pallas (Triton kernels) and xla at N = 100, batch 64
-#   (at most 180 s), then the whole accelerator benchmark (about 6 minutes on an H100) with what is
-#   left of PART_SECONDS (default 500): its rows print as they are measured, so a cut run keeps them;
+# benchmarks: the convolution forms (im2col against the pallas Triton kernels, and xla at batch 64)
+#   at batch 64 / 8 / 512 (at most 240 s), then the whole accelerator benchmark (about 6 minutes on
+#   an H100) with what is left of PART_SECONDS (default 500): its rows print as they are measured,
+#   so a cut run keeps them;
 # study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
@@ -23,9 +24,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 set -o pipefail
 case $part in
   benchmarks)
-    timeout 180 python3 benchmarks/conv_forms.py --trials 100 --steps 50 --forms im2col pallas xla 2>&1 \
-      | tee "$OUT/conv_forms.log"
-    echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
+    # The issue's chunk sizes: batch 64 (N = 100) with every GPU form, then batch 8 (N = 1000) and
+    # batch 512 (N = 16) with im2col and pallas only.
+    forms_end=$((SECONDS + 240))
+    for case in "64 100 im2col pallas xla" "8 1000 im2col pallas" "512 16 im2col pallas"; do
+      set -- $case
+      left=$((forms_end - SECONDS))
+      [ "$left" -gt 20 ] || break
+      timeout "$left" python3 benchmarks/conv_forms.py --batch "$1" --trials "$2" --steps 50 --forms "${@:3}" 2>&1 \
+        | tee -a "$OUT/conv_forms.log"
+      echo "conv_forms.py (batch $1, N = $2) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
+    done
     left=$((limit - (SECONDS - start)))
     timeout "$left" python3 benchmarks/accelerator.py 2>&1 | tee "$OUT/accelerator.log"
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
