@@ -40,11 +40,13 @@ def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
 
 
-def vmapped_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32'):
+def vmapped_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32',
+                  convolution='im2col'):
     """(programs, trials, images, labels): the engine's vmapped SGD chunk of N trials of a built-in
-    model (engine.cell_programs) through the study's network at `compute_dtype`, on `split`
-    (images, labels), by default a synthetic split of 4096 examples of the model's input shape."""
-    model, optimizer = models.get_model(model_name), optim.make_optimizer('sgd')
+    model (engine.cell_programs) through the study's network at `compute_dtype` and `convolution`
+    (models.CONVOLUTIONS), on `split` (images, labels), by default a synthetic split of 4096
+    examples of the model's input shape."""
+    model, optimizer = models.get_model(model_name, convolution=convolution), optim.make_optimizer('sgd')
     images, labels = split or synthetic_split(4096, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
                                               else (32, 32, 3))
     net = network.from_module(model, tuple(images.shape[1:]), compute_dtype=compute_dtype)

@@ -5,9 +5,9 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
 - xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
-- pallas: dps_jax.pallas_conv, Triton kernels that sum the windows without writing patches
-  (conv2 only: conv1 has one input channel and stays im2col). GPU only; on a CPU it is checked
-  in Pallas' interpret mode and not timed.
+- pallas: config.convolution='pallas' (dps_jax.pallas_conv), Triton kernels that sum the windows
+  without writing patches (conv2 only: conv1 has one input channel and stays im2col). GPU only;
+  on a CPU it is checked in Pallas' interpret mode and not timed.
 
 The default forms are im2col, rows and shifted on a CPU (where xla inside lax.scan runs ~20x
 slower than im2col), and all five on a GPU. A form that fails to compile or run prints why and
@@ -18,7 +18,7 @@ with the fusions XLA charges a whole operand they only slice charged what they m
 (hlo_traffic.py). Every form is first checked against
 lax.conv_general_dilated on a small input.
 
-    python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10] [--forms im2col pallas ...]
+    python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10] [--forms im2col pallas ...] [--skip_bytes]
 """
 
 from __future__ import annotations
@@ -84,11 +84,22 @@ def check_against_lax(form) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def measure(num_trials: int, batch_size: int, steps: int) -> tuple[hlo_traffic.Traffic, float]:
-    """(bytes of the compiled chunk, trial-steps/s) with models.conv2d as it is set now."""
-    programs, trials, images, labels = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps)
-    traffic = hlo_traffic.traffic(common.compiled_chunk(programs, trials, images, labels))
-    return traffic, common.chunk_rate(programs, trials, steps, images, labels)
+def measure(num_trials: int, batch_size: int, steps: int, convolution: str = 'im2col', with_bytes: bool = True
+            ) -> tuple[hlo_traffic.Traffic | None, float]:
+    """(bytes of the compiled chunk, trial-steps/s) of the model at `convolution`, its im2col being
+    models.conv2d as it is set now. The bytes are None where the program's HLO could not be read
+    (a GPU's, say) or not asked for (it compiles the chunk once more): the speed is what counts there."""
+    programs, trials, images, labels = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps,
+                                                            convolution=convolution)
+    rate = common.chunk_rate(programs, trials, steps, images, labels)
+    if not with_bytes:
+        return None, rate
+    try:
+        traffic = hlo_traffic.traffic(common.compiled_chunk(programs, trials, images, labels))
+    except Exception as error:  # noqa: BLE001 (a parse of an unfamiliar HLO must not cost the speed)
+        print(f'  (bytes not read: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ""})')
+        traffic = None
+    return traffic, rate
 
 
 def main():
@@ -98,6 +109,7 @@ def main():
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--forms', nargs='+', choices=tuple(FORMS), default=None,
                         help='default: all on a GPU, ' + ', '.join(CPU_FORMS) + ' elsewhere')
+    parser.add_argument('--skip_bytes', action='store_true', help='speed only (saves a compile per form)')
     args = parser.parse_args()
     forms = args.forms or (tuple(FORMS) if on_gpu() else CPU_FORMS)
     if 'im2col' not in forms:
@@ -114,8 +126,11 @@ def main():
             if name == 'pallas' and not on_gpu():
                 print(f'| {name} | | | skipped: its Triton kernels need a GPU (checked in interpret mode) | |')
                 continue
-            models.conv2d = form  # SimpleCNN's layers call models.conv2d
-            traffic, rate = measure(args.trials, args.batch, args.steps)
+            if name == 'pallas':  # the model's own switch, as config.convolution sets it
+                traffic, rate = measure(args.trials, args.batch, args.steps, 'pallas', not args.skip_bytes)
+            else:
+                models.conv2d = form  # SimpleCNN's layers call models.conv2d
+                traffic, rate = measure(args.trials, args.batch, args.steps, 'im2col', not args.skip_bytes)
         except Exception as error:  # one form's failure (a compiler refusal, memory) must not end the run
             print(f'| {name} | | | failed: {type(error).__name__}: {str(error).splitlines()[0][:300]} | |', flush=True)
             continue
@@ -123,8 +138,8 @@ def main():
             models.conv2d = FORMS['im2col']
         baseline = baseline or rate
         mb = 1e6 * args.trials * args.batch
-        print(f'| {name} | {traffic.counted / mb:.2f} | {traffic.moved / mb:.2f} | {rate:,.1f} | '
-              f'{rate / baseline:.2f}x |', flush=True)
+        counted, moved = ('?', '?') if traffic is None else (f'{traffic.counted / mb:.2f}', f'{traffic.moved / mb:.2f}')
+        print(f'| {name} | {counted} | {moved} | {rate:,.1f} | {rate / baseline:.2f}x |', flush=True)
 
 
 if __name__ == '__main__':

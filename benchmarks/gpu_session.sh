@@ -31,7 +31,7 @@ case $part in
       set -- $case
       left=$((forms_end - SECONDS))
       [ "$left" -gt 20 ] || break
-      timeout "$left" python3 benchmarks/conv_forms.py --batch "$1" --trials "$2" --steps 50 --forms "${@:3}" 2>&1 \
+      timeout "$left" python3 benchmarks/conv_forms.py --batch "$1" --trials "$2" --steps 50 --skip_bytes --forms "${@:3}" 2>&1 \
         | tee -a "$OUT/conv_forms.log"
       echo "conv_forms.py (batch $1, N = $2) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
     done

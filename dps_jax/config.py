@@ -141,6 +141,9 @@ def _validate_workload(config: Any) -> None:
     require_choice(config, 'matmul_precision', precision.MATMUL_PRECISIONS)
     if 'compute_dtype' in config:  # optional: a config written before the field trains in float32
         require_choice(config, 'compute_dtype', precision.COMPUTE_DTYPES)
+    if 'convolution' in config:  # optional: a config written before the field convolves by im2col
+        from dps_jax import models  # imports flax: not at module level
+        require_choice(config, 'convolution', models.CONVOLUTIONS)
 
 
 def _require_cache_dir(config: Any) -> None:
@@ -271,6 +274,10 @@ def base_study_config():
                                         # float32 parameters (the master copy, updated in float32) and the images
                                         # to bfloat16 per step; logits, loss, pruning scores and the smoothness
                                         # estimators stay float32. Opt-in, for GPUs/TPUs; slower on XLA:CPU
+    config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend) | 'pallas':
+                                        # Triton kernels that never write im2col patches, GPU only, for the
+                                        # stride-1 layers with >= 16 channels in and out (im2col for the rest;
+                                        # README, "Performance"); results agree with im2col to float32 rounding
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

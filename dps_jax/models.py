@@ -19,6 +19,10 @@ from jax import lax
 
 MODELS = ('simple_cnn', 'resnet8')
 PADDINGS = ('SAME', 'VALID')
+# How the built-in models convolve (config.convolution): 'im2col' (conv2d below, any backend) or
+# 'pallas' (dps_jax.pallas_conv: Triton kernels on a GPU, Pallas' interpret mode elsewhere, im2col
+# for the layers its kernels do not cover).
+CONVOLUTIONS = ('im2col', 'pallas')
 
 # TF1's default weight init: fan-in variance scaling, truncated at two stddevs
 # (the stddev is corrected so that the truncated draw has variance 1/fan_in).
@@ -141,12 +145,19 @@ class Conv2D(nn.Module):
     kernel_size: Union[int, Sequence[int]]
     stride: Union[int, Sequence[int]] = 1
     padding: str = 'SAME'
+    convolution: str = 'im2col'  # one of CONVOLUTIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel_shape = _pair(self.kernel_size) + (x.shape[-1], self.features)
         kernel = self.param('kernel', kernel_init, kernel_shape, jnp.float32)
         bias = self.param('bias', bias_init, (self.features,), jnp.float32)
+        if self.convolution == 'pallas':
+            from dps_jax import pallas_conv  # it imports this module
+            return pallas_conv.conv2d(x, kernel, bias, self.stride, self.padding,
+                                      interpret=jax.default_backend() != 'gpu')
+        if self.convolution != 'im2col':
+            raise ValueError(f'convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}')
         return conv2d(x, kernel, bias, self.stride, self.padding)
 
 
@@ -158,11 +169,12 @@ def dense(features: int, name: str | None = None) -> nn.Dense:
 class SimpleCNN(nn.Module):
     """Two 5x5 conv + max-pool layers and a dense layer: (B, 28, 28, C) -> logits (B, num_classes)."""
     num_classes: int = 10
+    convolution: str = 'im2col'  # one of CONVOLUTIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = max_pool_2x2(nn.relu(Conv2D(32, 5, padding='VALID', name='conv1')(x)))
-        x = max_pool_2x2(nn.relu(Conv2D(64, 5, padding='VALID', name='conv2')(x)))
+        x = max_pool_2x2(nn.relu(Conv2D(32, 5, padding='VALID', convolution=self.convolution, name='conv1')(x)))
+        x = max_pool_2x2(nn.relu(Conv2D(64, 5, padding='VALID', convolution=self.convolution, name='conv2')(x)))
         x = x.reshape(x.shape[0], -1)
         return dense(self.num_classes, name='dense')(x)
 
@@ -175,12 +187,13 @@ class PreActBlock(nn.Module):
     """
     features: int
     stride: int = 1
+    convolution: str = 'im2col'  # one of CONVOLUTIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         activated = nn.relu(x)
-        residual = Conv2D(self.features, 3, self.stride, name='conv1')(activated)
-        residual = Conv2D(self.features, 3, 1, name='conv2')(nn.relu(residual))
+        residual = Conv2D(self.features, 3, self.stride, convolution=self.convolution, name='conv1')(activated)
+        residual = Conv2D(self.features, 3, 1, convolution=self.convolution, name='conv2')(nn.relu(residual))
         # As the reference: only an identity shortcut keeps the pre-ReLU input; a shortcut that
         # pools or widens takes the activated input.
         if self.stride == 1 and x.shape[-1] == self.features:
@@ -191,23 +204,26 @@ class PreActBlock(nn.Module):
 class ResNet8(nn.Module):
     """Stem conv + three pre-activation blocks (16, 32, 64): (B, H, W, C) -> logits (B, num_classes)."""
     num_classes: int = 10
+    convolution: str = 'im2col'  # one of CONVOLUTIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = Conv2D(16, 3, name='stem')(x)
-        x = PreActBlock(16, 1, name='block1')(x)
-        x = PreActBlock(32, 2, name='block2')(x)
-        x = PreActBlock(64, 2, name='block3')(x)
+        x = Conv2D(16, 3, convolution=self.convolution, name='stem')(x)
+        x = PreActBlock(16, 1, self.convolution, name='block1')(x)
+        x = PreActBlock(32, 2, self.convolution, name='block2')(x)
+        x = PreActBlock(64, 2, self.convolution, name='block3')(x)
         x = jnp.mean(nn.relu(x), axis=(1, 2))
         return dense(self.num_classes, name='dense')(x)
 
 
-def get_model(name: str, num_classes: int = 10) -> nn.Module:
-    """The model registered under name ('simple_cnn' or 'resnet8')."""
+def get_model(name: str, num_classes: int = 10, convolution: str = 'im2col') -> nn.Module:
+    """The model registered under name ('simple_cnn' or 'resnet8'), convolving by `convolution` (CONVOLUTIONS)."""
+    if convolution not in CONVOLUTIONS:
+        raise ValueError(f'convolution must be one of {CONVOLUTIONS}, got {convolution!r}')
     if name == 'simple_cnn':
-        return SimpleCNN(num_classes=num_classes)
+        return SimpleCNN(num_classes=num_classes, convolution=convolution)
     if name == 'resnet8':
-        return ResNet8(num_classes=num_classes)
+        return ResNet8(num_classes=num_classes, convolution=convolution)
     raise ValueError(f'unknown model {name!r}; expected one of {MODELS}')
 
 

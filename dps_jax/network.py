@@ -217,15 +217,19 @@ def _import(where: str, model: str):
         raise ModelError(f'config.model={model!r}: cannot import {where!r}: {_first_line(error)}') from None
 
 
-def resolve_module(model: Any, num_classes: int) -> nn.Module:
-    """The flax Module that `model` names (see the module docstring) for `num_classes` classes."""
+def resolve_module(model: Any, num_classes: int, convolution: str = 'im2col') -> nn.Module:
+    """The flax Module that `model` names (see the module docstring) for `num_classes` classes;
+    `convolution` (models.CONVOLUTIONS) is how a built-in model convolves, and must be 'im2col' for others."""
+    if convolution != 'im2col' and not (isinstance(model, str) and model in models.MODELS):
+        raise ModelError(f'config.convolution={convolution!r} applies to the built-in models '
+                         f'({", ".join(models.MODELS)}), not to config.model={model!r}; use \'im2col\'')
     if isinstance(model, nn.Module):
         return model
     if not isinstance(model, str):
         raise ModelError(f'config.model={model!r} must be a name ({", ".join(models.MODELS)}), '
                          f"'package.module:attribute' or a flax Module")
     if model in models.MODELS:
-        return models.get_model(model, num_classes)
+        return models.get_model(model, num_classes, convolution)
     if model.startswith(OBJECT_PREFIX):
         raise ModelError(f'config.model={model!r} names a Module object given to the Python API; give it again '
                          f'(dps_jax.run_study(config, workdir, model=...))')

@@ -48,6 +48,11 @@ def compute_dtype(config: ml_collections.ConfigDict) -> str:
     return config.get('compute_dtype', 'float32')
 
 
+def convolution(config: ml_collections.ConfigDict) -> str:
+    """config.convolution; 'im2col' for a config written before the field existed."""
+    return config.get('convolution', 'im2col')
+
+
 def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset: data.Dataset | None = None
                   ) -> Workload:
     """Loads the config's dataset, puts its train and validation splits on the device, builds the
@@ -57,13 +62,17 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
     model: a flax Module to use instead of config.model; dataset: a data.Dataset (e.g.
     data.from_arrays) to use instead of config.dataset.
     """
+    if convolution(config) == 'pallas' and jax.default_backend() != 'gpu':
+        raise config_lib.ConfigError(f"config.convolution='pallas' runs Triton kernels on a GPU; this backend is "
+                                     f"{jax.default_backend()}: use 'im2col'")
     if dataset is None:
         if config.dataset.startswith(config_lib.ARRAYS_PREFIX):
             raise data.DataError(f'config.dataset={config.dataset!r} names a Dataset object given to the Python API; '
                                  f'give it again (dps_jax.run_study(config, workdir, dataset=...))')
         dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
     example_shape = tuple(dataset.train.images.shape[1:])
-    module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes)
+    module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes,
+                                        convolution(config))
     name = network_lib.describe_module(module) if model is not None else repr(config.model)
     network = network_lib.from_module(module, example_shape, config.matmul_precision, compute_dtype(config))
     network_lib.check_logits(network, example_shape, dataset.num_classes, name)

@@ -2,14 +2,17 @@
 the CPU, and lowered (not run) for a CUDA GPU."""
 
 import functools
+import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from dps_jax import pallas_conv
+from dps_jax import config as config_lib
+from dps_jax import models, network, pallas_conv, workload
 
 pytestmark = pytest.mark.matmul_precision('highest')
 
@@ -113,3 +116,38 @@ def test_on_a_gpu_the_compiled_kernels_match_lax(shape, padding):
     np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-4)
     for name, wanted, value in zip(('input', 'kernel', 'bias'), want, got):
         np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_simple_cnn_with_pallas_convolutions_equals_im2col_in_values_and_gradients():
+    """config.convolution='pallas' as the engine runs it: vmapped over trials' parameters, logits and
+    loss gradients of the built-in model equal the im2col model's (conv1, 1 input channel, stays im2col)."""
+    images = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    labels = jnp.arange(4) % 10
+    im2col, pallas = models.get_model('simple_cnn'), models.get_model('simple_cnn', convolution='pallas')
+    params = jax.vmap(lambda key: im2col.init(key, images)['params'])(jax.random.split(jax.random.PRNGKey(1), 2))
+
+    def loss_and_gradients(model):
+        def loss(params):
+            logits = model.apply({'params': params}, images)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))(params)
+
+    traced = str(jax.make_jaxpr(lambda p: pallas.apply({'params': p}, images))(jax.tree.map(lambda x: x[0], params)))
+    assert traced.count('pallas_call') == 1  # conv2 by the kernels; conv1 (1 input channel) by im2col
+    (want_loss, want_logits), want = loss_and_gradients(im2col)
+    (got_loss, got_logits), got = loss_and_gradients(pallas)
+    np.testing.assert_allclose(got_logits, want_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_convolutions_are_refused_off_a_gpu_and_for_models_of_ones_own():
+    config = config_lib.base_study_config()
+    config.convolution = 'pallas'
+    if jax.default_backend() != 'gpu':
+        with pytest.raises(config_lib.ConfigError, match=re.escape(
+                f"config.convolution='pallas' runs Triton kernels on a GPU; this backend is {jax.default_backend()}")):
+            workload.load_workload(config)
+    with pytest.raises(network.ModelError, match="config.convolution='pallas' applies to the built-in models"):
+        network.resolve_module('my_nets:Net', 10, 'pallas')
+    assert isinstance(network.resolve_module('resnet8', 10, 'pallas'), models.ResNet8)
