@@ -28,9 +28,9 @@ from dps_jax.models import conv2d as im2col_conv2d
 
 # Triton tensors have power-of-two sizes and its matmuls need every side >= 16.
 MIN_DOT_SIDE = 16
-# Images per program of the forward kernel: with an 8-pixel output row, 16 images make a
-# (128, channels) tile, a usual Triton matmul tile.
-MAX_IMAGES_PER_PROGRAM = 16
+# Output pixels per program (images x padded row width): a (128, channels) matmul tile, a usual
+# Triton tile, whose window operand and accumulator stay within a warp group's registers.
+TILE_PIXELS = 128
 
 
 def _next_power_of_two(size: int) -> int:
@@ -61,8 +61,8 @@ def _pad_channels_to_power_of_two(array: jax.Array, axis: int) -> jax.Array:
 def _layout(batch: int, out_w: int) -> tuple[int, int, int]:
     """(images per program, padded batch, padded output width) for a (batch, ., out_w, .) output."""
     padded_w = _next_power_of_two(out_w)
-    images = min(MAX_IMAGES_PER_PROGRAM, _next_power_of_two(batch))
-    images = max(images, _next_power_of_two(-(-MIN_DOT_SIDE // padded_w)))
+    images = min(max(TILE_PIXELS // padded_w, 1), _next_power_of_two(batch))
+    images = max(images, _next_power_of_two(-(-MIN_DOT_SIDE // padded_w)))  # a matmul side >= 16
     return images, -(-batch // images) * images, padded_w
 
 
