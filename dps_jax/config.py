@@ -206,7 +206,7 @@ def base_study_config():
                                         # (README, "Your own workload"; dps_jax/network.py)
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
-    config.snip_batch_size = 100        # SNIP sums mask gradients over the whole split in batches of this
+    config.snip_batch_size = 100        # SNIP sums mask gradients over its examples in batches of this
     config.snip_examples = 0            # 0 = the whole training split (the reference); n = its first n examples
     # --- The grid: one cell per (sparsity, batch size).
     config.sparsities = (0.0, 0.5, 0.7, 0.9)      # each in [0, 1)
@@ -277,7 +277,8 @@ def base_study_config():
     config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend) | 'pallas':
                                         # Triton kernels that never write im2col patches, GPU only, for the
                                         # stride-1 layers with >= 16 channels in and out (im2col for the rest;
-                                        # README, "Performance"); results agree with im2col to float32 rounding
+                                        # README, "Performance"); the same values as im2col up to the order of
+                                        # float32 sums (at matmul_precision 'default' both are TF32 on NVIDIA GPUs)
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

@@ -9,7 +9,7 @@ windows read straight from the input, in three kernels:
 - the kernel gradient (`_kernel_gradient_kernel`), one program per tap summing over the batch.
 
 `conv2d` takes `models.conv2d`'s arguments and values; what these kernels do not cover (a stride,
-fewer than 16 input or output channels) goes to `models.conv2d`, which is also the test oracle.
+fewer than 16 or more than 128 input or output channels) goes to `models.conv2d`, which is also the test oracle.
 Pallas' interpret mode (`interpret=True`) runs the same kernels on a CPU.
 """
 
@@ -45,10 +45,15 @@ def _compiler_params(interpret: bool):
     return pallas_triton.CompilerParams(num_warps=4, num_stages=2)
 
 
+# Wider layers would need their channels tiled: a (128, channels) float32 tile of 256 channels
+# and its pipelined copies outgrow a GPU's shared memory.
+MAX_CHANNELS = 128
+
+
 def covers(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: Union[int, Sequence[int]]) -> bool:
-    """Whether these kernels compute this convolution (stride 1, at least 16 channels in and out)."""
-    return (models._pair(stride) == (1, 1) and kernel_shape[2] >= MIN_DOT_SIDE
-            and kernel_shape[3] >= MIN_DOT_SIDE and len(x_shape) == 4)
+    """Whether these kernels compute this convolution (stride 1, 16 to 128 channels in and out)."""
+    return (models._pair(stride) == (1, 1) and len(x_shape) == 4
+            and all(MIN_DOT_SIDE <= channels <= MAX_CHANNELS for channels in kernel_shape[2:4]))
 
 
 def _pad_channels_to_power_of_two(array: jax.Array, axis: int) -> jax.Array:
@@ -111,49 +116,53 @@ def _valid_forward(x, kernel, interpret):
     y = pl.pallas_call(
         functools.partial(_window_sum_kernel, kernel_h=kernel_h, kernel_w=kernel_w, images=images,
                           padded_w=padded_w),
-        out_shape=jax.ShapeDtypeStruct((padded_batch, out_h, padded_w, features), x.dtype),
+        out_shape=jax.ShapeDtypeStruct((padded_batch, out_h, padded_w, features), jnp.result_type(x, kernel)),
         grid=(padded_batch // images, out_h),
         compiler_params=_compiler_params(interpret), interpret=interpret, name='window_sum_conv',
     )(x, kernel)
     return y[:batch, :, :out_w, :]
 
 
-def _valid_kernel_gradient(x, gradient, kernel_shape, interpret):
+def _valid_kernel_gradient(x, gradient, kernel_shape, kernel_dtype, interpret):
     """d loss / d kernel (kh, kw, C, F) of the VALID convolution, from x and d loss / d output."""
     batch, height, width, channels = x.shape
     kernel_h, kernel_w, _, features = kernel_shape
     _, out_h, out_w, _ = gradient.shape
     images, padded_batch, padded_w = _layout(batch, out_w)
     x = jnp.pad(x, ((0, padded_batch - batch), (0, 0), (0, padded_w + kernel_w - 1 - width), (0, 0)))
-    # Zero gradient in the padded columns and images keeps their garbage windows out of the sum.
+    # Zero gradient in the padded columns and images keeps their garbage windows out of the sum (but
+    # an inf or nan in those windows still makes nan: only a diverged trial's inputs hold one).
     gradient = jnp.pad(gradient, ((0, padded_batch - batch), (0, 0), (0, padded_w - out_w), (0, 0)))
     return pl.pallas_call(
         functools.partial(_kernel_gradient_kernel, images=images, blocks=padded_batch // images,
                           out_h=out_h, padded_w=padded_w),
-        out_shape=jax.ShapeDtypeStruct((kernel_h, kernel_w, channels, features), x.dtype),
+        out_shape=jax.ShapeDtypeStruct((kernel_h, kernel_w, channels, features), kernel_dtype),
         grid=(kernel_h, kernel_w),
         compiler_params=_compiler_params(interpret), interpret=interpret, name='window_sum_conv_kernel_gradient',
     )(x, gradient)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _valid_conv(x, kernel, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _valid_conv(x, kernel, interpret, matmul_precision):
     return _valid_forward(x, kernel, interpret)
 
 
-def _valid_conv_forward(x, kernel, interpret):
+def _valid_conv_forward(x, kernel, interpret, matmul_precision):
     return _valid_forward(x, kernel, interpret), (x, kernel)
 
 
-def _valid_conv_backward(interpret, saved, gradient):
+def _valid_conv_backward(interpret, matmul_precision, saved, gradient):
     x, kernel = saved
     kernel_h, kernel_w = kernel.shape[:2]
-    # The input gradient is the full correlation of the output gradient with the flipped kernel,
-    # its in and out channels swapped: the forward kernel on the output gradient padded by kh-1, kw-1.
-    padded = jnp.pad(gradient, ((0, 0), (kernel_h - 1, kernel_h - 1), (kernel_w - 1, kernel_w - 1), (0, 0)))
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    return (_valid_forward(padded, flipped, interpret),
-            _valid_kernel_gradient(x, gradient, kernel.shape, interpret))
+    # dps_jax sets config.matmul_precision around the forward function only; this backward pass is
+    # traced outside it, so it restores the precision the forward pass was traced at.
+    with jax.default_matmul_precision(matmul_precision):
+        # The input gradient is the full correlation of the output gradient with the flipped kernel, its
+        # in and out channels swapped: the forward kernel on the output gradient padded by kh-1, kw-1.
+        padded = jnp.pad(gradient, ((0, 0), (kernel_h - 1, kernel_h - 1), (kernel_w - 1, kernel_w - 1), (0, 0)))
+        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+        return (_valid_forward(padded, flipped, interpret),
+                _valid_kernel_gradient(x, gradient, kernel.shape, kernel.dtype, interpret))
 
 
 _valid_conv.defvjp(_valid_conv_forward, _valid_conv_backward)
@@ -166,6 +175,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
     if not covers(x.shape, kernel.shape, stride):
         return im2col_conv2d(x, kernel, bias, stride, padding)
     kernel_h, kernel_w, in_features, out_features = kernel.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f'input has {x.shape[-1]} channels, kernel expects {in_features}')
     padding = padding.upper()
     if padding == 'SAME':
         x = jnp.pad(x, ((0, 0), models.same_padding(x.shape[1], kernel_h, 1),
@@ -174,5 +185,5 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
         raise ValueError(f'padding must be one of {models.PADDINGS}, got {padding!r}')
     x = _pad_channels_to_power_of_two(x, 3)
     padded_kernel = _pad_channels_to_power_of_two(_pad_channels_to_power_of_two(kernel, 2), 3)
-    y = _valid_conv(x, padded_kernel, interpret)[..., :out_features]
+    y = _valid_conv(x, padded_kernel, interpret, jax.config.jax_default_matmul_precision)[..., :out_features]
     return y if bias is None else y + bias

@@ -142,6 +142,12 @@ def study_mesh(config: ml_collections.ConfigDict):
         if batch_size % config.mesh.data:
             raise config_lib.ConfigError(f'config.batch_sizes has {batch_size}, which config.mesh.data='
                                          f'{config.mesh.data} devices cannot split evenly')
+    if mesh.size > 1 and workload.convolution(config) == 'pallas':
+        # A Triton pallas_call has no partitioning rule: on a mesh every device would compute every
+        # trial's convolutions.
+        raise config_lib.ConfigError(f"config.convolution='pallas' runs on one device; this mesh has {mesh.size} "
+                                     f"(config.mesh.trial={config.mesh.trial}, config.mesh.data={config.mesh.data}): "
+                                     f"use 'im2col', or make one device visible")
     return None if mesh.size == 1 else mesh
 
 

@@ -3,6 +3,7 @@ the CPU, and lowered (not run) for a CUDA GPU."""
 
 import functools
 import re
+import types
 
 import chex
 import jax
@@ -12,7 +13,7 @@ import pytest
 from jax import lax
 
 from dps_jax import config as config_lib
-from dps_jax import models, network, pallas_conv, workload
+from dps_jax import models, network, pallas_conv, precision, study, workload
 
 pytestmark = pytest.mark.matmul_precision('highest')
 
@@ -29,14 +30,17 @@ def lax_conv(x, kernel, bias, padding, stride=1):
 def random_case(batch, size, in_features, out_features, window, seed=0):
     keys = jax.random.split(jax.random.PRNGKey(seed), 3)
     height, width = size
+    window_h, window_w = (window, window) if isinstance(window, int) else window
     return (jax.random.normal(keys[0], (batch, height, width, in_features)),
-            jax.random.normal(keys[1], (window, window, in_features, out_features)) / (window * np.sqrt(in_features)),
+            jax.random.normal(keys[1], (window_h, window_w, in_features, out_features))
+            / np.sqrt(window_h * window_w * in_features),
             jax.random.normal(keys[2], (out_features,)))
 
 
 # Simple-CNN's conv2 (12x12x32 -> 8x8x64), a SAME 3x3 as in ResNet-8, and sizes that are not powers of two
 # (odd batch, 9-pixel width, 24 in and 20 out channels), which the kernels pad and cut.
-CASES = [((2, (12, 12), 32, 64, 5), 'VALID'), ((2, (8, 8), 16, 16, 3), 'SAME'), ((3, (10, 9), 24, 20, 3), 'VALID')]
+CASES = [((2, (12, 12), 32, 64, 5), 'VALID'), ((2, (8, 8), 16, 16, 3), 'SAME'), ((3, (10, 9), 24, 20, 3), 'VALID'),
+         ((2, (9, 11), 16, 16, (3, 5)), 'SAME')]  # a 3x5 kernel: height and width must not be swapped
 
 
 def values_and_gradients(convolution, padding, x, kernel, bias):
@@ -82,7 +86,7 @@ def test_vmapped_over_trials_each_trial_gets_its_own_kernel():
         np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('stride, in_features', [(2, 16), (1, 1)])
+@pytest.mark.parametrize('stride, in_features', [(2, 16), (1, 1), (1, 256)])
 def test_what_the_kernels_do_not_cover_goes_to_im2col(stride, in_features, monkeypatch):
     x, kernel, bias = random_case(2, (12, 12), in_features, 16, 3)
     assert not pallas_conv.covers(x.shape, kernel.shape, stride)
@@ -151,3 +155,26 @@ def test_pallas_convolutions_are_refused_off_a_gpu_and_for_models_of_ones_own():
     with pytest.raises(network.ModelError, match="config.convolution='pallas' applies to the built-in models"):
         network.resolve_module('my_nets:Net', 10, 'pallas')
     assert isinstance(network.resolve_module('resnet8', 10, 'pallas'), models.ResNet8)
+
+
+def test_the_gradient_kernels_run_at_the_precision_of_the_forward_pass():
+    """dps_jax sets config.matmul_precision around the forward function only (precision.at_matmul_precision);
+    the custom VJP's backward pass is traced outside it and must carry the same precision."""
+    x, kernel, _ = random_case(2, (8, 8), 16, 16, 3)
+    apply = precision.at_matmul_precision(lambda kernel, x: conv2d(x, kernel, None, 1, 'VALID'), 'highest')
+    with jax.default_matmul_precision('default'):  # the ambient precision, under this module's 'highest'
+        text = jax.jit(jax.grad(lambda k, x: jnp.sum(apply(k, x) ** 2), (0, 1))).lower(kernel, x).as_text()
+    found = re.findall(r'stablehlo\.dot_general.*?precision = \[(\w+), \w+\]', text)
+    assert len(found) >= 3 and set(found) == {'HIGHEST'}, found  # forward, input and kernel gradients
+
+
+def test_pallas_convolutions_are_refused_on_a_mesh_of_several_devices(monkeypatch):
+    """A Triton pallas_call has no partitioning rule: a study on a mesh must not run it."""
+    config = config_lib.base_study_config()
+    config.convolution = 'pallas'
+    monkeypatch.setattr(study.parallel, 'make_mesh', lambda trial, data: types.SimpleNamespace(size=8))
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            "config.convolution='pallas' runs on one device; this mesh has 8 (config.mesh.trial=0, config.mesh.data=1)")):
+        study.study_mesh(config)
+    config.convolution = 'im2col'
+    assert study.study_mesh(config).size == 8

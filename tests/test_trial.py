@@ -11,6 +11,14 @@ from dps_jax import optim, trial
 RNG = np.random.default_rng(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_rng():
+    """Every test draws from RNG as if it ran first: with pytest-xdist the tests a worker ran before
+    depend on the split, and a drawn problem must not (a 1e38 learning rate on one draw 'reached')."""
+    global RNG
+    RNG = np.random.default_rng(1)
+
+
 def linear_apply(params, images):
     flat = images.reshape((images.shape[0], -1))
     return flat @ params['dense']['kernel'] + params['dense']['bias']
