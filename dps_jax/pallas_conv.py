@@ -45,6 +45,9 @@ def _compiler_params(interpret: bool):
     return pallas_triton.CompilerParams(num_warps=4, num_stages=2)
 
 
+# (image block, output row) steps per program of the kernel gradient: 64 steps of (128, channels)
+# tiles, so a batch of 4096 splits each tap's sum over 32 programs.
+ROWS_PER_PROGRAM = 64
 # Wider layers would need their channels tiled: a (128, channels) float32 tile of 256 channels
 # and its pipelined copies outgrow a GPU's shared memory.
 MAX_CHANNELS = 128
@@ -86,22 +89,23 @@ def _window_sum_kernel(x_ref, w_ref, y_ref, *, kernel_h, kernel_w, images, padde
     y_ref[pl.ds(first, images), row, :, :] = total.reshape(images, padded_w, features).astype(y_ref.dtype)
 
 
-def _kernel_gradient_kernel(x_ref, g_ref, dw_ref, *, images, blocks, out_h, padded_w):
-    """d kernel[tap] = sum over images and output rows of window^T @ output gradient; one tap per program."""
-    i, j = pl.program_id(0), pl.program_id(1)
+def _kernel_gradient_kernel(x_ref, g_ref, dw_ref, *, images, blocks_per_program, out_h, padded_w):
+    """Part of d kernel[tap] (one tap, one run of image blocks per program): the sum over those images
+    and every output row of window^T @ output gradient."""
+    i, j, part = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     channels = x_ref.shape[-1]
     features = g_ref.shape[-1]
 
     def add_row(step, total):
-        block, row = lax.div(step, out_h), lax.rem(step, out_h)
+        block, row = part * blocks_per_program + lax.div(step, out_h), lax.rem(step, out_h)
         first = block * images
         window = x_ref[pl.ds(first, images), row + i, pl.ds(j, padded_w), :].reshape(images * padded_w, channels)
         gradient = g_ref[pl.ds(first, images), row, :, :].reshape(images * padded_w, features)
         return total + lax.dot_general(window, gradient, (((0,), (0,)), ((), ())),
                                        preferred_element_type=jnp.float32)
 
-    total = lax.fori_loop(0, blocks * out_h, add_row, jnp.zeros((channels, features), jnp.float32))
-    dw_ref[i, j, :, :] = total.astype(dw_ref.dtype)
+    total = lax.fori_loop(0, blocks_per_program * out_h, add_row, jnp.zeros((channels, features), jnp.float32))
+    dw_ref[part, i, j, :, :] = total
 
 
 def _valid_forward(x, kernel, interpret):
@@ -129,17 +133,25 @@ def _valid_kernel_gradient(x, gradient, kernel_shape, kernel_dtype, interpret):
     kernel_h, kernel_w, _, features = kernel_shape
     _, out_h, out_w, _ = gradient.shape
     images, padded_batch, padded_w = _layout(batch, out_w)
+    # Each tap's sum is split over programs of at most ROWS_PER_PROGRAM (image block, row) steps, so a
+    # large batch keeps the GPU busy (kh x kw programs per trial alone would not); the parts are summed
+    # below. The batch is padded to whole runs of blocks.
+    blocks = padded_batch // images
+    blocks_per_program = min(max(ROWS_PER_PROGRAM // out_h, 1), blocks)
+    parts = -(-blocks // blocks_per_program)
+    padded_batch = parts * blocks_per_program * images
     x = jnp.pad(x, ((0, padded_batch - batch), (0, 0), (0, padded_w + kernel_w - 1 - width), (0, 0)))
     # Zero gradient in the padded columns and images keeps their garbage windows out of the sum (but
     # an inf or nan in those windows still makes nan: only a diverged trial's inputs hold one).
     gradient = jnp.pad(gradient, ((0, padded_batch - batch), (0, 0), (0, padded_w - out_w), (0, 0)))
-    return pl.pallas_call(
-        functools.partial(_kernel_gradient_kernel, images=images, blocks=padded_batch // images,
+    parts_of_gradient = pl.pallas_call(
+        functools.partial(_kernel_gradient_kernel, images=images, blocks_per_program=blocks_per_program,
                           out_h=out_h, padded_w=padded_w),
-        out_shape=jax.ShapeDtypeStruct((kernel_h, kernel_w, channels, features), kernel_dtype),
-        grid=(kernel_h, kernel_w),
+        out_shape=jax.ShapeDtypeStruct((parts, kernel_h, kernel_w, channels, features), jnp.float32),
+        grid=(kernel_h, kernel_w, parts),
         compiler_params=_compiler_params(interpret), interpret=interpret, name='window_sum_conv_kernel_gradient',
     )(x, gradient)
+    return parts_of_gradient.sum(axis=0).astype(kernel_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

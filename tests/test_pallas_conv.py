@@ -178,3 +178,15 @@ def test_pallas_convolutions_are_refused_on_a_mesh_of_several_devices(monkeypatc
         study.study_mesh(config)
     config.convolution = 'im2col'
     assert study.study_mesh(config).size == 8
+
+
+def test_a_kernel_gradient_split_over_programs_sums_to_the_whole(monkeypatch):
+    """Large batches split each tap's sum over several programs (one block of images each here)."""
+    monkeypatch.setattr(pallas_conv, 'ROWS_PER_PROGRAM', 1)
+    monkeypatch.setattr(pallas_conv, 'TILE_PIXELS', 16)  # 4-pixel rows: blocks of 4 images
+    x, kernel, bias = random_case(9, (6, 6), 16, 16, 3)  # 3 blocks (the last padded): 3 programs per tap
+    (_, _), want = values_and_gradients(lax_form, 'VALID', x, kernel, bias)
+    (_, _), got = values_and_gradients(conv2d, 'VALID', x, kernel, bias)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
+    text = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, None, 1, 'VALID') ** 2))).lower(kernel).as_text()
+    assert 'tensor<3x3x3x16x16xf32>' in text  # (parts, kh, kw, C, F)
