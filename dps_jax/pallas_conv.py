@@ -6,11 +6,12 @@ are most of a training step's memory traffic. Here every output row is accumulat
 windows read straight from the input, in three kernels:
 - the forward pass (`_window_sum_kernel`), which the input gradient reuses on the padded output
   gradient with the kernel flipped;
-- the kernel gradient (`_kernel_gradient_kernel`), one program per tap summing over the batch.
+- the kernel gradient (`_kernel_gradient_kernel`), programs per tap that each sum over a run of
+  image blocks, added afterwards.
 
 `conv2d` takes `models.conv2d`'s arguments and values; what these kernels do not cover (a stride,
-fewer than 16 or more than 128 input or output channels) goes to `models.conv2d`, which is also the test oracle.
-Pallas' interpret mode (`interpret=True`) runs the same kernels on a CPU.
+fewer than 16 or more than 128 input or output channels) goes to `models.conv2d`, which is also
+the test oracle. Pallas' interpret mode (`interpret=True`) runs the same kernels on a CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ MIN_DOT_SIDE = 16
 # Output pixels per program (images x padded row width): a (128, channels) matmul tile, a usual
 # Triton tile, whose window operand and accumulator stay within a warp group's registers.
 TILE_PIXELS = 128
+# (image block, output row) steps per program of the kernel gradient: 64 steps of (128, channels)
+# tiles, so a batch of 4096 splits each tap's sum over 32 programs.
+ROWS_PER_PROGRAM = 64
+# Wider layers would need their channels tiled: a (128, channels) float32 tile of 256 channels
+# and its pipelined copies outgrow a GPU's shared memory.
+MAX_CHANNELS = 128
 
 
 def _next_power_of_two(size: int) -> int:
@@ -43,14 +50,6 @@ def _compiler_params(interpret: bool):
         return None
     from jax.experimental.pallas import triton as pallas_triton
     return pallas_triton.CompilerParams(num_warps=4, num_stages=2)
-
-
-# (image block, output row) steps per program of the kernel gradient: 64 steps of (128, channels)
-# tiles, so a batch of 4096 splits each tap's sum over 32 programs.
-ROWS_PER_PROGRAM = 64
-# Wider layers would need their channels tiled: a (128, channels) float32 tile of 256 channels
-# and its pipelined copies outgrow a GPU's shared memory.
-MAX_CHANNELS = 128
 
 
 def covers(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: Union[int, Sequence[int]]) -> bool:
