@@ -174,7 +174,8 @@ def test_pallas_convolutions_are_refused_on_a_mesh_of_several_devices(monkeypatc
     config.convolution = 'pallas'
     monkeypatch.setattr(study.parallel, 'make_mesh', lambda trial, data: types.SimpleNamespace(size=8))
     with pytest.raises(config_lib.ConfigError, match=re.escape(
-            "config.convolution='pallas' runs on one device; this mesh has 8 (config.mesh.trial=0, config.mesh.data=1)")):
+            "config.convolution='pallas' runs on one device; this mesh has 8 "
+            "(config.mesh.trial=0, config.mesh.data=1)")):
         study.study_mesh(config)
     config.convolution = 'im2col'
     assert study.study_mesh(config).size == 8
