@@ -9,11 +9,12 @@
 #   at batch 64 / 8 / 512 (at most 240 s), then the whole accelerator benchmark (about 6 minutes on
 #   an H100) with what is left of PART_SECONDS (default 500): its rows print as they are measured,
 #   so a cut run keeps them;
-# study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS.
+# study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS; further
+#   arguments go to launch.py (e.g. `study --config.convolution=pallas`).
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_session.sh benchmarks|study}
+part=${1:?usage: gpu_session.sh benchmarks|study [launch.py flags]}
 case $part in benchmarks|study) ;; *) echo "unknown part '$part': benchmarks or study" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -42,6 +43,6 @@ case $part in
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   study)
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
-      --config.progress_every_seconds=30 2>&1 | tee "$OUT/study.log"
+      --config.progress_every_seconds=30 "${@:2}" 2>&1 | tee "$OUT/study.log"
     echo "study exit $? after $((SECONDS - start)) s" | tee -a "$OUT/study.log" ;;
 esac
