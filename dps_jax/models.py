@@ -45,22 +45,28 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
+def tf_padded(x: jax.Array, window: Sequence[int], stride: Sequence[int], padding: str) -> jax.Array:
+    """x (B, H, W, C) padded as TensorFlow pads for a (kh, kw) window at (sh, sw) strides: 'SAME'
+    (extra pad after) or 'VALID' (none)."""
+    padding = padding.upper()
+    if padding == 'VALID':
+        return x
+    if padding != 'SAME':
+        raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    return jnp.pad(x, ((0, 0), same_padding(x.shape[1], window[0], stride[0]),
+                       same_padding(x.shape[2], window[1], stride[1]), (0, 0)))
+
+
 def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int, Sequence[int]] = 1,
                    padding: str = 'SAME') -> list[list[jax.Array]]:
     """The input pixels each kernel tap meets: windows[i][j] (B, H', W', Cin) for tap (i, j) of an
     HWIO kernel of `kernel_shape`, with TensorFlow padding semantics ('SAME' or 'VALID')."""
     kernel_h, kernel_w, in_features = kernel_shape[:3]
     stride_h, stride_w = _pair(stride)
-    batch, height, width, channels = x.shape
+    batch, channels = x.shape[0], x.shape[3]
     if channels != in_features:
         raise ValueError(f'input has {channels} channels, kernel expects {in_features}')
-    padding = padding.upper()
-    if padding == 'SAME':
-        pad_h = same_padding(height, kernel_h, stride_h)
-        pad_w = same_padding(width, kernel_w, stride_w)
-        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    elif padding != 'VALID':
-        raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    x = tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
     padded_h, padded_w = x.shape[1], x.shape[2]
     out_h = (padded_h - kernel_h) // stride_h + 1
     out_w = (padded_w - kernel_w) // stride_w + 1

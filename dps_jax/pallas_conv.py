@@ -188,13 +188,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
     kernel_h, kernel_w, in_features, out_features = kernel.shape
     if x.shape[-1] != in_features:
         raise ValueError(f'input has {x.shape[-1]} channels, kernel expects {in_features}')
-    padding = padding.upper()
-    if padding == 'SAME':
-        x = jnp.pad(x, ((0, 0), models.same_padding(x.shape[1], kernel_h, 1),
-                        models.same_padding(x.shape[2], kernel_w, 1), (0, 0)))
-    elif padding != 'VALID':
-        raise ValueError(f'padding must be one of {models.PADDINGS}, got {padding!r}')
-    x = _pad_channels_to_power_of_two(x, 3)
+    x = _pad_channels_to_power_of_two(models.tf_padded(x, (kernel_h, kernel_w), (1, 1), padding), 3)
     padded_kernel = _pad_channels_to_power_of_two(_pad_channels_to_power_of_two(kernel, 2), 3)
     y = _valid_conv(x, padded_kernel, interpret, jax.config.jax_default_matmul_precision)[..., :out_features]
     return y if bias is None else y + bias

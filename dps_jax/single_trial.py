@@ -34,11 +34,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         work.network_at(config.matmul_precision), optimizer, work.example_shape, pruning=config.pruning,
         sparsity=config.sparsity, kernels_only=config.prune_kernels_only,
         snip_batch_size=config.snip_batch_size)
-    snip_examples = config.get('snip_examples', 0) or len(train_images)
-    state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), train_images[:snip_examples],
-                                train_labels[:snip_examples])
+    snip_images, snip_labels = work.snip_split(config.get('snip_examples', 0))  # absent from older configs
+    state = jax.jit(init_trial)(config.seed, trial_hyperparameters(config), snip_images, snip_labels)
     jax.block_until_ready(state)
-    log(f'{config.pruning} mask at sparsity {config.sparsity:g} ({snip_examples} examples) in '
+    log(f'{config.pruning} mask at sparsity {config.sparsity:g} ({len(snip_images)} examples) in '
         f'{time.perf_counter() - started:.1f} s:')
     log(masks.format_density_report(state.mask))
 

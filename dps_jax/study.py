@@ -385,8 +385,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     scores = None
     if any(sparsity > 0 for sparsity in sparsities):
         started = time.perf_counter()
-        snip_examples = config.snip_examples or work.train_images.shape[0]
-        images, labels = work.train_images[:snip_examples], work.train_labels[:snip_examples]
+        images, labels = work.snip_split(config.snip_examples)
         scoring = work.network_at(config.matmul_precision)  # float32, whatever config.compute_dtype
 
         def score_one(args):
@@ -398,7 +397,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
             score_one, (params, model_state, seeds), batch_size=engine.default_trials_at_once(num_trials)))(
                 params, model_state, seeds)
         jax.block_until_ready(scores)
-        log(f'{config.pruning} scores of {num_trials} trials ({snip_examples} examples) in '
+        log(f'{config.pruning} scores of {num_trials} trials ({len(images)} examples) in '
             f'{time.perf_counter() - started:.1f} s (once; every sparsity uses them)')
     # The estimators set their own precision (precision.ESTIMATOR_PRECISION): a network without one.
     unset = work.network_at(None)

@@ -28,6 +28,12 @@ class Workload(NamedTuple):
         scores and the smoothness estimators compute in float32 whatever config.compute_dtype."""
         return network_lib.from_module(self.model, self.example_shape, matmul_precision)
 
+    def snip_split(self, snip_examples: int) -> tuple[jax.Array, jax.Array]:
+        """(images, labels) pruning scores are computed on: the training split's first `snip_examples`
+        (config.snip_examples; 0 = the whole split, the reference)."""
+        count = snip_examples or self.num_train_examples
+        return self.train_images[:count], self.train_labels[:count]
+
     @property
     def example_shape(self) -> tuple:
         return tuple(self.dataset.train.images.shape[1:])

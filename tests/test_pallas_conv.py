@@ -53,15 +53,11 @@ def values_and_gradients(convolution, padding, x, kernel, bias):
     return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, kernel, bias)
 
 
-def lax_form(x, kernel, bias, padding):
-    return lax_conv(x, kernel, bias, padding)
-
-
 @pytest.mark.parametrize('shape, padding', CASES)
 def test_values_and_gradients_match_lax(shape, padding):
     x, kernel, bias = random_case(*shape)
     assert pallas_conv.covers(x.shape, kernel.shape, 1)
-    (_, want_y), want = values_and_gradients(lax_form, padding, x, kernel, bias)
+    (_, want_y), want = values_and_gradients(lax_conv, padding, x, kernel, bias)
     (_, got_y), got = values_and_gradients(conv2d, padding, x, kernel, bias)
     # float32 sums of up to 800 products in another order: 1e-4 of values of order 1-10.
     np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-4)
@@ -80,7 +76,7 @@ def test_vmapped_over_trials_each_trial_gets_its_own_kernel():
                         (0, 1))(x, kernel)
 
     got = jax.jit(jax.vmap(functools.partial(gradients, conv2d)))(xs, kernels)
-    want = jax.jit(jax.vmap(functools.partial(gradients, lambda *a, padding: lax_conv(*a, padding))))(xs, kernels)
+    want = jax.jit(jax.vmap(functools.partial(gradients, lax_conv)))(xs, kernels)
     assert not np.allclose(got[1][0], got[1][1], atol=1e-3)  # the trials' gradients differ ...
     for wanted, value in zip(want, got):  # ... and each is its own trial's
         np.testing.assert_allclose(value, wanted, rtol=1e-4, atol=1e-4)
@@ -115,7 +111,7 @@ def test_a_training_step_lowers_to_triton_kernels_for_a_cuda_gpu():
 @pytest.mark.parametrize('shape, padding', CASES)
 def test_on_a_gpu_the_compiled_kernels_match_lax(shape, padding):
     x, kernel, bias = random_case(*shape)
-    (_, want_y), want = values_and_gradients(lax_form, padding, x, kernel, bias)
+    (_, want_y), want = values_and_gradients(lax_conv, padding, x, kernel, bias)
     (_, got_y), got = values_and_gradients(pallas_conv.conv2d, padding, x, kernel, bias)
     np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-4)
     for name, wanted, value in zip(('input', 'kernel', 'bias'), want, got):
@@ -186,7 +182,7 @@ def test_a_kernel_gradient_split_over_programs_sums_to_the_whole(monkeypatch):
     monkeypatch.setattr(pallas_conv, 'ROWS_PER_PROGRAM', 1)
     monkeypatch.setattr(pallas_conv, 'TILE_PIXELS', 16)  # 4-pixel rows: blocks of 4 images
     x, kernel, bias = random_case(9, (6, 6), 16, 16, 3)  # 3 blocks (the last padded): 3 programs per tap
-    (_, _), want = values_and_gradients(lax_form, 'VALID', x, kernel, bias)
+    (_, _), want = values_and_gradients(lax_conv, 'VALID', x, kernel, bias)
     (_, _), got = values_and_gradients(conv2d, 'VALID', x, kernel, bias)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
     text = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, None, 1, 'VALID') ** 2))).lower(kernel).as_text()
