@@ -13,7 +13,11 @@
    trial-steps/s, and the share of the wall time that is not bare training chunks (checks, host
    reads, compaction).
 
-    python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...]
+    python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...] [--cases 64x100 ...]
+        [--convolutions im2col pallas] [--skip_dtype] [--real_cell_modes first all ...]
+
+--convolutions times parts 2 and 5 once per config.convolution value, each with its ratio to the
+first (part 3 runs at the first only).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -50,10 +54,15 @@ def matmul_tflops(size: int) -> float:
     return 2 * size ** 3 / common.seconds(lambda: matmul(a, a), repeats=3) / 1e12
 
 
-def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, compute_dtype: str = 'float32') -> float:
+# Part 5's runs: (until, dispatch_ahead); None is the engine's default (on for accelerators).
+REAL_CELL_MODES = {'first': ('first', None), 'all': ('all', None), 'all_serial': ('all', False)}
+
+
+def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, compute_dtype: str = 'float32',
+               convolution: str = 'im2col') -> float:
     """Trial-steps/s of the engine's vmapped Simple-CNN chunk (all trials active, one shared data order)."""
     programs, trials, _, _ = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps, (images, labels),
-                                                  compute_dtype)
+                                                  compute_dtype, convolution)
     return common.chunk_rate(programs, trials, steps, images, labels)
 
 
@@ -68,10 +77,11 @@ def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:
     return num_trials * steps / common.seconds(lambda: scan(params, batches))
 
 
-def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: float) -> None:
+def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: float, convolution: str = 'im2col',
+              modes=tuple(REAL_CELL_MODES)) -> None:
     from dps_jax import data
     dataset = data.load('fashion_mnist')
-    model, optimizer = models.SimpleCNN(), optim.make_optimizer('sgd')
+    model, optimizer = models.SimpleCNN(convolution=convolution), optim.make_optimizer('sgd')
     apply_fn = lambda params, x: model.apply({'params': params}, x)
     train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
     val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
@@ -81,7 +91,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
     trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates},
                                 train_images[:snip_examples], train_labels[:snip_examples])
     jax.block_until_ready(trials)
-    print(f'  SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
+    print(f'  convolution {convolution!r}: SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
           flush=True)
     # Built once: the engine caches its programs on these functions, so the warm-up run below
     # compiles what the timed run uses.
@@ -93,8 +103,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
                                         engine.default_memory_bytes())
     print(f'  evaluation chunk: {eval_chunk} validation examples per trial', flush=True)
     val_error = trial.make_val_error_count(apply_fn, eval_chunk)
-    # dispatch_ahead=None is the engine's default (on for accelerators); 'all' also runs without it.
-    for until, ahead in (('first', None), ('all', None), ('all', False)):
+    for until, ahead in (REAL_CELL_MODES[mode] for mode in modes):
         run = lambda: engine.run_cell(
             trials, train_step=train_step, val_error=val_error,
             train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
@@ -105,10 +114,19 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
         rate = result.trial_steps_computed / result.wall_seconds
         bare = result.trial_steps_computed / bare_rate
         mode = 'default' if ahead is None else ('on' if ahead else 'off')
-        print(f'| real cell, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
+        print(f'| real cell, {convolution}, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
               f'{rate:,.0f} trial-steps/s | steps-to-result {result.min_steps_to_result} | '
               f'{result.trial_steps_computed:,d} trial-steps | '
               f'not bare chunks: {max(0.0, 1 - bare / result.wall_seconds):.0%} of the wall time |', flush=True)
+
+
+def chunk_case(text: str) -> tuple[int, int]:
+    """'64x100' -> (64, 100), for argparse."""
+    try:
+        batch_size, num_trials = (int(part) for part in text.split('x'))
+        return batch_size, num_trials
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected BATCHxTRIALS, e.g. 64x100') from None
 
 
 def main():
@@ -117,59 +135,84 @@ def main():
     parser.add_argument('--skip_real_cell', action='store_true')
     parser.add_argument('--batch_sizes', type=int, nargs='*', help='only these batch sizes of part 2 (and part 3 '
                         'only with 64 among them)')
+    parser.add_argument('--cases', type=chunk_case, nargs='*', help='instead of the issue table\'s chunks, these '
+                        '(batch x N, e.g. 64x100 4096x8), in this order; part 3 keeps those of its cases among them')
+    parser.add_argument('--convolutions', nargs='+', choices=models.CONVOLUTIONS, default=['im2col'],
+                        help="config.convolution values to time in parts 2 and 5 ('pallas': GPU only)")
+    parser.add_argument('--skip_dtype', action='store_true', help='skip part 3 (bfloat16 against float32)')
+    parser.add_argument('--real_cell_modes', nargs='+', choices=tuple(REAL_CELL_MODES), default=list(REAL_CELL_MODES),
+                        help="part 5's runs: until='first', until='all', until='all' without dispatch ahead")
     args = parser.parse_args()
+    cases = QUICK_CASES if args.quick else CHUNK_CASES
+    if args.cases:
+        cases = tuple((batch_size, tuple(n for b, n in args.cases if b == batch_size))
+                      for batch_size in dict.fromkeys(b for b, _ in args.cases))
+    wanted = lambda batch_size, num_trials: ((not args.batch_sizes or batch_size in args.batch_sizes)
+                                             and num_trials in dict(cases).get(batch_size, ()))
     device = jax.devices()[0]
     print(f'jax {jax.__version__}, {device.platform} {device.device_kind} x {jax.device_count()}')
     steps = 2 if args.quick else 50
     peak = matmul_tflops(512 if args.quick else 8192)
     print(f'float32 matmul at the default precision: {peak:.1f} TFLOP/s', flush=True)
     images, labels = common.synthetic_split(512 if args.quick else 8192)
-    print('| batch | trials N | engine trial-steps/s | vs one trial alone | model TFLOP/s | share of the matmul |')
-    print('| --- | --- | --- | --- | --- | --- |')
+    first = args.convolutions[0]
+    print('| batch | trials N | convolution | engine trial-steps/s | vs one trial alone | model TFLOP/s | '
+          f'share of the matmul | vs {first} |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- |')
     rates = {}
-    for batch_size, trial_counts in (QUICK_CASES if args.quick else CHUNK_CASES):
-        if args.batch_sizes and batch_size not in args.batch_sizes:
+    for batch_size, trial_counts in cases:
+        trial_counts = [num_trials for num_trials in trial_counts if wanted(batch_size, num_trials)]
+        if not trial_counts:
             continue
         alone = common.one_trial_rate(batch_size, steps, images, labels)
         for num_trials in trial_counts:
-            try:
-                rate = chunk_rate(num_trials, batch_size, steps, images, labels)
-            except jax.errors.JaxRuntimeError as error:  # e.g. batch 64, N = 1000 fits an H200, not an H100
-                if 'RESOURCE_EXHAUSTED' not in str(error):
-                    raise
-                print(f'| {batch_size} | {num_trials} | out of device memory | | | |', flush=True)
+            for convolution in args.convolutions:
+                row = f'| {batch_size} | {num_trials} | {convolution} |'
+                try:
+                    rate = chunk_rate(num_trials, batch_size, steps, images, labels, convolution=convolution)
+                except Exception as error:  # noqa: BLE001 (memory: batch 64, N = 1000 fits an H200, not an
+                    # H100; or a compiler refusal of one convolution): the other rows go on
+                    print(f'{row} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | |',
+                          flush=True)
+                    continue
+                rates[batch_size, num_trials, convolution] = rate
+                model_tflops = rate * batch_size * FLOPS_PER_EXAMPLE / 1e12
+                baseline = rates.get((batch_size, num_trials, first))
+                print(f'{row} {rate:,.0f} | {rate / alone:.1f}x | {model_tflops:.3g} | {model_tflops / peak:.0%} | '
+                      f'{f"{rate / baseline:.2f}x" if baseline else ""} |', flush=True)
+        print(f'| {batch_size} | one trial alone | im2col | {alone:,.0f} | 1.0x | '
+              f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | | |', flush=True)
+    if not args.skip_dtype:
+        print(f'| batch | trials N | float32 trial-steps/s | bfloat16 trial-steps/s | bfloat16 / float32 | '
+              f'({first}) |')
+        print('| --- | --- | --- | --- | --- | --- |')
+        for batch_size, num_trials in (QUICK_DTYPE_CASES if args.quick else DTYPE_CASES):
+            if not wanted(batch_size, num_trials):
                 continue
-            model_tflops = rate * batch_size * FLOPS_PER_EXAMPLE / 1e12
-            print(f'| {batch_size} | {num_trials} | {rate:,.0f} | {rate / alone:.1f}x | {model_tflops:.3g} | '
-                  f'{model_tflops / peak:.0%} |', flush=True)
-            rates[batch_size, num_trials] = rate
-        print(f'| {batch_size} | one trial alone | {alone:,.0f} | 1.0x | '
-              f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | |', flush=True)
-    print('| batch | trials N | float32 trial-steps/s | bfloat16 trial-steps/s | bfloat16 / float32 |')
-    print('| --- | --- | --- | --- | --- |')
-    for batch_size, num_trials in (QUICK_DTYPE_CASES if args.quick else DTYPE_CASES):
-        if args.batch_sizes and batch_size not in args.batch_sizes:
-            continue
-        try:
-            float32 = rates.get((batch_size, num_trials)) or chunk_rate(num_trials, batch_size, steps, images, labels)
-            bfloat16 = chunk_rate(num_trials, batch_size, steps, images, labels, compute_dtype='bfloat16')
-        except jax.errors.JaxRuntimeError as error:
-            if 'RESOURCE_EXHAUSTED' not in str(error):
-                raise
-            print(f'| {batch_size} | {num_trials} | out of device memory | | |', flush=True)
-            continue
-        print(f'| {batch_size} | {num_trials} | {float32:,.0f} | {bfloat16:,.0f} | {bfloat16 / float32:.2f}x |',
-              flush=True)
+            try:
+                float32 = (rates.get((batch_size, num_trials, first))
+                           or chunk_rate(num_trials, batch_size, steps, images, labels, convolution=first))
+                bfloat16 = chunk_rate(num_trials, batch_size, steps, images, labels, compute_dtype='bfloat16',
+                                      convolution=first)
+            except Exception as error:  # noqa: BLE001 (as above)
+                print(f'| {batch_size} | {num_trials} | failed: {type(error).__name__}: '
+                      f'{str(error).splitlines()[0][:200]} | | | |', flush=True)
+                continue
+            print(f'| {batch_size} | {num_trials} | {float32:,.0f} | {bfloat16:,.0f} | {bfloat16 / float32:.2f}x | |',
+                  flush=True)
     flax_trials = 2 if args.quick else 100
-    if (64, flax_trials) not in rates:
+    measured = [convolution for convolution in args.convolutions if (64, flax_trials, convolution) in rates]
+    if not measured:
         return
     flax_rate = flax_conv_rate(flax_trials, 64, steps)
     print(f'vmapped flax nn.Conv in lax.scan, batch 64, N = {flax_trials}: {flax_rate:,.0f} trial-steps/s; '
-          f'the engine at the same N: {rates[64, flax_trials] / flax_rate:.2f}x', flush=True)
+          + '; '.join(f'the engine ({convolution}) at the same N: {rates[64, flax_trials, convolution] / flax_rate:.2f}x'
+                      for convolution in measured), flush=True)
     if not args.skip_real_cell:
         cell_trials = 8 if args.quick else 100
-        real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400, rates[64, cell_trials])
-
+        for convolution in [name for name in args.convolutions if (64, cell_trials, name) in rates]:
+            real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
+                      rates[64, cell_trials, convolution], convolution, args.real_cell_modes)
 
 if __name__ == '__main__':
     main()

@@ -19,6 +19,10 @@ with the fusions XLA charges a whole operand they only slice charged what they m
 lax.conv_general_dilated on a small input.
 
     python benchmarks/conv_forms.py [--trials 8] [--batch 64] [--steps 10] [--forms im2col pallas ...] [--skip_bytes]
+        [--pallas_settings warps=8,stages=3 tile=256 ...]
+
+Each --pallas_settings entry adds a pallas row with those Triton settings (pallas_conv's NUM_WARPS,
+NUM_STAGES, TILE_PIXELS, ROWS_PER_PROGRAM), to tune them on a GPU.
 """
 
 from __future__ import annotations
@@ -70,6 +74,18 @@ def on_gpu() -> bool:
 FORMS = {'im2col': models.conv2d, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
 CPU_FORMS = ('im2col', 'rows', 'shifted')
+# --pallas_settings names: the pallas_conv constants they set.
+PALLAS_SETTINGS = {'warps': 'NUM_WARPS', 'stages': 'NUM_STAGES', 'tile': 'TILE_PIXELS', 'rows': 'ROWS_PER_PROGRAM'}
+
+
+def pallas_setting(text: str) -> dict[str, int]:
+    """'warps=8,stages=3' -> {'NUM_WARPS': 8, 'NUM_STAGES': 3}, for argparse."""
+    try:
+        pairs = [item.split('=') for item in text.split(',')]
+        return {PALLAS_SETTINGS[name]: int(value) for name, value in pairs}
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected name=integer pairs joined by commas, names '
+                                         f'{", ".join(PALLAS_SETTINGS)}') from None
 
 
 def check_against_lax(form) -> None:
@@ -118,21 +134,30 @@ def main():
     parser.add_argument('--forms', nargs='+', choices=tuple(FORMS), default=None,
                         help='default: all on a GPU, ' + ', '.join(CPU_FORMS) + ' elsewhere')
     parser.add_argument('--skip_bytes', action='store_true', help='speed only (saves a compile per form)')
+    parser.add_argument('--pallas_settings', nargs='*', type=pallas_setting, default=[],
+                        help='extra pallas rows, each with these settings, e.g. warps=8,stages=3 tile=256 '
+                        f'(names: {", ".join(PALLAS_SETTINGS)})')
     args = parser.parse_args()
     forms = args.forms or (tuple(FORMS) if on_gpu() else CPU_FORMS)
     if 'im2col' not in forms:
         forms = ('im2col', *forms)  # the baseline of every ratio
+    rows = [(name, {}) for name in forms] + [('pallas', settings) for settings in args.pallas_settings]
     print(f'jax {jax.__version__}, {jax.devices()[0].platform}; Simple-CNN chunk, N = {args.trials}, '
           f'batch {args.batch}, {args.steps} steps, best of 2')
     print('| form | MB per example-step, as XLA counts | as moved | trial-steps/s | vs im2col |')
     print('| --- | --- | --- | --- | --- |')
     baseline = None
-    for name in forms:
+    for name, settings in rows:
         form = FORMS[name]
+        defaults = {attribute: getattr(pallas_conv, attribute) for attribute in settings}
+        label = ' '.join([name] + [f'{key}={settings[attribute]}' for key, attribute in PALLAS_SETTINGS.items()
+                                   if attribute in settings])
         try:
+            for attribute, value in settings.items():
+                setattr(pallas_conv, attribute, value)  # read when the kernels are traced
             check_against_lax(form)
             if name == 'pallas' and not on_gpu():
-                print(f'| {name} | | | skipped: its Triton kernels need a GPU (checked in interpret mode) | |')
+                print(f'| {label} | | | skipped: its Triton kernels need a GPU (checked in interpret mode) | |')
                 continue
             if name == 'pallas':  # the model's own switch, as config.convolution sets it
                 traffic, rate = measure(args.trials, args.batch, args.steps, 'pallas', not args.skip_bytes)
@@ -140,16 +165,18 @@ def main():
                 models.conv2d = form  # SimpleCNN's layers call models.conv2d
                 traffic, rate = measure(args.trials, args.batch, args.steps, 'im2col', not args.skip_bytes)
         except Exception as error:  # one form's failure (a compiler refusal, memory) must not end the run
-            print(f'| {name} | | | failed: {type(error).__name__}: {str(error).splitlines()[0][:300]} | |', flush=True)
+            print(f'| {label} | | | failed: {type(error).__name__}: {str(error).splitlines()[0][:300]} | |', flush=True)
             continue
         finally:
             models.conv2d = FORMS['im2col']
+            for attribute, value in defaults.items():
+                setattr(pallas_conv, attribute, value)
         if name == 'im2col':
             baseline = rate
         mb = 1e6 * args.trials * args.batch
         counted, moved = ('?', '?') if traffic is None else (f'{traffic.counted / mb:.2f}', f'{traffic.moved / mb:.2f}')
         ratio = f'{rate / baseline:.2f}x' if baseline else '(im2col failed)'
-        print(f'| {name} | {counted} | {moved} | {rate:,.1f} | {ratio} |', flush=True)
+        print(f'| {label} | {counted} | {moved} | {rate:,.1f} | {ratio} |', flush=True)
 
 
 if __name__ == '__main__':

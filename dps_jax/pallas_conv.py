@@ -38,6 +38,9 @@ ROWS_PER_PROGRAM = 64
 # Wider layers would need their channels tiled: a (128, channels) float32 tile of 256 channels
 # and its pipelined copies outgrow a GPU's shared memory.
 MAX_CHANNELS = 128
+# Triton's launch settings for every kernel here: warps per program and software-pipeline stages.
+NUM_WARPS = 4
+NUM_STAGES = 2
 
 
 def _next_power_of_two(size: int) -> int:
@@ -49,7 +52,7 @@ def _compiler_params(interpret: bool):
     if interpret:
         return None
     from jax.experimental.pallas import triton as pallas_triton
-    return pallas_triton.CompilerParams(num_warps=4, num_stages=2)
+    return pallas_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 
 def covers(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: Union[int, Sequence[int]]) -> bool:
