@@ -39,7 +39,7 @@ ROWS_PER_PROGRAM = 64
 # and its pipelined copies outgrow a GPU's shared memory.
 MAX_CHANNELS = 128
 # Triton's launch settings for every kernel here: warps per program and software-pipeline stages.
-NUM_WARPS = 4
+NUM_WARPS = 8
 NUM_STAGES = 2
 
 
