@@ -14,10 +14,11 @@
    reads, compaction).
 
     python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...] [--cases 64x100 ...]
-        [--convolutions im2col pallas] [--skip_dtype] [--real_cell_modes first all ...]
+        [--convolutions im2col pallas] [--eval_convolution pallas] [--skip_dtype] [--real_cell_modes first all ...]
 
 --convolutions times parts 2 and 5 once per config.convolution value, each with its ratio to the
-first (part 3 runs at the first only).
+first (part 3 runs at the first only); --eval_convolution adds a real cell that trains by the
+first and checks by this one (config.eval_convolution).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -78,11 +79,16 @@ def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:
 
 
 def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: float, convolution: str = 'im2col',
-              modes=tuple(REAL_CELL_MODES)) -> None:
+              modes=tuple(REAL_CELL_MODES), eval_convolution: str | None = None) -> None:
+    """Times the real cell, training by `convolution` and checking by `eval_convolution` (None: the
+    same); `bare_rate` is the bare chunk's trial-steps/s at `convolution`."""
     from dps_jax import data
     dataset = data.load('fashion_mnist')
     model, optimizer = models.SimpleCNN(convolution=convolution), optim.make_optimizer('sgd')
     apply_fn = lambda params, x: model.apply({'params': params}, x)
+    eval_model = models.SimpleCNN(convolution=eval_convolution or convolution)
+    eval_apply_fn = lambda params, x: eval_model.apply({'params': params}, x)
+    label = convolution if eval_convolution in (None, convolution) else f'{convolution}, checks {eval_convolution}'
     train_images, train_labels = jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)
     val_images, val_labels = jnp.asarray(dataset.val.images), jnp.asarray(dataset.val.labels)
     rates = search.search_points(['learning_rate'], num_trials)['learning_rate']
@@ -91,7 +97,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
     trials = engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates},
                                 train_images[:snip_examples], train_labels[:snip_examples])
     jax.block_until_ready(trials)
-    print(f'  convolution {convolution!r}: SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
+    print(f'  convolution {label}: SNIP of {num_trials} trials on {snip_examples} examples: {time.perf_counter() - started:.1f} s',
           flush=True)
     # Built once: the engine caches its programs on these functions, so the warm-up run below
     # compiles what the timed run uses.
@@ -102,7 +108,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
                                         engine.train_bytes_per_example(train_step, one, (28, 28, 1)),
                                         engine.default_memory_bytes())
     print(f'  evaluation chunk: {eval_chunk} validation examples per trial', flush=True)
-    val_error = trial.make_val_error_count(apply_fn, eval_chunk)
+    val_error = trial.make_val_error_count(eval_apply_fn, eval_chunk)
     for until, ahead in (REAL_CELL_MODES[mode] for mode in modes):
         run = lambda: engine.run_cell(
             trials, train_step=train_step, val_error=val_error,
@@ -114,7 +120,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
         rate = result.trial_steps_computed / result.wall_seconds
         bare = result.trial_steps_computed / bare_rate
         mode = 'default' if ahead is None else ('on' if ahead else 'off')
-        print(f'| real cell, {convolution}, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
+        print(f'| real cell, {label}, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
               f'{rate:,.0f} trial-steps/s | steps-to-result {result.min_steps_to_result} | '
               f'{result.trial_steps_computed:,d} trial-steps | '
               f'not bare chunks: {max(0.0, 1 - bare / result.wall_seconds):.0%} of the wall time |', flush=True)
@@ -139,6 +145,9 @@ def main():
                         '(batch x N, e.g. 64x100 4096x8), in this order; part 3 keeps those of its cases among them')
     parser.add_argument('--convolutions', nargs='+', choices=models.CONVOLUTIONS, default=['im2col'],
                         help="config.convolution values to time in parts 2 and 5 ('pallas': GPU only)")
+    parser.add_argument('--eval_convolution', choices=models.CONVOLUTIONS,
+                        help='part 5 also runs the cell training by the first --convolutions value and checking '
+                        "by this one (config.eval_convolution; 'pallas': GPU only)")
     parser.add_argument('--skip_dtype', action='store_true', help='skip part 3 (bfloat16 against float32)')
     parser.add_argument('--real_cell_modes', nargs='+', choices=tuple(REAL_CELL_MODES), default=list(REAL_CELL_MODES),
                         help="part 5's runs: until='first', until='all', until='all' without dispatch ahead")
@@ -202,17 +211,20 @@ def main():
                   flush=True)
     flax_trials = 2 if args.quick else 100
     measured = [convolution for convolution in args.convolutions if (64, flax_trials, convolution) in rates]
-    if not measured:
-        return
-    flax_rate = flax_conv_rate(flax_trials, 64, steps)
-    print(f'vmapped flax nn.Conv in lax.scan, batch 64, N = {flax_trials}: {flax_rate:,.0f} trial-steps/s; '
-          + '; '.join(f'the engine ({convolution}) at the same N: {rates[64, flax_trials, convolution] / flax_rate:.2f}x'
-                      for convolution in measured), flush=True)
+    if measured:
+        flax_rate = flax_conv_rate(flax_trials, 64, steps)
+        print(f'vmapped flax nn.Conv in lax.scan, batch 64, N = {flax_trials}: {flax_rate:,.0f} trial-steps/s; '
+              + '; '.join(f'the engine ({convolution}) at the same N: '
+                          f'{rates[64, flax_trials, convolution] / flax_rate:.2f}x' for convolution in measured),
+              flush=True)
     if not args.skip_real_cell:
         cell_trials = 8 if args.quick else 100
         for convolution in [name for name in args.convolutions if (64, cell_trials, name) in rates]:
             real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
                       rates[64, cell_trials, convolution], convolution, args.real_cell_modes)
+        if args.eval_convolution and args.eval_convolution != first and (64, cell_trials, first) in rates:
+            real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
+                      rates[64, cell_trials, first], first, args.real_cell_modes, args.eval_convolution)
 
 if __name__ == '__main__':
     main()

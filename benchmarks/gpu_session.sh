@@ -5,6 +5,7 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh benchmarks", carry=[".accel"])
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh study", carry=[".accel"])
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh pallas", carry=[".accel"])
+#   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh checks", carry=[".accel"])
 #
 # benchmarks: the convolution forms (im2col against the pallas Triton kernels, and xla at batch 64)
 #   at batch 64 / 8 / 512 (at most 240 s), then the whole accelerator benchmark (about 6 minutes on
@@ -15,12 +16,19 @@
 # pallas: config.convolution='pallas' against 'im2col' in one run: the GPU tests of the Triton
 #   kernels (at most 90 s), the chunk at batch 64, N = 100 with xla and a few Triton settings (at
 #   most 110 s), then the accelerator benchmark's chunks at 64x100, 8x1000 and 4096x8, the flax
-#   baseline and the real cell (until 'first' and 'all') with both convolutions, for what is left.
+#   baseline and the real cell (until 'first' and 'all') with both convolutions, for what is left;
+# checks: config.eval_convolution='pallas' (training by im2col, checks by the Triton kernels): the
+#   GPU tests of the compiled kernels and of the Pallas Simple-CNN (at most 150 s), then the real
+#   cell (until 'first' and 'all') with im2col checks and with pallas checks, in one run.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
 part=${1:?usage: gpu_session.sh benchmarks|study [launch.py flags]}
-case $part in benchmarks|study|pallas) ;; *) echo "unknown part '$part': benchmarks, study or pallas" >&2; exit 2 ;; esac
+case $part in benchmarks|study|pallas|checks) ;;
+  *) echo "unknown part '$part': benchmarks, study, pallas or checks" >&2; exit 2 ;;
+esac
+gpu_tests=(tests/test_pallas_conv.py::test_on_a_gpu_the_compiled_kernels_match_lax
+           tests/test_pallas_conv.py::test_simple_cnn_with_pallas_convolutions_equals_im2col_in_values_and_gradients)
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # as the README's H100 figures were measured
@@ -47,8 +55,7 @@ case $part in
     timeout -k 10 "$left" python3 benchmarks/accelerator.py 2>&1 | tee "$OUT/accelerator.log"
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   pallas)
-    timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider tests/test_pallas_conv.py \
-      -k "gpu or simple_cnn or precision or split" 2>&1 | tee "$OUT/pallas_tests.log"
+    timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
     echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
     timeout -k 5 110 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
       --forms im2col xla pallas --pallas_settings warps=8 tile=256 warps=8,stages=3 2>&1 | tee "$OUT/conv_forms.log"
@@ -57,6 +64,14 @@ case $part in
     [ "$left" -gt 30 ] || left=30
     timeout -k 10 "$left" python3 benchmarks/accelerator.py --convolutions im2col pallas \
       --cases 64x100 8x1000 4096x8 --skip_dtype --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
+    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
+  checks)
+    timeout -k 5 150 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
+    echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
+    left=$((limit - (SECONDS - start)))
+    [ "$left" -gt 30 ] || left=30
+    timeout -k 10 "$left" python3 benchmarks/accelerator.py --convolutions im2col --cases 64x100 --skip_dtype \
+      --eval_convolution pallas --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   study)
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \

@@ -24,7 +24,8 @@ def require_choice(config: Any, field: str, choices: Sequence[str]) -> str:
     """The value of a string field that must be one of `choices`."""
     value = _get(config, field)
     if value not in choices:
-        raise ConfigError(f'config.{field}={value!r} is not accepted; choose one of: {", ".join(choices)}')
+        accepted = ', '.join(choice or "''" for choice in choices)  # '' shown as such
+        raise ConfigError(f'config.{field}={value!r} is not accepted; choose one of: {accepted}')
     return value
 
 
@@ -144,6 +145,9 @@ def _validate_workload(config: Any) -> None:
     if 'convolution' in config:  # optional: a config written before the field convolves by im2col
         from dps_jax import models  # imports flax: not at module level
         require_choice(config, 'convolution', models.CONVOLUTIONS)
+    if 'eval_convolution' in config:  # optional: a config written before the field checks as it trains
+        from dps_jax import models
+        require_choice(config, 'eval_convolution', ('', *models.CONVOLUTIONS))
 
 
 def _require_cache_dir(config: Any) -> None:
@@ -279,6 +283,10 @@ def base_study_config():
                                         # stride-1 layers with >= 16 channels in and out (im2col for the rest;
                                         # README, "Performance"); the same values as im2col up to the order of
                                         # float32 sums (at matmul_precision 'default' both are TF32 on NVIDIA GPUs)
+    config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as
+                                        # config.convolution) | 'im2col' | 'pallas' (GPU only): pallas checks
+                                        # write no patches (~0.08 s against ~0.2 s per check of 100 trials on an
+                                        # H200; README, "Performance"); the same errors up to float32 rounding
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

@@ -217,11 +217,13 @@ def _import(where: str, model: str):
         raise ModelError(f'config.model={model!r}: cannot import {where!r}: {_first_line(error)}') from None
 
 
-def resolve_module(model: Any, num_classes: int, convolution: str = 'im2col') -> nn.Module:
+def resolve_module(model: Any, num_classes: int, convolution: str = 'im2col', field: str = 'convolution'
+                   ) -> nn.Module:
     """The flax Module that `model` names (see the module docstring) for `num_classes` classes;
-    `convolution` (models.CONVOLUTIONS) is how a built-in model convolves, and must be 'im2col' for others."""
+    `convolution` (models.CONVOLUTIONS) is how a built-in model convolves, and must be 'im2col' for
+    others; `field` is the config field it came from, for the error."""
     if convolution != 'im2col' and not (isinstance(model, str) and model in models.MODELS):
-        raise ModelError(f'config.convolution={convolution!r} applies to the built-in models '
+        raise ModelError(f'config.{field}={convolution!r} applies to the built-in models '
                          f'({", ".join(models.MODELS)}), not to config.model={model!r}; use \'im2col\'')
     if isinstance(model, nn.Module):
         return model

@@ -43,7 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     result = trial.run_trial(
         state=state, train_step=trial.make_train_step(network, optimizer),
-        val_error=trial.make_val_error_count(network, config.eval_chunk_size),
+        val_error=trial.make_val_error_count(work.eval_network, config.eval_chunk_size),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,
         val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,

@@ -142,10 +142,11 @@ def study_mesh(config: ml_collections.ConfigDict):
         if batch_size % config.mesh.data:
             raise config_lib.ConfigError(f'config.batch_sizes has {batch_size}, which config.mesh.data='
                                          f'{config.mesh.data} devices cannot split evenly')
-    if mesh.size > 1 and workload.convolution(config) == 'pallas':
+    field = workload.pallas_field(config)
+    if mesh.size > 1 and field:
         # A Triton pallas_call has no partitioning rule: on a mesh every device would compute every
         # trial's convolutions.
-        raise config_lib.ConfigError(f"config.convolution='pallas' runs on one device; this mesh has {mesh.size} "
+        raise config_lib.ConfigError(f"config.{field}='pallas' runs on one device; this mesh has {mesh.size} "
                                      f"(config.mesh.trial={config.mesh.trial}, config.mesh.data={config.mesh.data}): "
                                      f"use 'im2col', or make one device visible")
     return None if mesh.size == 1 else mesh
@@ -381,7 +382,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     eval_chunk = config.eval_chunk_size or engine.eval_chunk_size(
         num_trials, int(work.val_images.shape[0]), backend, per_example,
         engine.default_memory_bytes(config.memory_fraction))
-    val_error = trial.make_val_error_count(network, eval_chunk)
+    val_error = trial.make_val_error_count(work.eval_network, eval_chunk)
     scores = None
     if any(sparsity > 0 for sparsity in sparsities):
         started = time.perf_counter()

@@ -17,6 +17,7 @@ class Workload(NamedTuple):
     dataset: data.Dataset        # host copy (numpy), for sizes and descriptions
     model: Any                   # flax Module
     network: network_lib.Network  # the model's pure functions at the config's matmul precision and compute dtype
+    eval_network: network_lib.Network  # the same for validation checks, convolving by config.eval_convolution
     optimizer: Any               # optim.make_optimizer(...)
     train_images: jax.Array      # device-resident splits
     train_labels: jax.Array
@@ -59,6 +60,29 @@ def convolution(config: ml_collections.ConfigDict) -> str:
     return config.get('convolution', 'im2col')
 
 
+def eval_convolution(config: ml_collections.ConfigDict) -> str:
+    """How validation checks convolve: config.eval_convolution, or config.convolution where that
+    field is '' or absent."""
+    return config.get('eval_convolution', '') or convolution(config)
+
+
+def pallas_field(config: ml_collections.ConfigDict) -> str | None:
+    """The first convolution field that makes `config` run the Pallas kernels ('convolution' or
+    'eval_convolution'), or None."""
+    for field in ('convolution', 'eval_convolution'):
+        if config.get(field, '') == 'pallas':
+            return field
+    return None
+
+
+def require_backend(config: ml_collections.ConfigDict) -> None:
+    """Refuses, naming the field, a config that asks for the Pallas kernels off a GPU."""
+    field = pallas_field(config)
+    if field and jax.default_backend() != 'gpu':
+        raise config_lib.ConfigError(f"config.{field}='pallas' runs Triton kernels on a GPU; this backend is "
+                                     f"{jax.default_backend()}: use 'im2col'")
+
+
 def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset: data.Dataset | None = None
                   ) -> Workload:
     """Loads the config's dataset, puts its train and validation splits on the device, builds the
@@ -68,9 +92,7 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
     model: a flax Module to use instead of config.model; dataset: a data.Dataset (e.g.
     data.from_arrays) to use instead of config.dataset.
     """
-    if convolution(config) == 'pallas' and jax.default_backend() != 'gpu':
-        raise config_lib.ConfigError(f"config.convolution='pallas' runs Triton kernels on a GPU; this backend is "
-                                     f"{jax.default_backend()}: use 'im2col'")
+    require_backend(config)
     if dataset is None:
         if config.dataset.startswith(config_lib.ARRAYS_PREFIX):
             raise data.DataError(f'config.dataset={config.dataset!r} names a Dataset object given to the Python API; '
@@ -82,8 +104,14 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
     name = network_lib.describe_module(module) if model is not None else repr(config.model)
     network = network_lib.from_module(module, example_shape, config.matmul_precision, compute_dtype(config))
     network_lib.check_logits(network, example_shape, dataset.num_classes, name)
+    eval_network = network
+    if eval_convolution(config) != convolution(config):
+        eval_module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes,
+                                                 eval_convolution(config), field='eval_convolution')
+        eval_network = network_lib.from_module(eval_module, example_shape, config.matmul_precision,
+                                               compute_dtype(config))
     return Workload(
-        dataset=dataset, model=module, network=network,
+        dataset=dataset, model=module, network=network, eval_network=eval_network,
         optimizer=optim.make_optimizer(config.optimizer, config.schedule),
         train_images=jnp.asarray(dataset.train.images), train_labels=jnp.asarray(dataset.train.labels),
         val_images=jnp.asarray(dataset.val.images), val_labels=jnp.asarray(dataset.val.labels))

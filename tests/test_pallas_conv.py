@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 from dps_jax import config as config_lib
-from dps_jax import models, network, pallas_conv, precision, study, workload
+from dps_jax import data, models, network, pallas_conv, precision, study, trial, workload
 
 pytestmark = pytest.mark.matmul_precision('highest')
 
@@ -187,3 +187,43 @@ def test_a_kernel_gradient_split_over_programs_sums_to_the_whole(monkeypatch):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
     text = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, None, 1, 'VALID') ** 2))).lower(kernel).as_text()
     assert 'tensor<3x3x3x16x16xf32>' in text  # (parts, kh, kw, C, F)
+
+
+def test_checks_can_convolve_with_pallas_while_training_convolves_by_im2col(monkeypatch):
+    """config.eval_convolution='pallas': a study's validation checks run the Pallas kernels and its
+    training step im2col; the checks count the errors im2col's count."""
+    monkeypatch.setattr(workload, 'require_backend', lambda config: None)  # interpret mode on a CPU
+    rng = np.random.default_rng(0)
+    dataset = data.from_arrays(rng.normal(size=(200, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 200),
+                               num_classes=10)
+    config = config_lib.base_study_config()
+    config.num_trials, config.trials_per_group, config.eval_chunk_size = 2, 2, 8
+    config.eval_convolution = 'pallas'
+    work = workload.load_workload(config, dataset=dataset)
+    context = study.cell_context(config, work, [0.0])
+    state = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[1], context.params),
+                                  jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), context.params),
+                                  work.optimizer, {name: column[1] for name, column in context.values.items()},
+                                  {}, context.dropout_keys[1])
+    batch = (work.train_images[:8], work.train_labels[:8])
+    assert 'pallas_call' in str(jax.make_jaxpr(context.val_error)(state, work.val_images, work.val_labels))
+    assert 'pallas_call' not in str(jax.make_jaxpr(context.train_step)(state, batch))
+    im2col_count = trial.make_val_error_count(work.network, 8)(state, work.val_images, work.val_labels)
+    assert int(jax.jit(context.val_error)(state, work.val_images, work.val_labels)) == int(im2col_count)
+
+
+def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_and_on_a_mesh(monkeypatch):
+    config = config_lib.base_study_config()
+    config.eval_convolution = 'pallas'
+    if jax.default_backend() != 'gpu':
+        with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs Triton")):
+            workload.load_workload(config)
+    with pytest.raises(network.ModelError, match="config.eval_convolution='pallas' applies to the built-in models"):
+        network.resolve_module('my_nets:Net', 10, 'pallas', field='eval_convolution')
+    monkeypatch.setattr(study.parallel, 'make_mesh', lambda trial, data: types.SimpleNamespace(size=8))
+    with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs on one device")):
+        study.study_mesh(config)
+    config.eval_convolution = 'xla'
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            "config.eval_convolution='xla' is not accepted; choose one of: '', im2col, pallas")):
+        config_lib.validate_study_config(config)
