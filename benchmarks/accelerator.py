@@ -14,11 +14,11 @@
    reads, compaction).
 
     python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...] [--cases 64x100 ...]
-        [--convolutions im2col pallas] [--eval_convolution pallas] [--skip_dtype] [--real_cell_modes first all ...]
+        [--convolutions im2col pallas] [--eval_convolutions pallas xla] [--skip_dtype] [--real_cell_modes first all ...]
 
 --convolutions times parts 2 and 5 once per config.convolution value, each with its ratio to the
-first (part 3 runs at the first only); --eval_convolution adds a real cell that trains by the
-first and checks by this one (config.eval_convolution).
+first (part 3 runs at the first only); --eval_convolutions adds, for each, a real cell that
+trains by the first and checks by that one (config.eval_convolution).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -145,9 +145,9 @@ def main():
                         '(batch x N, e.g. 64x100 4096x8), in this order; part 3 keeps those of its cases among them')
     parser.add_argument('--convolutions', nargs='+', choices=models.CONVOLUTIONS, default=['im2col'],
                         help="config.convolution values to time in parts 2 and 5 ('pallas': GPU only)")
-    parser.add_argument('--eval_convolution', choices=models.CONVOLUTIONS,
+    parser.add_argument('--eval_convolutions', nargs='*', choices=models.CONVOLUTIONS, default=[],
                         help='part 5 also runs the cell training by the first --convolutions value and checking '
-                        "by this one (config.eval_convolution; 'pallas': GPU only)")
+                        "by each of these (config.eval_convolution; 'pallas': GPU only)")
     parser.add_argument('--skip_dtype', action='store_true', help='skip part 3 (bfloat16 against float32)')
     parser.add_argument('--real_cell_modes', nargs='+', choices=tuple(REAL_CELL_MODES), default=list(REAL_CELL_MODES),
                         help="part 5's runs: until='first', until='all', until='all' without dispatch ahead")
@@ -222,9 +222,10 @@ def main():
         for convolution in [name for name in args.convolutions if (64, cell_trials, name) in rates]:
             real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
                       rates[64, cell_trials, convolution], convolution, args.real_cell_modes)
-        if args.eval_convolution and args.eval_convolution != first and (64, cell_trials, first) in rates:
-            real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
-                      rates[64, cell_trials, first], first, args.real_cell_modes, args.eval_convolution)
+        for eval_convolution in args.eval_convolutions:
+            if eval_convolution != first and (64, cell_trials, first) in rates:
+                real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
+                          rates[64, cell_trials, first], first, args.real_cell_modes, eval_convolution)
 
 if __name__ == '__main__':
     main()

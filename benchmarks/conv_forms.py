@@ -35,7 +35,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,11 +59,7 @@ def conv2d_shifted(x, kernel, bias=None, stride=1, padding='SAME'):
     return y if bias is None else y + bias
 
 
-def conv2d_xla(x, kernel, bias=None, stride=1, padding='SAME'):
-    """conv2d as XLA's own convolution."""
-    y = lax.conv_general_dilated(x, kernel, models._pair(stride), padding.upper(),
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y if bias is None else y + bias
+conv2d_xla = models.xla_conv2d  # XLA's own convolution
 
 
 def on_gpu() -> bool:

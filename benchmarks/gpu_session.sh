@@ -17,9 +17,9 @@
 #   kernels (at most 90 s), the chunk at batch 64, N = 100 with xla and a few Triton settings (at
 #   most 110 s), then the accelerator benchmark's chunks at 64x100, 8x1000 and 4096x8, the flax
 #   baseline and the real cell (until 'first' and 'all') with both convolutions, for what is left;
-# checks: config.eval_convolution='pallas' (training by im2col, checks by the Triton kernels): the
-#   GPU tests of the compiled kernels and of the Pallas Simple-CNN (at most 150 s), then the real
-#   cell (until 'first' and 'all') with im2col checks and with pallas checks, in one run.
+# checks: config.eval_convolution (training by im2col, checks by 'pallas', the Triton kernels, or
+#   'xla', cuDNN): the GPU tests of the compiled kernels and of the Pallas Simple-CNN (at most
+#   150 s), then the real cell (until 'first' and 'all') with im2col, pallas and xla checks, in one run.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
@@ -71,7 +71,7 @@ case $part in
     left=$((limit - (SECONDS - start)))
     [ "$left" -gt 30 ] || left=30
     timeout -k 10 "$left" python3 benchmarks/accelerator.py --convolutions im2col --cases 64x100 --skip_dtype \
-      --eval_convolution pallas --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
+      --eval_convolutions pallas xla --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   study)
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \

@@ -33,8 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.check_every = 100              # steps between validation checks
     config.eval_chunk_size = 1000         # examples per evaluation chunk (memory, not results)
     config.compute_dtype = 'float32'      # 'float32' | 'bfloat16' (training and evaluation; float32 master weights)
-    config.convolution = 'im2col'         # 'im2col' | 'pallas' (Triton kernels, GPU only; README, "Performance")
-    config.eval_convolution = ''          # the validation checks': '' (as convolution) | 'im2col' | 'pallas'
+    config.convolution = 'im2col'         # 'im2col' | 'pallas' (Triton kernels, GPU only) | 'xla' (README, "Performance")
+    config.eval_convolution = ''          # the validation checks': '' (as convolution) | 'im2col' | 'pallas' | 'xla'
     config.matmul_precision = 'default'   # 'default' (TF32 on NVIDIA GPUs) | 'high' | 'highest' (full float32)
     config.compilation_cache_dir = 'auto'  # JAX's persistent compilation cache: 'auto' = ~/.cache/dps_jax/...; '' = off
     # Seeds.

@@ -278,15 +278,17 @@ def base_study_config():
                                         # float32 parameters (the master copy, updated in float32) and the images
                                         # to bfloat16 per step; logits, loss, pruning scores and the smoothness
                                         # estimators stay float32. Opt-in, for GPUs/TPUs; slower on XLA:CPU
-    config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend) | 'pallas':
-                                        # Triton kernels that never write im2col patches, GPU only, for the
-                                        # stride-1 layers with >= 16 channels in and out (im2col for the rest;
-                                        # README, "Performance"); the same values as im2col up to the order of
-                                        # float32 sums (at matmul_precision 'default' both are TF32 on NVIDIA GPUs)
+    config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend, the fastest
+                                        # measured) | 'pallas': Triton kernels that never write im2col patches,
+                                        # GPU only, for the stride-1 layers with 16-128 channels in and out
+                                        # (im2col for the rest) | 'xla': XLA's own convolution (cuDNN on NVIDIA
+                                        # GPUs; ~20x slower than im2col on XLA:CPU); README, "Performance". The
+                                        # same values up to the order of float32 sums (TF32 on NVIDIA GPUs at
+                                        # matmul_precision 'default')
     config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as
-                                        # config.convolution) | 'im2col' | 'pallas' (GPU only): pallas checks
-                                        # write no patches (~0.08 s against ~0.2 s per check of 100 trials on an
-                                        # H200; README, "Performance"); the same errors up to float32 rounding
+                                        # config.convolution) | 'im2col' | 'pallas' (GPU only) | 'xla': pallas
+                                        # checks write no patches (~0.08 s against ~0.2 s per check of 100 trials
+                                        # on an H200; README, "Performance"); the same errors up to rounding
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

@@ -19,10 +19,11 @@ from jax import lax
 
 MODELS = ('simple_cnn', 'resnet8')
 PADDINGS = ('SAME', 'VALID')
-# How the built-in models convolve (config.convolution): 'im2col' (conv2d below, any backend) or
+# How the built-in models convolve (config.convolution): 'im2col' (conv2d below, any backend),
 # 'pallas' (dps_jax.pallas_conv: Triton kernels on a GPU, Pallas' interpret mode elsewhere, im2col
-# for the layers its kernels do not cover).
-CONVOLUTIONS = ('im2col', 'pallas')
+# for the layers its kernels do not cover) or 'xla' (xla_conv2d below: XLA's own convolution,
+# cuDNN on NVIDIA GPUs; grouped under vmap, which XLA:CPU runs far slower than im2col).
+CONVOLUTIONS = ('im2col', 'pallas', 'xla')
 
 # TF1's default weight init: fan-in variance scaling, truncated at two stddevs
 # (the stddev is corrected so that the truncated draw has variance 1/fan_in).
@@ -92,6 +93,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
     return y if bias is None else y + bias
 
 
+def xla_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
+               stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
+    """2-D convolution as XLA's own (lax.conv_general_dilated, whose 'SAME' pads as TensorFlow's):
+    x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout)."""
+    y = lax.conv_general_dilated(x, kernel, _pair(stride), padding.upper(), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y if bias is None else y + bias
+
+
 def _crop_to_multiple(x: jax.Array, window: int) -> jax.Array:
     """Drops trailing rows/columns of (B, H, W, C) that do not fill a window (VALID pooling)."""
     height, width = x.shape[1] // window * window, x.shape[2] // window * window
@@ -146,7 +155,8 @@ def residual_shortcut(x: jax.Array, features: int, stride: int) -> jax.Array:
 
 
 class Conv2D(nn.Module):
-    """Im2col convolution layer with 'kernel' (HWIO) and 'bias': (B, H, W, Cin) -> (B, H', W', features)."""
+    """Convolution layer with 'kernel' (HWIO) and 'bias', by im2col unless `convolution` says otherwise:
+    (B, H, W, Cin) -> (B, H', W', features)."""
     features: int
     kernel_size: Union[int, Sequence[int]]
     stride: Union[int, Sequence[int]] = 1
@@ -162,6 +172,8 @@ class Conv2D(nn.Module):
             from dps_jax import pallas_conv  # it imports this module
             return pallas_conv.conv2d(x, kernel, bias, self.stride, self.padding,
                                       interpret=jax.default_backend() != 'gpu')
+        if self.convolution == 'xla':
+            return xla_conv2d(x, kernel, bias, self.stride, self.padding)
         if self.convolution != 'im2col':
             raise ValueError(f'convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}')
         return conv2d(x, kernel, bias, self.stride, self.padding)

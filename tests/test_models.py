@@ -103,14 +103,19 @@ def test_unknown_model_name_raises_with_accepted_names():
 
 # Oracle: flax nn.Conv at full float32 (TF32 on a GPU would differ by ~1e-3).
 @pytest.mark.matmul_precision('highest')
-def test_simple_cnn_equals_flax_conv_reference_in_values_and_gradients():
-    model, params = _init('simple_cnn')
+@pytest.mark.parametrize('convolution', ['im2col', 'xla'])
+def test_simple_cnn_equals_flax_conv_reference_in_values_and_gradients(convolution):
+    _, params = _init('simple_cnn')
+    model = models.get_model('simple_cnn', convolution=convolution)
     images, labels = _normal(2, (8, 28, 28, 1)), jnp.arange(8) % 10
 
     def loss(module, p):
         return _cross_entropy(module.apply({'params': p}, images), labels)
 
     reference = ReferenceSimpleCNN()
+    # im2col lowers to matmuls; 'xla' to XLA's own convolutions
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, images))(params))
+    assert ('conv_general_dilated' in jaxpr) == (convolution == 'xla')
     np.testing.assert_allclose(_apply(model, params, images), _apply(reference, params, images),
                                **TOLERANCE)
     jax.tree_util.tree_map(
@@ -280,9 +285,9 @@ def _lax_resnet8(params, images):
 
 # Oracle: a plain lax forward pass at HIGHEST.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('image_size', [32])
-def test_resnet8_equals_a_plain_lax_forward_pass(image_size):
-    model = models.get_model('resnet8')
+@pytest.mark.parametrize('image_size, convolution', [(32, 'im2col'), (32, 'xla')])
+def test_resnet8_equals_a_plain_lax_forward_pass(image_size, convolution):
+    model = models.get_model('resnet8', convolution=convolution)
     params = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, image_size, image_size, 3)))['params']
     # Random biases too (they start at zero), so every bias is checked as well.
     leaves, treedef = jax.tree_util.tree_flatten(params)

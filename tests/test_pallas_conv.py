@@ -223,7 +223,7 @@ def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_an
     monkeypatch.setattr(study.parallel, 'make_mesh', lambda trial, data: types.SimpleNamespace(size=8))
     with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs on one device")):
         study.study_mesh(config)
-    config.eval_convolution = 'xla'
+    config.eval_convolution = 'cudnn'
     with pytest.raises(config_lib.ConfigError, match=re.escape(
-            "config.eval_convolution='xla' is not accepted; choose one of: '', im2col, pallas")):
+            "config.eval_convolution='cudnn' is not accepted; choose one of: '', im2col, pallas, xla")):
         config_lib.validate_study_config(config)
