@@ -26,6 +26,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_lib.validate_trial_config(config, work.num_train_examples)
     log(compilation_cache.describe(cache))
     log(data.describe(work.dataset))
+    if workload.describe_convolutions(config):
+        log(workload.describe_convolutions(config))
     network, optimizer = work.network, work.optimizer
     train_images, train_labels = work.train_images, work.train_labels
 

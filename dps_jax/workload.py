@@ -66,6 +66,13 @@ def eval_convolution(config: ml_collections.ConfigDict) -> str:
     return config.get('eval_convolution', '') or convolution(config)
 
 
+def describe_convolutions(config: ml_collections.ConfigDict) -> str | None:
+    """A log line naming training's and the checks' convolutions; None when both are im2col (the default)."""
+    if convolution(config) == eval_convolution(config) == 'im2col':
+        return None
+    return f'convolutions: training {convolution(config)}, checks {eval_convolution(config)}'
+
+
 def pallas_field(config: ml_collections.ConfigDict) -> str | None:
     """The first convolution field that makes `config` run the Pallas kernels ('convolution' or
     'eval_convolution'), or None."""
