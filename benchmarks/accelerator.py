@@ -16,8 +16,8 @@
     python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...] [--cases 64x100 ...]
         [--convolutions im2col pallas] [--eval_convolutions pallas xla] [--skip_dtype] [--real_cell_modes first all ...]
 
---convolutions times parts 2 and 5 once per config.convolution value, each with its ratio to the
-first (part 3 runs at the first only); --eval_convolutions adds, for each, a real cell that
+--convolutions times parts 2 and 5 once per config.convolution value (part 2's rows with their
+ratio to the first; part 3 runs at the first only); --eval_convolutions adds, for each, a real cell that
 trains by the first and checks by that one (config.eval_convolution).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
@@ -191,13 +191,12 @@ def main():
                       f'{f"{rate / baseline:.2f}x" if baseline else ""} |', flush=True)
         print(f'| {batch_size} | one trial alone | im2col | {alone:,.0f} | 1.0x | '
               f'{alone * batch_size * FLOPS_PER_EXAMPLE / 1e12:.3g} | | |', flush=True)
-    if not args.skip_dtype:
+    dtype_cases = [case for case in (QUICK_DTYPE_CASES if args.quick else DTYPE_CASES) if wanted(*case)]
+    if dtype_cases and not args.skip_dtype:
         print(f'| batch | trials N | float32 trial-steps/s | bfloat16 trial-steps/s | bfloat16 / float32 | '
               f'({first}) |')
         print('| --- | --- | --- | --- | --- | --- |')
-        for batch_size, num_trials in (QUICK_DTYPE_CASES if args.quick else DTYPE_CASES):
-            if not wanted(batch_size, num_trials):
-                continue
+        for batch_size, num_trials in dtype_cases:
             try:
                 float32 = (rates.get((batch_size, num_trials, first))
                            or chunk_rate(num_trials, batch_size, steps, images, labels, convolution=first))

@@ -23,7 +23,7 @@
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_session.sh benchmarks|study [launch.py flags]}
+part=${1:?usage: gpu_session.sh benchmarks|study|pallas|checks [launch.py flags, for study]}
 case $part in benchmarks|study|pallas|checks) ;;
   *) echo "unknown part '$part': benchmarks, study, pallas or checks" >&2; exit 2 ;;
 esac
@@ -58,7 +58,7 @@ case $part in
     timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
     echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
     timeout -k 5 110 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
-      --forms im2col xla pallas --pallas_settings warps=8 tile=256 warps=8,stages=3 2>&1 | tee "$OUT/conv_forms.log"
+      --forms im2col xla pallas --pallas_settings warps=4 tile=256 stages=3 2>&1 | tee "$OUT/conv_forms.log"
     echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
     left=$((limit - (SECONDS - start)))
     [ "$left" -gt 30 ] || left=30

@@ -115,6 +115,8 @@ def _context(config: ml_collections.ConfigDict, model: Any, dataset: data.Datase
     config_lib.validate_study_config(config, work.num_train_examples)
     study.check_measurable(config, work)
     log(data.describe(work.dataset))
+    if workload.describe_convolutions(config):
+        log(workload.describe_convolutions(config))
     return study.cell_context(config, work, sparsities, study.study_mesh(config), log)
 
 

@@ -59,10 +59,12 @@ class CellCheckpoints:
     """Checkpoints of one cell in `directory` every `every_checks` checks (orbax CheckpointManager).
 
     `identity` (JSON) names the cell's setup; a checkpoint with another identity is not used.
+    `normalize` maps an identity to the form compared (e.g. fills fields an older version did not
+    write); by default identities are compared as they are.
     """
 
     def __init__(self, directory: str, every_checks: int, identity: dict,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, normalize: Callable[[dict], dict] | None = None):
         import orbax.checkpoint as ocp  # heavy; only when checkpoints are on
 
         logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs ~60 INFO lines per save
@@ -71,6 +73,7 @@ class CellCheckpoints:
         self.every_checks = every_checks
         self.identity = json.loads(json.dumps({'format': FORMAT, **identity}))
         self.log = log or (lambda line: None)
+        self._normalize = normalize or (lambda identity: identity)
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True))
 
@@ -103,7 +106,7 @@ class CellCheckpoints:
             except Exception as error:
                 self._unusable(step, error)
                 continue
-            if meta.get('identity') != self.identity:
+            if self._normalize(meta.get('identity') or {}) != self._normalize(self.identity):
                 # Deleted rather than kept: orbax keeps the highest steps, so an old run's
                 # checkpoints would crowd out this run's new ones.
                 self.log(f'  warning: checkpoint {self.directory}/{step} was made by another setup of this cell '

@@ -287,8 +287,9 @@ def base_study_config():
                                         # matmul_precision 'default')
     config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as
                                         # config.convolution) | 'im2col' | 'pallas' (GPU only) | 'xla': pallas
-                                        # checks write no patches (~0.08 s against ~0.2 s per check of 100 trials
-                                        # on an H200; README, "Performance"); the same errors up to rounding
+                                        # checks write no patches for the layers its kernels cover (Simple-CNN's
+                                        # conv2; ~0.08 s against ~0.2 s per check of 100 trials on an H200;
+                                        # README, "Performance"); the same errors up to float32 rounding
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

@@ -95,9 +95,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
 
 def xla_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
                stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
-    """2-D convolution as XLA's own (lax.conv_general_dilated, whose 'SAME' pads as TensorFlow's):
-    x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout)."""
-    y = lax.conv_general_dilated(x, kernel, _pair(stride), padding.upper(), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    """2-D convolution as XLA's own (lax.conv_general_dilated) with TensorFlow's padding ('SAME' or
+    'VALID'): x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout)."""
+    stride, padding = _pair(stride), padding.upper()
+    if padding not in PADDINGS:
+        raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    pads = ([same_padding(x.shape[1], kernel.shape[0], stride[0]), same_padding(x.shape[2], kernel.shape[1], stride[1])]
+            if padding == 'SAME' else [(0, 0), (0, 0)])
+    y = lax.conv_general_dilated(x, kernel, stride, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y if bias is None else y + bias
 
 

@@ -89,8 +89,22 @@ def make_plan(config: ml_collections.ConfigDict) -> dict:
 
 
 def _comparable(config_dict: dict) -> dict:
+    """The fields of a config (as a dict) that make a study what it is, as JSON would give them back."""
     normalized = json.loads(json.dumps(config_dict))
+    if normalized.get('eval_convolution') == '':  # '' checks by config.convolution: the same study
+        normalized['eval_convolution'] = normalized.get('convolution', 'im2col')
     return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
+
+
+def _with_defaults(config_dict: dict) -> dict:
+    """A stored config as this version compares it: a field it lacks was added to dps_jax later, and
+    the study ran with that field's default."""
+    return _comparable({**config_lib.base_study_config().to_dict(), **config_dict})
+
+
+def _checkpoint_identity(identity: dict) -> dict:
+    """A mid-cell checkpoint's identity with its config as this version compares it (_with_defaults)."""
+    return {**identity, 'config': _with_defaults(identity['config'])} if 'config' in identity else identity
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
@@ -110,8 +124,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             except json.JSONDecodeError:
                 previous = None
         if previous is not None:
-            # A field the stored config lacks was added to dps_jax later; the study ran with its default.
-            previous = _comparable({**config_lib.base_study_config().to_dict(), **previous})
+            previous = _with_defaults(previous)
         current = _comparable(config.to_dict())
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
@@ -429,7 +442,8 @@ def cell_checkpoints(config: ml_collections.ConfigDict, workdir: str, sparsity: 
         return None
     return checkpoints.CellCheckpoints(
         os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
-        identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}, log=log)
+        identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}, log=log,
+        normalize=_checkpoint_identity)
 
 
 def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: Any = None,

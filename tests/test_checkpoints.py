@@ -148,3 +148,19 @@ def test_checkpoints_refuse_keep_final_state(tmp_path):
     with pytest.raises(ValueError, match='keep_final_state'):
         run(trials, tx, keep_final_state=True, checkpoints=cell_checkpoints(tmp_path, []))
 
+
+
+def test_a_checkpoint_whose_identity_normalizes_to_this_setup_is_used(tmp_path):
+    """CellCheckpoints(normalize=...) compares identities in that form: a checkpoint written without
+    a field that this setup has at its default resumes."""
+    trials, tx, _, _ = cell_setup()
+    older = checkpoints.CellCheckpoints(str(tmp_path), 1, identity={'cell': 'test', 'config': {}})
+    run(trials, tx, checkpoints=older, **SETTINGS)
+    older.close()
+    lines = []
+    fill = lambda identity: {**identity, 'config': {'field': 'default', **identity.get('config', {})}}
+    newer = checkpoints.CellCheckpoints(str(tmp_path), 1, identity={'cell': 'test', 'config': {'field': 'default'}},
+                                        log=lines.append, normalize=fill)
+    run(trials, tx, checkpoints=newer, log=lines.append, **SETTINGS)
+    assert any('resumed from checkpoint' in line for line in lines), lines
+    assert not any('another setup' in line for line in lines), lines

@@ -267,3 +267,28 @@ def test_a_config_json_without_search_space_is_the_reference_space(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: search_space)')):
         study.prepare_workdir(with_entry('learning_rate', scale='linear'), str(tmp_path), log=lambda line: None,
                               write=False)
+
+
+def test_checks_by_the_training_convolution_are_one_study_however_written(tmp_path):
+    """eval_convolution '' follows config.convolution: '' and 'im2col' are the same study; 'xla' is another."""
+    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None)
+    explicit = config_lib.base_study_config()
+    explicit.eval_convolution = 'im2col'
+    study.prepare_workdir(explicit, str(tmp_path), log=lambda line: None, write=False)
+    explicit.eval_convolution = 'xla'
+    with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: eval_convolution)')):
+        study.prepare_workdir(explicit, str(tmp_path), log=lambda line: None, write=False)
+
+
+def test_a_mid_cell_checkpoint_written_before_a_field_existed_is_this_setup(tmp_path):
+    """A checkpoint identity whose config lacks fields added since (convolution, eval_convolution)
+    matches the identity this version writes for the same study, and not another study's."""
+    config = config_lib.base_study_config()
+    config.checkpoint_every = 1
+    saved = study.cell_checkpoints(config, str(tmp_path), 0.5, 64, log=lambda line: None)
+    older = json.loads(json.dumps(saved.identity))
+    del older['config']['convolution'], older['config']['eval_convolution']
+    assert older != saved.identity
+    assert study._checkpoint_identity(older) == study._checkpoint_identity(saved.identity)
+    older['config']['learning_rate_high'] = 1.0  # no such field: another version's other study
+    assert study._checkpoint_identity(older) != study._checkpoint_identity(saved.identity)

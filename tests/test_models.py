@@ -169,9 +169,11 @@ def test_conv2d_adds_bias_per_output_channel():
                                conv2d(x, kernel, None, 1, 'SAME') + bias, **TOLERANCE)
 
 
-def test_conv2d_rejects_unknown_padding():
-    with pytest.raises(ValueError, match='SAME'):
-        models.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), None, 1, 'FULL')
+@pytest.mark.parametrize('conv2d', [models.conv2d, models.xla_conv2d])
+def test_conv2d_rejects_unknown_padding(conv2d):
+    for padding in ('FULL', 'SAME_LOWER'):  # lax itself would take 'SAME_LOWER', which TensorFlow has not
+        with pytest.raises(ValueError, match='SAME'):
+            conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), None, 1, padding)
 
 
 def test_same_padding_puts_the_odd_pixel_after():

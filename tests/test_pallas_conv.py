@@ -220,10 +220,18 @@ def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_an
     if jax.default_backend() != 'gpu':
         with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs Triton")):
             workload.load_workload(config)
-    with pytest.raises(network.ModelError, match="config.eval_convolution='pallas' applies to the built-in models"):
-        network.resolve_module('my_nets:Net', 10, 'pallas', field='eval_convolution')
+    mine = config_lib.base_study_config()
+    mine.eval_convolution = 'xla'  # any backend: the refusal is the model's
+    rng = np.random.default_rng(0)
+    dataset = data.from_arrays(rng.normal(size=(20, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 20),
+                               num_classes=10)
+    with pytest.raises(network.ModelError, match="config.eval_convolution='xla' applies to the built-in models"):
+        workload.load_workload(mine, model=models.SimpleCNN(), dataset=dataset)
     monkeypatch.setattr(study.parallel, 'make_mesh', lambda trial, data: types.SimpleNamespace(size=8))
     with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs on one device")):
+        study.study_mesh(config)
+    config.convolution, config.eval_convolution = 'pallas', 'im2col'
+    with pytest.raises(config_lib.ConfigError, match=re.escape("config.convolution='pallas' runs on one device")):
         study.study_mesh(config)
     config.eval_convolution = 'cudnn'
     with pytest.raises(config_lib.ConfigError, match=re.escape(
