@@ -218,13 +218,13 @@ def main():
               flush=True)
     if not args.skip_real_cell:
         cell_trials = 8 if args.quick else 100
-        for convolution in [name for name in args.convolutions if (64, cell_trials, name) in rates]:
-            real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
-                      rates[64, cell_trials, convolution], convolution, args.real_cell_modes)
-        for eval_convolution in args.eval_convolutions:
-            if eval_convolution != first and (64, cell_trials, first) in rates:
-                real_cell(cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400,
-                          rates[64, cell_trials, first], first, args.real_cell_modes, eval_convolution)
+        sizes = (cell_trials, 300 if args.quick else 3000, 540 if args.quick else 5400)  # trials, max steps, SNIP
+        runs = [(name, None) for name in args.convolutions] + [(first, name) for name in args.eval_convolutions
+                                                               if name != first]
+        for convolution, eval_convolution in runs:
+            if (64, cell_trials, convolution) in rates:
+                real_cell(*sizes, rates[64, cell_trials, convolution], convolution, args.real_cell_modes,
+                          eval_convolution)
 
 if __name__ == '__main__':
     main()

@@ -114,9 +114,7 @@ def _context(config: ml_collections.ConfigDict, model: Any, dataset: data.Datase
     work = workload.load_workload(config, None if isinstance(model, str) else model, dataset)
     config_lib.validate_study_config(config, work.num_train_examples)
     study.check_measurable(config, work)
-    log(data.describe(work.dataset))
-    if workload.describe_convolutions(config):
-        log(workload.describe_convolutions(config))
+    log(workload.describe(config, work))
     return study.cell_context(config, work, sparsities, study.study_mesh(config), log)
 
 

@@ -282,7 +282,7 @@ def base_study_config():
                                         # measured) | 'pallas': Triton kernels that never write im2col patches,
                                         # GPU only, for the stride-1 layers with 16-128 channels in and out
                                         # (im2col for the rest) | 'xla': XLA's own convolution (cuDNN on NVIDIA
-                                        # GPUs; ~20x slower than im2col on XLA:CPU); README, "Performance". The
+                                        # GPUs; much slower than im2col on XLA:CPU); README, "Performance". The
                                         # same values up to the order of float32 sums (TF32 on NVIDIA GPUs at
                                         # matmul_precision 'default')
     config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as

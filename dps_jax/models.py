@@ -46,16 +46,22 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
-def tf_padded(x: jax.Array, window: Sequence[int], stride: Sequence[int], padding: str) -> jax.Array:
-    """x (B, H, W, C) padded as TensorFlow pads for a (kh, kw) window at (sh, sw) strides: 'SAME'
-    (extra pad after) or 'VALID' (none)."""
+def tf_pads(x_shape: Sequence[int], window: Sequence[int], stride: Sequence[int], padding: str
+            ) -> list[tuple[int, int]]:
+    """[(top, bottom), (left, right)] TensorFlow pads of a (B, H, W, C) input for a (kh, kw) window
+    at (sh, sw) strides: 'SAME' (extra pad after) or 'VALID' (none)."""
     padding = padding.upper()
-    if padding == 'VALID':
-        return x
-    if padding != 'SAME':
+    if padding not in PADDINGS:
         raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
-    return jnp.pad(x, ((0, 0), same_padding(x.shape[1], window[0], stride[0]),
-                       same_padding(x.shape[2], window[1], stride[1]), (0, 0)))
+    if padding == 'VALID':
+        return [(0, 0), (0, 0)]
+    return [same_padding(x_shape[1], window[0], stride[0]), same_padding(x_shape[2], window[1], stride[1])]
+
+
+def tf_padded(x: jax.Array, window: Sequence[int], stride: Sequence[int], padding: str) -> jax.Array:
+    """x (B, H, W, C) padded as TensorFlow pads (tf_pads)."""
+    pads = tf_pads(x.shape, window, stride, padding)
+    return x if pads == [(0, 0), (0, 0)] else jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
 
 def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int, Sequence[int]] = 1,
@@ -97,12 +103,9 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
                stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
     """2-D convolution as XLA's own (lax.conv_general_dilated) with TensorFlow's padding ('SAME' or
     'VALID'): x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout)."""
-    stride, padding = _pair(stride), padding.upper()
-    if padding not in PADDINGS:
-        raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
-    pads = ([same_padding(x.shape[1], kernel.shape[0], stride[0]), same_padding(x.shape[2], kernel.shape[1], stride[1])]
-            if padding == 'SAME' else [(0, 0), (0, 0)])
-    y = lax.conv_general_dilated(x, kernel, stride, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    stride = _pair(stride)
+    y = lax.conv_general_dilated(x, kernel, stride, tf_pads(x.shape, kernel.shape[:2], stride, padding),
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y if bias is None else y + bias
 
 

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import compilation_cache, data, masks, optim, provenance, store, trial, workload
+from dps_jax import compilation_cache, masks, optim, provenance, store, trial, workload
 
 
 def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -25,9 +25,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     work = workload.load_workload(config)
     config_lib.validate_trial_config(config, work.num_train_examples)
     log(compilation_cache.describe(cache))
-    log(data.describe(work.dataset))
-    if workload.describe_convolutions(config):
-        log(workload.describe_convolutions(config))
+    log(workload.describe(config, work))
     network, optimizer = work.network, work.optimizer
     train_images, train_labels = work.train_images, work.train_labels
 

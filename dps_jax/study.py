@@ -480,9 +480,7 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
 
 
 def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None) -> None:
-    log(data.describe(work.dataset))
-    if workload.describe_convolutions(config):
-        log(workload.describe_convolutions(config))
+    log(workload.describe(config, work))
     context = cell_context(config, work, [sparsity for sparsity, _ in remaining], mesh, log)
     num_trials = config.num_trials
     for sparsity in dict.fromkeys(s for s, _ in remaining):

@@ -73,6 +73,11 @@ def describe_convolutions(config: ml_collections.ConfigDict) -> str | None:
     return f'convolutions: training {convolution(config)}, checks {eval_convolution(config)}'
 
 
+def describe(config: ml_collections.ConfigDict, work: Workload) -> str:
+    """What a study or trial logs of its workload: the dataset, and its convolutions where not the default."""
+    return '\n'.join(line for line in (data.describe(work.dataset), describe_convolutions(config)) if line)
+
+
 def pallas_field(config: ml_collections.ConfigDict) -> str | None:
     """The first convolution field that makes `config` run the Pallas kernels ('convolution' or
     'eval_convolution'), or None."""
@@ -106,17 +111,16 @@ def load_workload(config: ml_collections.ConfigDict, model: Any = None, dataset:
                                  f'give it again (dps_jax.run_study(config, workdir, dataset=...))')
         dataset = data.load(config.dataset, config.data_dir or None, config.data_source)
     example_shape = tuple(dataset.train.images.shape[1:])
-    module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes,
-                                        convolution(config))
+    def built(field: str, convolution_name: str) -> tuple[Any, network_lib.Network]:
+        module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes,
+                                            convolution_name, field)
+        return module, network_lib.from_module(module, example_shape, config.matmul_precision, compute_dtype(config))
+
+    module, network = built('convolution', convolution(config))
     name = network_lib.describe_module(module) if model is not None else repr(config.model)
-    network = network_lib.from_module(module, example_shape, config.matmul_precision, compute_dtype(config))
     network_lib.check_logits(network, example_shape, dataset.num_classes, name)
-    eval_network = network
-    if eval_convolution(config) != convolution(config):
-        eval_module = network_lib.resolve_module(config.model if model is None else model, dataset.num_classes,
-                                                 eval_convolution(config), field='eval_convolution')
-        eval_network = network_lib.from_module(eval_module, example_shape, config.matmul_precision,
-                                               compute_dtype(config))
+    eval_network = (network if eval_convolution(config) == convolution(config)
+                    else built('eval_convolution', eval_convolution(config))[1])
     return Workload(
         dataset=dataset, model=module, network=network, eval_network=eval_network,
         optimizer=optim.make_optimizer(config.optimizer, config.schedule),
