@@ -1,7 +1,11 @@
 """Ways to write the engine's convolution, in the vmapped Simple-CNN chunk (N = 8, batch 64):
 bytes the compiled chunk moves and trial-steps/s, each form against im2col in the same run.
 
-- im2col (dps_jax.models.conv2d): all kh x kw shifted windows concatenated, one matmul;
+- im2col (dps_jax.models.conv2d): all kh x kw shifted windows, each flattened to (pixels, Cin),
+  concatenated, one matmul;
+- im2col_4d: the same windows concatenated as a (B, H', W', kh x kw x Cin) image, then one matmul:
+  the engine's im2col before XLA's count of it was cut (on XLA:CPU 8.54 against 3.62 MB per
+  example-step at N = 8, batch 64); kept to compare the two on a GPU;
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
 - xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
@@ -9,8 +13,8 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
   without writing patches (conv2 only: conv1 has one input channel and stays im2col). GPU only;
   on a CPU it is checked in Pallas' interpret mode and not timed.
 
-The default forms are im2col, rows and shifted on a CPU (where xla inside lax.scan runs ~20x
-slower than im2col), and all five on a GPU. A form that fails to compile or run prints why and
+The default forms are im2col, im2col_4d, rows and shifted on a CPU (where xla inside lax.scan runs ~20x
+slower than im2col), and all six on a GPU. A form that fails to compile or run prints why and
 the others go on.
 
 Bytes are XLA's cost analysis of the compiled chunk (its scan body counted once), and the same
@@ -43,6 +47,15 @@ import common  # noqa: E402
 import hlo_traffic  # noqa: E402
 
 
+def conv2d_4d(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d with its windows concatenated as a 4-D image of patches, then one matmul."""
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    windows = models.kernel_windows(x, kernel.shape, stride, padding)
+    patches = jnp.concatenate([window for row in windows for window in row], axis=-1)
+    y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
+    return y if bias is None else y + bias
+
+
 def conv2d_rows(x, kernel, bias=None, stride=1, padding='SAME'):
     """conv2d as one im2col matmul per kernel row, summed."""
     kernel_h, kernel_w, in_features, out_features = kernel.shape
@@ -71,9 +84,9 @@ def on_gpu() -> bool:
     return jax.default_backend() == 'gpu'
 
 
-FORMS = {'im2col': models.conv2d, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
+FORMS = {'im2col': models.conv2d, 'im2col_4d': conv2d_4d, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
-CPU_FORMS = ('im2col', 'rows', 'shifted')
+CPU_FORMS = ('im2col', 'im2col_4d', 'rows', 'shifted')
 # --pallas_settings names: the pallas_conv constants they set.
 PALLAS_SETTINGS = {'warps': 'NUM_WARPS', 'stages': 'NUM_STAGES', 'tile': 'TILE_PIXELS', 'rows': 'ROWS_PER_PROGRAM'}
 

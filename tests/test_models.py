@@ -389,3 +389,18 @@ def test_vmapped_flax_conv_reference_lowers_to_grouped_convolutions():
     # Control for the test above: the HLO check does see the grouped convs it guards against.
     hlo = _vmapped_training_hlo(ReferenceSimpleCNN())
     assert 'convolution' in hlo and f'feature_group_count = {NUM_TRIALS}' in hlo
+
+
+# Issue 11's memory-traffic goal: at most 0.4 MB per example-step as that issue measured it, dividing
+# XLA's count of a 10-step chunk by its steps although XLA counts a loop's body once: 4 MB per example
+# and training step. With the im2col patches built as a 4-D image this counts 8.6 MB: XLA charges
+# each of the 25 windows cut from their gradient the whole patch gradient.
+def test_xla_counts_at_most_4_mb_per_example_for_the_vmapped_simple_cnn_gradient():
+    stacked = jax.eval_shape(functools.partial(_stacked_trial_params, models.SimpleCNN()))
+    images, labels = jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.float32), jax.ShapeDtypeStruct((8,), jnp.int32)
+    step = jax.vmap(jax.value_and_grad(_loss_fn(models.SimpleCNN())), in_axes=(0, None, None))
+    analysis = jax.jit(step).lower(stacked, images, labels).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis  # a list in older jax
+    per_example = analysis['bytes accessed'] / (NUM_TRIALS * 8)
+    conv2_patches = 8 * 8 * 5 * 5 * 32 * 4  # one example's conv2 patch array, which it reads at least once
+    assert conv2_patches < per_example <= 4e6, per_example
