@@ -19,7 +19,9 @@
 #   baseline and the real cell (until 'first' and 'all') with both convolutions, for what is left;
 # checks: config.eval_convolution (training by im2col, checks by 'pallas', the Triton kernels, or
 #   'xla', cuDNN): the GPU tests of the compiled kernels and of the Pallas Simple-CNN (at most
-#   150 s), then the real cell (until 'first' and 'all') with im2col, pallas and xla checks, in one run.
+#   150 s), the engine's im2col against its former 4-D patch layout (conv_forms.py im2col_4d, batch 64,
+#   N = 100, at most 80 s), then the real cell (until 'first' and 'all') with im2col, pallas and xla
+#   checks, in one run.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
@@ -68,6 +70,9 @@ case $part in
   checks)
     timeout -k 5 150 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
     echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
+    timeout -k 5 80 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
+      --forms im2col im2col_4d 2>&1 | tee "$OUT/conv_forms.log"
+    echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
     left=$((limit - (SECONDS - start)))
     [ "$left" -gt 30 ] || left=30
     timeout -k 10 "$left" python3 benchmarks/accelerator.py --convolutions im2col --cases 64x100 --skip_dtype \
