@@ -14,9 +14,12 @@
    steps the scan runs (checked: a 1-, 2- and 10-step chunk report the same bytes and FLOPs), so
    the figure is bytes / (N x batch), not / (N x batch x steps). XLA charges a fusion that reaches
    a slice of its operand through a bitcast with the whole operand; hlo_traffic.py also gives the
-   figure with those charged what they move, and the chunk's heaviest instructions.
+   figure with those charged what they move, and the chunk's heaviest instructions;
+6. (--checks, alone) one whole-validation check (6,000 synthetic examples) of N vmapped trials with
+   the evaluation chunk engine.eval_chunk_size picks on this backend, against 1,600 rows per
+   program (the CPU rule before 2026-11-27), for Simple-CNN at N = 1 / 4 / 16 and ResNet-8 at N = 2.
 
-    python benchmarks/engine.py [--real_cell] [--quick] [--bytes]
+    python benchmarks/engine.py [--real_cell] [--quick] [--bytes] [--checks]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dps_jax import engine, models, optim, search, trial  # noqa: E402
+from dps_jax import engine, models, network, optim, search, trial  # noqa: E402
 import common  # noqa: E402
 import hlo_traffic  # noqa: E402
 from common import seconds  # noqa: E402
@@ -189,6 +192,27 @@ def memory_traffic(num_trials: int = 8):
           f'(its convolutions count only their operands and results)', flush=True)
 
 
+def check_seconds(model_name: str, num_trials: int, chunk_size: int, num_examples: int = 6000) -> float:
+    """Seconds of one whole-validation check of N vmapped trials (the study's evaluate program), best of 2."""
+    example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
+    images, labels = common.synthetic_split(num_examples, example_shape=example_shape)
+    model = models.get_model(model_name)
+    trials = common.make_trials(model, optim.make_optimizer('sgd'), num_trials, images, labels)
+    net = network.from_module(model, example_shape)
+    evaluate = jax.jit(jax.vmap(trial.make_val_error_count(net, chunk_size), in_axes=(0, None, None)))
+    return seconds(lambda: evaluate(trials, images, labels))
+
+
+def check_chunks():
+    backend = jax.default_backend()
+    for model_name, num_trials in (('simple_cnn', 1), ('simple_cnn', 4), ('simple_cnn', 16), ('resnet8', 2)):
+        chosen = engine.eval_chunk_size(num_trials, 6000, backend)
+        rows_1600 = int(np.clip(1600 // num_trials, 25, 1000))
+        fast, slow = check_seconds(model_name, num_trials, chosen), check_seconds(model_name, num_trials, rows_1600)
+        print(f'  {model_name:10s} N={num_trials:>2d}: chunk {chosen} per trial {fast:.2f} s, '
+              f'1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)
+
+
 def memory_check(num_trials=64, batch_size=4096):
     """One step of 64 Simple-CNN trials at batch 4096, grouped from the memory estimate."""
     import resource
@@ -221,11 +245,16 @@ def main():
     parser.add_argument('--memory_check', action='store_true', help='only: 64 trials at batch 4096, one step')
     parser.add_argument('--skip_throughput', action='store_true', help='skip parts 1-3 (with --real_cell)')
     parser.add_argument('--bytes', action='store_true', help='only: memory traffic per example-step (part 5)')
+    parser.add_argument('--checks', action='store_true', help='only: the evaluation chunk of a check (part 6)')
     args = parser.parse_args()
     print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs')
     if args.bytes:
         print('5. memory traffic of the compiled vmapped float32 chunk (N = 8), XLA cost analysis:')
         memory_traffic()
+        return
+    if args.checks:
+        print('6. one whole-validation check (6,000 examples), the evaluation chunk chosen here against 1,600 rows:')
+        check_chunks()
         return
     if args.memory_check:
         print('memory: a cell of 64 Simple-CNN trials at batch 4096 on this machine:')

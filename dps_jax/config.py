@@ -172,7 +172,7 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
         raise ConfigError(f'config.batch_size={batch_size} is larger than the training split '
                           f'({num_train_examples} examples)')
     require_int(config, 'seed', minimum=0)
-    require_int(config, 'eval_chunk_size', minimum=1)
+    require_int(config, 'eval_chunk_size', minimum=0)
     if 'snip_examples' in config:  # optional: a config written before the field scores the whole split
         _require_snip_examples(config, num_train_examples)
     _require_cache_dir(config)
@@ -256,9 +256,10 @@ def base_study_config():
     config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
     config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
     config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
-    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 1600 // trials in
-                                        # [25, 1000], on an accelerator as many as memory_fraction of its memory
-                                        # holds for every trial at once, up to the whole split
+    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 12 // trials, at
+                                        # least 3 (small programs keep a forward pass in cache), on an accelerator
+                                        # as many as memory_fraction of its memory holds for every trial at once,
+                                        # up to the whole split
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
     config.data_seed = 0                # data order seed: an endless stream of per-epoch permutations, batches
                                         # run across epoch ends (nothing dropped), as the reference

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import compilation_cache, masks, optim, provenance, store, trial, workload
+from dps_jax import compilation_cache, engine, masks, optim, provenance, store, trial, workload
 
 
 def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -43,7 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     result = trial.run_trial(
         state=state, train_step=trial.make_train_step(network, optimizer),
-        val_error=trial.make_val_error_count(work.eval_network, config.eval_chunk_size),
+        val_error=trial.make_val_error_count(work.eval_network, config.eval_chunk_size or engine.eval_chunk_size(
+            1, int(work.val_images.shape[0]), jax.default_backend())),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,
         val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,

@@ -347,10 +347,13 @@ def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same
 
 
 def test_the_eval_chunk_is_cpu_tuned_on_cpu_and_sized_from_memory_on_accelerators():
-    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 100  # 1600 // 16
-    assert engine.eval_chunk_size(100, 6000, 'cpu') == 25 and engine.eval_chunk_size(1, 6000, 'cpu') == 1000
+    # On CPU 12 rows per program, at least 3 examples per trial, whatever the memory.
+    assert engine.eval_chunk_size(1, 6000, 'cpu') == 12 and engine.eval_chunk_size(2, 6000, 'cpu', 1e6, 1 << 30) == 6
+    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 3 and engine.eval_chunk_size(100, 6000, 'cpu') == 3
     # 100 trials x 2 KB per example in 40 MB: 200 examples per chunk; more memory: the whole split.
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 40_000_000) == 200
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 80 << 30) == 6000
     assert engine.eval_chunk_size(1000, 6000, 'tpu', 1e6, 1 << 30) == 25  # at least 25
-    assert engine.eval_chunk_size(100, 6000, 'gpu', None, 1 << 30) == 25  # no estimate: the CPU rule
+    # No estimate: 1,600 rows in [25, 1000], not the CPU's small programs.
+    assert engine.eval_chunk_size(100, 6000, 'gpu', None, 1 << 30) == 25
+    assert engine.eval_chunk_size(1, 6000, 'gpu', None, 1 << 30) == 1000

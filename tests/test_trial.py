@@ -75,7 +75,7 @@ def test_pruned_weights_stay_exactly_zero_under_momentum():
 
 # Oracle: numpy argmax of float64 logits; TF32 could flip a near tie.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('chunk_size', [1, 100, 333, 1037, 5000])
+@pytest.mark.parametrize('chunk_size', [1, 3, 12, 100, 333, 1037, 5000])
 def test_val_error_counts_every_example_of_the_split(chunk_size):
     state, _ = make_state()
     images = jnp.asarray(RNG.normal(size=(1037, 5)), jnp.float32)
