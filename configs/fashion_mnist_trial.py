@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_steps = 40000              # budget in steps, a multiple of check_every
     config.check_every = 100              # steps between validation checks
     config.eval_chunk_size = 0            # examples per evaluation chunk (speed and memory, not results); 0 = the
-                                          # study's rule for one trial (12 on CPU, 1000 on an accelerator)
+                                          # engine.eval_chunk_size of one trial without a memory
+                                          # estimate: 12 on CPU, 1000 on an accelerator
     config.compute_dtype = 'float32'      # 'float32' | 'bfloat16' (training and evaluation; float32 master weights)
     config.convolution = 'im2col'         # 'im2col' | 'pallas' (Triton kernels, GPU only) | 'xla' (README, "Performance")
     config.eval_convolution = ''          # the validation checks': '' (as convolution) | 'im2col' | 'pallas' | 'xla'

@@ -96,7 +96,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
     # Each window is flattened to (pixels, Cin) before the concatenation, so that the backward pass
     # cuts each window's gradient out of the 2-D patch gradient directly: cut from its 4-D view
     # instead, XLA fuses every cut behind a reshape and charges it the whole patch gradient (8.54 ->
-    # 3.62 MB per example-step of the vmapped Simple-CNN chunk, benchmarks/engine.py --bytes).
+    # 3.62 MB per example-step of the vmapped Simple-CNN chunk, benchmarks/conv_forms.py --forms im2col
+    # im2col_4d).
     # Row-major (i, j, channel) order of the concatenation is the order in which
     # an HWIO kernel flattens to (kh * kw * Cin, Cout).
     patches = jnp.concatenate([window.reshape(batch * out_h * out_w, in_features)
