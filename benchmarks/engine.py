@@ -192,23 +192,21 @@ def memory_traffic(num_trials: int = 8):
           f'(its convolutions count only their operands and results)', flush=True)
 
 
-def check_seconds(model_name: str, num_trials: int, chunk_size: int, num_examples: int = 6000) -> float:
-    """Seconds of one whole-validation check of N vmapped trials (the study's evaluate program), best of 2."""
-    example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
-    images, labels = common.synthetic_split(num_examples, example_shape=example_shape)
-    model = models.get_model(model_name)
-    trials = common.make_trials(model, optim.make_optimizer('sgd'), num_trials, images, labels)
-    net = network.from_module(model, example_shape)
-    evaluate = jax.jit(jax.vmap(trial.make_val_error_count(net, chunk_size), in_axes=(0, None, None)))
-    return seconds(lambda: evaluate(trials, images, labels))
-
-
-def check_chunks():
+def check_chunks(num_examples: int = 6000):
+    """Seconds of one whole-validation check of N vmapped trials (the study's evaluate program), best
+    of 2, at this backend's chunk and at 1,600 rows."""
     backend = jax.default_backend()
     for model_name, num_trials in (('simple_cnn', 1), ('simple_cnn', 4), ('simple_cnn', 16), ('resnet8', 2)):
-        chosen = engine.eval_chunk_size(num_trials, 6000, backend)
-        rows_1600 = int(np.clip(1600 // num_trials, 25, 1000))
-        fast, slow = check_seconds(model_name, num_trials, chosen), check_seconds(model_name, num_trials, rows_1600)
+        example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
+        images, labels = common.synthetic_split(num_examples, example_shape=example_shape)
+        model = models.get_model(model_name)
+        trials = common.make_trials(model, optim.make_optimizer('sgd'), num_trials, images, labels)
+        net = network.from_module(model, example_shape)
+        timed = []  # (chunk per trial, seconds): this backend's, then 1,600 rows
+        for chunk in (engine.eval_chunk_size(num_trials, num_examples, backend), engine.eval_chunk_of_1600_rows(num_trials)):
+            evaluate = jax.jit(jax.vmap(trial.make_val_error_count(net, chunk), in_axes=(0, None, None)))
+            timed.append((chunk, seconds(lambda: evaluate(trials, images, labels))))
+        (chosen, fast), (rows_1600, slow) = timed
         print(f'  {model_name:10s} N={num_trials:>2d}: chunk {chosen} per trial {fast:.2f} s, '
               f'1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)
 
