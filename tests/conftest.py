@@ -14,10 +14,17 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope='session')
 def session_cache_home(tmp_path_factory):
-    """Studies launched by the tests keep their compiled programs in a folder of this session's
-    ('auto' resolves under $XDG_CACHE_HOME), not in the user's ~/.cache."""
+    """Every program this test process (one xdist worker) and the studies it launches compile is kept
+    in a folder of its own: 'auto' resolves under $XDG_CACHE_HOME, set here, not the user's ~/.cache.
+
+    The cache is on from the first test, as it is for a user's study ('auto' is the default), so a
+    program that several tests compile from the same computation (each run builds its jitted
+    functions anew) is compiled once: tests/test_checkpoints.py alone ran in 75 s instead of 162 s.
+    """
+    from dps_jax import compilation_cache
     previous = os.environ.get('XDG_CACHE_HOME')
     os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('cache_home'))
+    compilation_cache.use_compilation_cache('auto')
     yield
     if previous is None:
         os.environ.pop('XDG_CACHE_HOME')

@@ -26,9 +26,9 @@ needs_data = needs_fashion_mnist
 
 # A study small enough for a test: 2 cells of one batch size (one compile), 2 trials, a few checks
 # (each check evaluates the whole 6,000-image validation split per trial: most of the cost on CPU).
-# Four checks per cell and a checkpoint after each, so that a cell can be killed between two.
+# Two checks per cell and a checkpoint after each, so that a cell can be killed between them.
 TINY = ['--config.sparsities=(0.0,0.8)', '--config.batch_sizes=(32,)', '--config.num_trials=2',
-        '--config.goal_error=0.2', '--config.check_every=10', '--config.max_steps=40',
+        '--config.goal_error=0.2', '--config.check_every=20', '--config.max_steps=40',
         '--config.snip_examples=300', '--config.until=all', '--config.compaction=False',
         '--config.checkpoint_every=1']
 
