@@ -169,7 +169,7 @@ def test_snip_prunes_every_bias_of_simple_cnn_at_sparsity_09():
     # (number of biases / N) = 106 / 62,346 sparsity the reference's sparse networks have none.
     from dps_jax import models, trial
     model = models.SimpleCNN()
-    params = trial.init_params(model, (28, 28, 1), 0)
+    params = jax.jit(lambda seed: trial.init_params(model, (28, 28, 1), seed))(0)
     images = jnp.asarray(RNG.normal(size=(200, 28, 28, 1)), jnp.float32)
     labels = jnp.asarray(RNG.integers(0, 10, size=200))
     apply_fn = lambda p, x: model.apply({'params': p}, x)

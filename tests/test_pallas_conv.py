@@ -28,14 +28,18 @@ def lax_conv(x, kernel, bias, padding, stride=1):
     return y + bias
 
 
+def normal(rng, shape, scale=1.0):
+    """float32 standard normal draws times scale (numpy's: jax.random.normal compiles for 1-2 s per shape)."""
+    return jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
+
+
 def random_case(batch, size, in_features, out_features, window, seed=0):
-    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    rng = np.random.default_rng(seed)
     height, width = size
     window_h, window_w = (window, window) if isinstance(window, int) else window
-    return (jax.random.normal(keys[0], (batch, height, width, in_features)),
-            jax.random.normal(keys[1], (window_h, window_w, in_features, out_features))
-            / np.sqrt(window_h * window_w * in_features),
-            jax.random.normal(keys[2], (out_features,)))
+    return (normal(rng, (batch, height, width, in_features)),
+            normal(rng, (window_h, window_w, in_features, out_features), 1 / np.sqrt(window_h * window_w * in_features)),
+            normal(rng, (out_features,)))
 
 
 # Simple-CNN's conv2 (12x12x32 -> 8x8x64), a SAME 3x3 as in ResNet-8, and sizes that are not powers of two
@@ -122,7 +126,7 @@ def test_on_a_gpu_the_compiled_kernels_match_lax(shape, padding):
 def test_simple_cnn_with_pallas_convolutions_equals_im2col_in_values_and_gradients():
     """config.convolution='pallas' as the engine runs it: vmapped over trials' parameters, logits and
     loss gradients of the built-in model equal the im2col model's (conv1, 1 input channel, stays im2col)."""
-    images = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    images = normal(np.random.default_rng(0), (4, 28, 28, 1))
     labels = jnp.arange(4) % 10
     im2col, pallas = models.get_model('simple_cnn'), models.get_model('simple_cnn', convolution='pallas')
     params = jax.vmap(lambda key: im2col.init(key, images)['params'])(jax.random.split(jax.random.PRNGKey(1), 2))

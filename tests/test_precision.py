@@ -7,6 +7,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -121,16 +122,16 @@ def dot_operand_types(function, *args) -> list[str]:
 
 
 def test_bfloat16_evaluation_computes_in_bfloat16_and_returns_float32_logits():
-    images = jax.random.normal(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    images = jnp.asarray(np.random.default_rng(1).standard_normal((8, 28, 28, 1)), jnp.float32)
     low = network_lib.from_module(MODEL, (28, 28, 1), 'highest', 'bfloat16')
     full = network_lib.from_module(MODEL, (28, 28, 1), 'highest')
     assert set(dot_operand_types(lambda p, x: low.eval_apply(p, {}, x), PARAMS, images)) == {'bf16'}
     assert set(dot_operand_types(lambda p, x: full.eval_apply(p, {}, x), PARAMS, images)) == {'f32'}
-    logits, reference = low.eval_apply(PARAMS, {}, images), full.eval_apply(PARAMS, {}, images)
+    logits, reference = jax.jit(low.eval_apply)(PARAMS, {}, images), jax.jit(full.eval_apply)(PARAMS, {}, images)
     assert logits.dtype == jnp.float32
     # An independent bfloat16 forward pass (plain lax) agrees to bfloat16's precision; float32 is
     # measurably elsewhere, so the cast is really there.
-    plain = _plain_simple_cnn(precision.cast_floating(PARAMS, jnp.bfloat16), images.astype(jnp.bfloat16))
+    plain = jax.jit(_plain_simple_cnn)(precision.cast_floating(PARAMS, jnp.bfloat16), images.astype(jnp.bfloat16))
     scale = float(jnp.abs(reference).max())
     assert float(jnp.abs(logits - plain.astype(jnp.float32)).max()) < 0.03 * scale
     assert float(jnp.abs(logits - reference).max()) > 1e-4 * scale
@@ -142,7 +143,7 @@ def test_bfloat16_training_keeps_float32_parameters_and_pruned_weights_exactly_z
     low = network_lib.from_module(MODEL, (28, 28, 1), None, 'bfloat16')
     state = trial.new_trial_state(PARAMS, mask, optimizer, {name: 0.1 for name in optim.HYPERPARAMETERS})
     step = jax.jit(trial.make_train_step(low, optimizer))
-    images = jax.random.normal(jax.random.PRNGKey(2), (16, 28, 28, 1))
+    images = jnp.asarray(np.random.default_rng(2).standard_normal((16, 28, 28, 1)), jnp.float32)
     labels = jax.random.randint(jax.random.PRNGKey(3), (16,), 0, 10)
     for _ in range(3):
         state, metrics = step(state, (images, labels))
