@@ -62,6 +62,10 @@ def process(process_id, port):
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if sys.argv[1] == 'meshes':
+        # The test session's folder (tests/conftest.py): the five cells share programs. Not in the
+        # two-process run, whose processes would write the same entries at once.
+        from dps_jax import compilation_cache
+        compilation_cache.use_compilation_cache('auto')
         output = meshes()
     else:
         output = process(int(sys.argv[2]), sys.argv[3])
