@@ -208,6 +208,10 @@ def base_study_config():
                                         # per trial, dropout uses the 'dropout' stream. A store made by
                                         # dps_jax.run_study(model=...) holds 'python:<class>#<digest>'
                                         # (README, "Your own workload"; dps_jax/network.py)
+    config.model_digest = ''            # an import-path model's code (network.import_path_digest: its file's
+                                        # syntax tree and the Module's fields), filled in by the study and kept
+                                        # in config.json, so that a study resumes only with the same model code;
+                                        # '' = fill in; a value = refuse to run unless the code digests to it
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
     config.snip_batch_size = 100        # SNIP sums mask gradients over its examples in batches of this
@@ -349,6 +353,8 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     """Checks every field of a study config; with the training split size, also the batch sizes."""
     _validate_workload(config)
     _require_snip_examples(config, num_train_examples)
+    if 'model_digest' in config and not isinstance(config.model_digest, str):  # optional: older configs lack it
+        raise ConfigError(f"config.model_digest={config.model_digest!r} must be a text ('' = filled in by the study)")
     for index, sparsity in enumerate(_require_sequence(config, 'sparsities')):
         require_float({f'sparsities[{index}]': sparsity}, f'sparsities[{index}]', 0.0, 1.0, high_open=True)
     if len(set(config.sparsities)) != len(config.sparsities):

@@ -29,6 +29,7 @@ import numpy as np
 from dps_jax import config as config_lib
 from dps_jax import (analysis, checkpoints, compilation_cache, data, engine, masks, optim, parallel, plots,
                      provenance, search, smoothness, store, trial, workload)
+from dps_jax import network as network_lib
 
 # Neither wall time nor trial-steps computed (which depend on grouping and so on the machine):
 # summary.csv is a function of the config and seeds only, so a resumed study reproduces it byte
@@ -126,12 +127,19 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
         if previous is not None:
             previous = _with_defaults(previous)
         current = _comparable(config.to_dict())
+        if previous is not None and not previous.get('model_digest') and current.get('model_digest'):
+            # Stored before the model's code was known (by plan_only, or by a dps_jax without the field).
+            log(f'{path} records no digest of the model code: its earlier cells cannot be checked against '
+                f'{config.model}; recording {current["model_digest"]}')
+            previous['model_digest'] = current['model_digest']
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
+            changed_code = (f' (the code of config.model={config.model!r} changed since the study began)'
+                            if 'model_digest' in differing else '')
             if not config.overwrite:
                 raise config_lib.ConfigError(
-                    f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)}); '
-                    f'use another --workdir, or --config.overwrite=True to reuse it')
+                    f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)})'
+                    f'{changed_code}; use another --workdir, or --config.overwrite=True to reuse it')
             if not write:
                 return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
@@ -143,6 +151,22 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
     if write:
         store.atomic_write_json(path, config.to_dict())
+
+
+def with_model_digest(config: ml_collections.ConfigDict, module: Any) -> ml_collections.ConfigDict:
+    """config, or a copy with model_digest set to the code of its import-path model (`module`, what
+    config.model resolved to; network.import_path_digest). Refuses a config that names another digest."""
+    digest = network_lib.import_path_digest(config.model, module)
+    given = config.get('model_digest', '')
+    if given and given != digest:
+        raise config_lib.ConfigError(
+            f'config.model_digest={given!r}, but config.model={config.model!r} '
+            + (f'now digests to {digest!r}: its code changed' if digest else 'is not an import path: leave it \'\''))
+    if given == digest:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model_digest = digest
+    return config
 
 
 def study_mesh(config: ml_collections.ConfigDict):
@@ -304,6 +328,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         work = workload.load_workload(config, model, dataset)
         config_lib.validate_study_config(config, work.num_train_examples)
         check_measurable(config, work)
+        config = with_model_digest(config, work.model)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
         runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,

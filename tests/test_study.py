@@ -348,3 +348,75 @@ def test_a_study_split_into_groups_by_its_memory_estimate_gives_every_trial_the_
     for key, cell in whole.cells.items():
         assert cell.trials == grouped.cells[key].trials
         assert {trial['status'] for trial in cell.trials} != {'running'}
+
+
+MODEL_FILE = '''import flax.linen as nn
+
+WIDTH = 16
+
+
+def hidden(x):
+    return nn.relu(nn.Dense(WIDTH)(x))
+
+
+class FileNet(nn.Module):
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, images):
+        return nn.Dense(self.num_classes)(hidden(images.reshape(images.shape[0], -1)))
+'''
+
+
+def test_an_import_path_model_is_digested_by_its_whole_file_but_not_its_comments(tmp_path):
+    from dps_jax import network
+    path = tmp_path / 'file_net.py'
+    model = f'{path}:FileNet'
+
+    def digest(text):
+        path.write_text(text)
+        return network.import_path_digest(model, network.resolve_module(model, 4))
+
+    original = digest(MODEL_FILE)
+    assert len(original) == 12
+    assert digest('# a comment\n' + MODEL_FILE.replace('(x):\n', '(x):  # why\n\n')) == original
+    assert digest(MODEL_FILE.replace('WIDTH = 16', 'WIDTH = 32')) != original  # a helper's constant
+    assert network.import_path_digest(model, network.resolve_module(model, 3)) != original  # the Module's fields
+    assert network.import_path_digest('simple_cnn', network.resolve_module('simple_cnn', 10)) == ''
+    assert network.import_path_digest('python:FileNet#0123456789ab', None) == ''
+
+
+def test_a_study_resumes_only_with_the_model_code_it_began_with(tmp_path):
+    from dps_jax import network
+    path, workdir = tmp_path / 'file_net.py', str(tmp_path / 'study')
+    path.write_text(MODEL_FILE)
+    config = tiny_config(model=f'{path}:FileNet')
+    begun = study.with_model_digest(config, network.resolve_module(config.model, 4))
+    assert config.model_digest == '' and begun.model_digest == network.import_path_digest(
+        config.model, network.resolve_module(config.model, 4)) != ''
+    study.prepare_workdir(begun, workdir, log=lambda line: None)
+    stored = json.loads((tmp_path / 'study' / 'config.json').read_text())
+    assert stored['model_digest'] == begun.model_digest and stored['model'] == config.model
+
+    path.write_text('# a comment\n' + MODEL_FILE)  # the same code
+    study.prepare_workdir(study.with_model_digest(config, network.resolve_module(config.model, 4)), workdir)
+    path.write_text(MODEL_FILE.replace('WIDTH = 16', 'WIDTH = 32'))
+    edited = study.with_model_digest(config, network.resolve_module(config.model, 4))
+    with pytest.raises(config_lib.ConfigError, match=r'fields differ: model_digest\) \(the code of config.model='
+                                                     r'.*file_net.py:FileNet. changed since the study began\)'):
+        study.prepare_workdir(edited, workdir)
+    pinned = tiny_config(model=config.model, model_digest=begun.model_digest)
+    with pytest.raises(config_lib.ConfigError, match=f"config.model_digest='{begun.model_digest}', but config.model="
+                                                     f".* now digests to '{edited.model_digest}': its code changed"):
+        study.with_model_digest(pinned, network.resolve_module(config.model, 4))
+    with pytest.raises(config_lib.ConfigError, match='is not an import path'):
+        study.with_model_digest(tiny_config(model_digest='0123456789ab'), network.resolve_module('simple_cnn', 10))
+
+    # A config.json written without the digest (plan_only, or an older dps_jax) takes this code's.
+    stored.pop('model_digest')
+    (tmp_path / 'study' / 'config.json').write_text(json.dumps(stored))
+    lines = []
+    study.prepare_workdir(edited, workdir, log=lines.append)
+    assert lines == [f'{workdir}/config.json records no digest of the model code: its earlier cells cannot be '
+                     f'checked against {config.model}; recording {edited.model_digest}']
+    assert json.loads((tmp_path / 'study' / 'config.json').read_text())['model_digest'] == edited.model_digest
