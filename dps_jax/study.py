@@ -128,9 +128,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             previous = _with_defaults(previous)
         current = _comparable(config.to_dict())
         if previous is not None and not previous.get('model_digest') and current.get('model_digest'):
-            # Stored before the model's code was known (by plan_only, or by a dps_jax without the field).
-            log(f'{path} records no digest of the model code: its earlier cells cannot be checked against '
-                f'{config.model}; recording {current["model_digest"]}')
+            log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
+                f'recording {current["model_digest"]} for {config.model}; cells finished before now are not '
+                f'checked against it')
             previous['model_digest'] = current['model_digest']
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))

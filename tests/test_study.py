@@ -417,6 +417,7 @@ def test_a_study_resumes_only_with_the_model_code_it_began_with(tmp_path):
     (tmp_path / 'study' / 'config.json').write_text(json.dumps(stored))
     lines = []
     study.prepare_workdir(edited, workdir, log=lines.append)
-    assert lines == [f'{workdir}/config.json records no digest of the model code: its earlier cells cannot be '
-                     f'checked against {config.model}; recording {edited.model_digest}']
+    assert lines == [f'{workdir}/config.json records no digest of the model code (written by plan_only or by an '
+                     f'older dps_jax): recording {edited.model_digest} for {config.model}; cells finished before '
+                     f'now are not checked against it']
     assert json.loads((tmp_path / 'study' / 'config.json').read_text())['model_digest'] == edited.model_digest
