@@ -208,10 +208,10 @@ def base_study_config():
                                         # per trial, dropout uses the 'dropout' stream. A store made by
                                         # dps_jax.run_study(model=...) holds 'python:<class>#<digest>'
                                         # (README, "Your own workload"; dps_jax/network.py)
-    config.model_digest = ''            # an import-path model's code (network.import_path_digest: its file's
-                                        # syntax tree and the Module's fields), filled in by the study and kept
-                                        # in config.json, so that a study resumes only with the same model code;
-                                        # '' = fill in; a value = refuse to run unless the code digests to it
+    config.model_digest = ''            # an import-path model's file (network.import_path_digest: its bytes),
+                                        # filled in by the study and kept in config.json, so that a study resumes
+                                        # only with the same model file; '' = fill in; a value = refuse to run
+                                        # unless the file digests to it
     config.pruning = 'snip'             # 'snip' | 'random' | 'magnitude'
     config.prune_kernels_only = False   # False: weights and biases compete in one top-k (the reference)
     config.snip_batch_size = 100        # SNIP sums mask gradients over its examples in batches of this

@@ -14,7 +14,6 @@ one without such an argument is called with the images only.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -173,21 +172,19 @@ def module_identity(module: nn.Module) -> str:
     return f'{OBJECT_PREFIX}{type(module).__name__}#{digest}'
 
 
-def import_path_digest(model: Any, module: nn.Module) -> str:
-    """A digest of the code an import-path `model` names ('' for any other model): the syntax tree
-    of the whole Python file it comes from (comments and layout do not count; an edited helper
-    function in the file does) and the Module's fields as printed. `module` is what it resolved to."""
+def import_path_digest(model: Any) -> str:
+    """A digest of the code an import-path `model` names ('' for any other model): the bytes of the
+    whole Python file the path names (for 'package.module:attribute', the module's file as imported),
+    so any edit to it counts, a comment included. The bytes, not a syntax tree: Python versions print
+    the same tree differently, and a study may resume under another Python."""
     if not isinstance(model, str) or not is_import_path(model):
         return ''
     where = model.rpartition(':')[0]
     path = os.path.abspath(where) if where.endswith('.py') else getattr(sys.modules.get(where), '__file__', None)
-    try:
-        with open(path, encoding='utf-8') as file:
-            code = ast.dump(ast.parse(file.read()))
-    except (OSError, TypeError, ValueError, SyntaxError):  # no source file (e.g. a compiled module)
-        code = ''
-    fields = re.sub(r' at 0x[0-9a-fA-F]+', '', repr(module))
-    return hashlib.sha1((code + fields).encode()).hexdigest()[:12]
+    if not path:
+        return ''  # a namespace package: no file of its own
+    with open(path, 'rb') as file:
+        return hashlib.sha1(file.read()).hexdigest()[:12]
 
 
 def is_import_path(model: str) -> bool:

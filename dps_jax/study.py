@@ -15,6 +15,7 @@ an unfinished one; a workdir made with a different config is refused unless conf
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -103,9 +104,16 @@ def _with_defaults(config_dict: dict) -> dict:
     return _comparable({**config_lib.base_study_config().to_dict(), **config_dict})
 
 
-def _checkpoint_identity(identity: dict) -> dict:
-    """A mid-cell checkpoint's identity with its config as this version compares it (_with_defaults)."""
-    return {**identity, 'config': _with_defaults(identity['config'])} if 'config' in identity else identity
+def _checkpoint_identity(identity: dict, model_digest: str = '') -> dict:
+    """A mid-cell checkpoint's identity with its config as this version compares it (_with_defaults).
+    One saved before config.model_digest existed takes `model_digest`, the study's: prepare_workdir has
+    already adopted it for the workdir."""
+    if 'config' not in identity:
+        return identity
+    stored = identity['config']
+    if 'model_digest' not in stored:
+        stored = {**stored, 'model_digest': model_digest}
+    return {**identity, 'config': _with_defaults(stored)}
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
@@ -118,6 +126,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
     they refuse a workdir together with process 0 instead of waiting for it).
     """
     path = os.path.join(workdir, 'config.json')
+    digest = config.get('model_digest', '')
     if os.path.exists(path):
         with open(path) as file:
             try:
@@ -126,20 +135,22 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                 previous = None
         if previous is not None:
             previous = _with_defaults(previous)
-        current = _comparable(config.to_dict())
-        if previous is not None and not previous.get('model_digest') and current.get('model_digest'):
-            log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
-                f'recording {current["model_digest"]} for {config.model}; cells finished before now are not '
-                f'checked against it')
-            previous['model_digest'] = current['model_digest']
+            if previous['model_digest'] and not digest:  # plan_only: the model was not loaded
+                digest = previous['model_digest']
+            elif digest and not previous['model_digest']:
+                log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
+                    f'recording {digest} for {config.model}; cells finished before now are not checked against it')
+                previous['model_digest'] = digest
+        current = {**_comparable(config.to_dict()), 'model_digest': digest}
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
-            changed_code = (f' (the code of config.model={config.model!r} changed since the study began)'
-                            if 'model_digest' in differing else '')
+            changed_code = (f'; the file of config.model={config.model!r} changed since the study began (digest '
+                            f'{previous["model_digest"]}, now {digest}): restore it, or, if the change leaves the '
+                            f'model as it was, put the new digest in {path};' if 'model_digest' in differing else ';')
             if not config.overwrite:
                 raise config_lib.ConfigError(
                     f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)})'
-                    f'{changed_code}; use another --workdir, or --config.overwrite=True to reuse it')
+                    f'{changed_code} use another --workdir, or --config.overwrite=True to reuse it')
             if not write:
                 return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
@@ -150,13 +161,13 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                     os.replace(os.path.join(workdir, name), os.path.join(aside, name))
             log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
     if write:
-        store.atomic_write_json(path, config.to_dict())
+        store.atomic_write_json(path, {**config.to_dict(), 'model_digest': digest})
 
 
-def with_model_digest(config: ml_collections.ConfigDict, module: Any) -> ml_collections.ConfigDict:
-    """config, or a copy with model_digest set to the code of its import-path model (`module`, what
-    config.model resolved to; network.import_path_digest). Refuses a config that names another digest."""
-    digest = network_lib.import_path_digest(config.model, module)
+def with_model_digest(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config, or a copy with model_digest set to the code of its import-path model
+    (network.import_path_digest; call it once the model is loaded). Refuses a config that names another."""
+    digest = network_lib.import_path_digest(config.model)
     given = config.get('model_digest', '')
     if given and given != digest:
         raise config_lib.ConfigError(
@@ -328,7 +339,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         work = workload.load_workload(config, model, dataset)
         config_lib.validate_study_config(config, work.num_train_examples)
         check_measurable(config, work)
-        config = with_model_digest(config, work.model)
+        config = with_model_digest(config)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
         runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,
@@ -468,7 +479,7 @@ def cell_checkpoints(config: ml_collections.ConfigDict, workdir: str, sparsity: 
     return checkpoints.CellCheckpoints(
         os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
         identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}, log=log,
-        normalize=_checkpoint_identity)
+        normalize=functools.partial(_checkpoint_identity, model_digest=config.get('model_digest', '')))
 
 
 def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: Any = None,

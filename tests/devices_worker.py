@@ -62,10 +62,12 @@ def process(process_id, port):
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if sys.argv[1] == 'meshes':
-        # The test session's folder (tests/conftest.py): the five cells share programs. Not in the
-        # two-process run, whose processes would write the same entries at once.
-        from dps_jax import compilation_cache
-        compilation_cache.use_compilation_cache('auto')
+        # The five cells share programs: keep them in the test session's folder (tests/conftest.py
+        # sets XDG_CACHE_HOME; by hand, nothing is cached). Not in the two-process run, whose
+        # processes would write the same entries at once.
+        if os.environ.get('XDG_CACHE_HOME'):
+            from dps_jax import compilation_cache
+            compilation_cache.use_compilation_cache('auto')
         output = meshes()
     else:
         output = process(int(sys.argv[2]), sys.argv[3])

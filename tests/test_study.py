@@ -1,6 +1,7 @@
 """Studies: the results store, resume, config checks, and a SIGKILL in the middle of a study."""
 
 import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -368,56 +370,88 @@ class FileNet(nn.Module):
 '''
 
 
-def test_an_import_path_model_is_digested_by_its_whole_file_but_not_its_comments(tmp_path):
+def sha1_12(path):
+    return hashlib.sha1(pathlib.Path(path).read_bytes()).hexdigest()[:12]
+
+
+def test_an_import_path_model_is_digested_by_the_bytes_of_its_file(tmp_path, monkeypatch):
     from dps_jax import network
     path = tmp_path / 'file_net.py'
-    model = f'{path}:FileNet'
-
-    def digest(text):
-        path.write_text(text)
-        return network.import_path_digest(model, network.resolve_module(model, 4))
-
-    original = digest(MODEL_FILE)
-    assert len(original) == 12
-    assert digest('# a comment\n' + MODEL_FILE.replace('(x):\n', '(x):  # why\n\n')) == original
-    assert digest(MODEL_FILE.replace('WIDTH = 16', 'WIDTH = 32')) != original  # a helper's constant
-    assert network.import_path_digest(model, network.resolve_module(model, 3)) != original  # the Module's fields
-    assert network.import_path_digest('simple_cnn', network.resolve_module('simple_cnn', 10)) == ''
-    assert network.import_path_digest('python:FileNet#0123456789ab', None) == ''
-
-
-def test_a_study_resumes_only_with_the_model_code_it_began_with(tmp_path):
-    from dps_jax import network
-    path, workdir = tmp_path / 'file_net.py', str(tmp_path / 'study')
     path.write_text(MODEL_FILE)
-    config = tiny_config(model=f'{path}:FileNet')
-    begun = study.with_model_digest(config, network.resolve_module(config.model, 4))
-    assert config.model_digest == '' and begun.model_digest == network.import_path_digest(
-        config.model, network.resolve_module(config.model, 4)) != ''
-    study.prepare_workdir(begun, workdir, log=lambda line: None)
-    stored = json.loads((tmp_path / 'study' / 'config.json').read_text())
-    assert stored['model_digest'] == begun.model_digest and stored['model'] == config.model
+    model = f'{path}:FileNet'
+    network.resolve_module(model, 4)
+    assert network.import_path_digest(model) == sha1_12(path)
+    path.write_text(MODEL_FILE + '# a comment\n')  # any edit counts
+    assert network.import_path_digest(model) == sha1_12(path) != hashlib.sha1(MODEL_FILE.encode()).hexdigest()[:12]
+    # 'package.module:attribute': the module's own file, as imported.
+    (tmp_path / 'user_models').mkdir()
+    (tmp_path / 'user_models' / '__init__.py').write_text('')
+    (tmp_path / 'user_models' / 'nets.py').write_text(MODEL_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    network.resolve_module('user_models.nets:FileNet', 4)
+    assert network.import_path_digest('user_models.nets:FileNet') == sha1_12(tmp_path / 'user_models' / 'nets.py')
+    monkeypatch.delitem(sys.modules, 'user_models.nets')
+    monkeypatch.delitem(sys.modules, 'user_models')
+    assert network.import_path_digest('simple_cnn') == ''
+    assert network.import_path_digest('python:FileNet#0123456789ab') == ''
 
-    path.write_text('# a comment\n' + MODEL_FILE)  # the same code
-    study.prepare_workdir(study.with_model_digest(config, network.resolve_module(config.model, 4)), workdir)
-    path.write_text(MODEL_FILE.replace('WIDTH = 16', 'WIDTH = 32'))
-    edited = study.with_model_digest(config, network.resolve_module(config.model, 4))
-    with pytest.raises(config_lib.ConfigError, match=r'fields differ: model_digest\) \(the code of config.model='
-                                                     r'.*file_net.py:FileNet. changed since the study began\)'):
-        study.prepare_workdir(edited, workdir)
-    pinned = tiny_config(model=config.model, model_digest=begun.model_digest)
-    with pytest.raises(config_lib.ConfigError, match=f"config.model_digest='{begun.model_digest}', but config.model="
-                                                     f".* now digests to '{edited.model_digest}': its code changed"):
-        study.with_model_digest(pinned, network.resolve_module(config.model, 4))
-    with pytest.raises(config_lib.ConfigError, match='is not an import path'):
-        study.with_model_digest(tiny_config(model_digest='0123456789ab'), network.resolve_module('simple_cnn', 10))
 
-    # A config.json written without the digest (plan_only, or an older dps_jax) takes this code's.
-    stored.pop('model_digest')
-    (tmp_path / 'study' / 'config.json').write_text(json.dumps(stored))
+def test_a_study_resumes_only_with_the_model_file_it_began_with(tmp_path):
+    path, workdir = tmp_path / 'file_net.py', tmp_path / 'study'
+    path.write_text(MODEL_FILE)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    images = (rng.normal(size=(200, 6, 6, 1)) + labels[:, None, None, None]).astype(np.float32)
+    dataset = dps_jax.from_arrays(images, labels, name='digest')
+    config = tiny_config(model=f'{path}:FileNet', sparsities=(0.0,), batch_sizes=(8,), num_trials=1,
+                         pruning='random', snip_examples=0, goal_error=0.9, check_every=5, max_steps=5,
+                         checkpoint_every=0)
     lines = []
-    study.prepare_workdir(edited, workdir, log=lines.append)
-    assert lines == [f'{workdir}/config.json records no digest of the model code (written by plan_only or by an '
-                     f'older dps_jax): recording {edited.model_digest} for {config.model}; cells finished before '
-                     f'now are not checked against it']
-    assert json.loads((tmp_path / 'study' / 'config.json').read_text())['model_digest'] == edited.model_digest
+
+    def run(config, **fields):
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.update(fields)
+        lines.clear()
+        dps_jax.run_study(config, str(workdir), dataset=dataset, log=lines.append)
+
+    def stored():
+        return json.loads((workdir / 'config.json').read_text())
+
+    run(config)
+    begun = sha1_12(path)
+    assert stored()['model_digest'] == begun and stored()['model'] == config.model and config.model_digest == ''
+    run(config, plan_only=True)  # does not load the model: keeps the study's digest
+    assert stored()['model_digest'] == begun
+    run(config, model_digest=begun)  # a pin that holds
+    assert '1 cells, 1 already finished, 0 to run' in lines
+
+    path.write_text(MODEL_FILE.replace('WIDTH = 16', 'WIDTH = 32'))
+    edited = sha1_12(path)
+    with pytest.raises(config_lib.ConfigError, match=(
+            rf"fields differ: model_digest\); the file of config.model='.*file_net.py:FileNet' changed since the "
+            rf"study began \(digest {begun}, now {edited}\): restore it, or, if the change leaves the model as it "
+            rf"was, put the new digest in {workdir}/config.json; use another --workdir")):
+        run(config)
+    with pytest.raises(config_lib.ConfigError, match=(
+            f"config.model_digest='{begun}', but config.model=.* now digests to '{edited}': its code changed")):
+        run(config, model_digest=begun)
+    with pytest.raises(config_lib.ConfigError, match="config.model='simple_cnn' is not an import path"):
+        study.with_model_digest(tiny_config(model_digest=begun))
+    assert stored()['model_digest'] == begun  # nothing written by the refused runs
+
+    # A config.json without the digest (an older dps_jax) takes the resuming code's, and says so.
+    (workdir / 'config.json').write_text(json.dumps({k: v for k, v in stored().items() if k != 'model_digest'}))
+    run(config)
+    assert lines[0] == (f'{workdir}/config.json records no digest of the model code (written by plan_only or by an '
+                        f'older dps_jax): recording {edited} for {config.model}; cells finished before now are '
+                        f'not checked against it')
+    assert stored()['model_digest'] == edited
+
+
+def test_a_checkpoint_saved_before_model_digests_takes_the_studys():
+    config = tiny_config(model='nets.py:Net').to_dict()
+    older = {'cell': '0_32', 'config': {k: v for k, v in config.items() if k != 'model_digest'}}
+    current = study._checkpoint_identity({'cell': '0_32', 'config': {**config, 'model_digest': 'abc'}})
+    assert study._checkpoint_identity(older, model_digest='abc') == current
+    other = {'cell': '0_32', 'config': {**config, 'model_digest': 'def'}}
+    assert study._checkpoint_identity(other, model_digest='abc') != current
