@@ -4,6 +4,7 @@ and through the Python API (the same store), and the notebook-style script."""
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def test_a_user_model_on_tfds_data_runs_from_a_config_and_resumes(launched_store
     rows = (workdir / 'summary.csv').read_text().splitlines()
     assert len(rows) == 7 and all(row.split(',')[2] for row in rows[1:])  # every cell reached the goal
     # The study recorded the model file's code, against which a resume is checked.
-    digest = hashlib.sha1(open(os.path.join(ROOT, 'examples', 'bn_net.py'), 'rb').read()).hexdigest()[:12]
+    digest = hashlib.sha1(pathlib.Path(ROOT, 'examples', 'bn_net.py').read_bytes()).hexdigest()[:12]
     assert json.loads((workdir / 'config.json').read_text())['model_digest'] == digest
     again = launch(workdir, tiny_tfds_dir)
     assert again.returncode == 0 and '6 cells, 6 already finished, 0 to run' in again.stdout, again.stdout[-2000:]
