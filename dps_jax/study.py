@@ -98,22 +98,18 @@ def _comparable(config_dict: dict) -> dict:
     return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
 
 
-def _with_defaults(config_dict: dict) -> dict:
+def _with_defaults(config_dict: dict, model_digest: str = '') -> dict:
     """A stored config as this version compares it: a field it lacks was added to dps_jax later, and
-    the study ran with that field's default."""
-    return _comparable({**config_lib.base_study_config().to_dict(), **config_dict})
+    the study ran with that field's default; one without a model digest (written by plan_only, or
+    before the field existed) takes `model_digest`, the study's."""
+    merged = {**config_lib.base_study_config().to_dict(), **config_dict}
+    merged['model_digest'] = merged['model_digest'] or model_digest
+    return _comparable(merged)
 
 
 def _checkpoint_identity(identity: dict, model_digest: str = '') -> dict:
-    """A mid-cell checkpoint's identity with its config as this version compares it (_with_defaults).
-    One saved before config.model_digest existed takes `model_digest`, the study's: prepare_workdir has
-    already adopted it for the workdir."""
-    if 'config' not in identity:
-        return identity
-    stored = identity['config']
-    if 'model_digest' not in stored:
-        stored = {**stored, 'model_digest': model_digest}
-    return {**identity, 'config': _with_defaults(stored)}
+    """A mid-cell checkpoint's identity with its config as this version compares it (_with_defaults)."""
+    return {**identity, 'config': _with_defaults(identity['config'], model_digest)} if 'config' in identity else identity
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
@@ -134,13 +130,13 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             except json.JSONDecodeError:
                 previous = None
         if previous is not None:
-            previous = _with_defaults(previous)
-            if previous['model_digest'] and not digest:  # plan_only: the model was not loaded
-                digest = previous['model_digest']
-            elif digest and not previous['model_digest']:
+            stored_digest = previous.get('model_digest', '')
+            if stored_digest and not digest:  # plan_only: the model was not loaded
+                digest = stored_digest
+            elif digest and not stored_digest:
                 log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
                     f'recording {digest} for {config.model}; cells finished before now are not checked against it')
-                previous['model_digest'] = digest
+            previous = _with_defaults(previous, digest)
         current = {**_comparable(config.to_dict()), 'model_digest': digest}
         if previous is not None and previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))

@@ -453,5 +453,6 @@ def test_a_checkpoint_saved_before_model_digests_takes_the_studys():
     older = {'cell': '0_32', 'config': {k: v for k, v in config.items() if k != 'model_digest'}}
     current = study._checkpoint_identity({'cell': '0_32', 'config': {**config, 'model_digest': 'abc'}})
     assert study._checkpoint_identity(older, model_digest='abc') == current
+    assert current['config']['model_digest'] == 'abc' and current['cell'] == '0_32'
     other = {'cell': '0_32', 'config': {**config, 'model_digest': 'def'}}
     assert study._checkpoint_identity(other, model_digest='abc') != current
