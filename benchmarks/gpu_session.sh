@@ -18,10 +18,12 @@
 #   most 110 s), then the accelerator benchmark's chunks at 64x100, 8x1000 and 4096x8, the flax
 #   baseline and the real cell (until 'first' and 'all') with both convolutions, for what is left;
 # checks: config.eval_convolution (training by im2col, checks by 'pallas', the Triton kernels, or
-#   'xla', cuDNN): the GPU tests of the compiled kernels and of the Pallas Simple-CNN (at most
-#   150 s), the engine's im2col against its former 4-D patch layout (conv_forms.py im2col_4d, batch 64,
-#   N = 100, at most 80 s), then the real cell (until 'first' and 'all') with im2col, pallas and xla
-#   checks, in one run.
+#   'xla', cuDNN) and the engine's flattened im2col on a GPU, in one run: the engine's im2col against
+#   its former 4-D patch layout (conv_forms.py im2col_4d, batch 64, N = 100, with XLA:GPU's byte
+#   counts, at most 80 s); the accelerator benchmark at batch 64, N = 100 (chunk, bfloat16, flax
+#   baseline) with the real cell (until 'first' and 'all') checked by im2col, pallas and xla (at most
+#   300 s); the same chunk with XLA's Triton GEMMs allowed for every matmul (--xla_gpu_triton_gemm_any,
+#   at most 50 s); then the chunks at batch 8, N = 1000 and batch 4096, N = 8 for what is left.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
@@ -68,16 +70,20 @@ case $part in
       --cases 64x100 8x1000 4096x8 --skip_dtype --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
     echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   checks)
-    timeout -k 5 150 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
-    echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
-    timeout -k 5 80 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
+    timeout -k 5 80 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 \
       --forms im2col im2col_4d 2>&1 | tee "$OUT/conv_forms.log"
     echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
+    timeout -k 10 300 python3 benchmarks/accelerator.py --cases 64x100 --eval_convolutions pallas xla \
+      --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
+    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log"
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_triton_gemm_any=true" timeout -k 5 50 python3 benchmarks/conv_forms.py \
+      --batch 64 --trials 100 --steps 50 --forms im2col 2>&1 | tee -a "$OUT/conv_forms.log"
+    echo "conv_forms.py (--xla_gpu_triton_gemm_any) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
     left=$((limit - (SECONDS - start)))
     [ "$left" -gt 30 ] || left=30
-    timeout -k 10 "$left" python3 benchmarks/accelerator.py --convolutions im2col --cases 64x100 --skip_dtype \
-      --eval_convolutions pallas xla --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
-    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
+    timeout -k 10 "$left" python3 benchmarks/accelerator.py --cases 8x1000 4096x8 --skip_real_cell 2>&1 \
+      | tee -a "$OUT/accelerator.log"
+    echo "accelerator.py (batch 8 and 4096) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   study)
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
       --config.progress_every_seconds=30 "${@:2}" 2>&1 | tee "$OUT/study.log"
