@@ -6,6 +6,7 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh study", carry=[".accel"])
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh pallas", carry=[".accel"])
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh checks", carry=[".accel"])
+#   run(command="source .accel/env.sh && OUT=$OUT bash benchmarks/gpu_session.sh profile", carry=[".accel"])
 #
 # benchmarks: the convolution forms (im2col against the pallas Triton kernels, and xla at batch 64)
 #   at batch 64 / 8 / 512 (at most 240 s), then the whole accelerator benchmark (about 6 minutes on
@@ -24,12 +25,15 @@
 #   baseline) with the real cell (until 'first' and 'all') checked by im2col, pallas and xla (at most
 #   300 s); the same chunk with XLA's Triton GEMMs allowed for every matmul (--xla_gpu_triton_gemm_any,
 #   at most 50 s); then the chunks at batch 8, N = 1000 and batch 4096, N = 8 for what is left.
+# profile: where the device's time goes (benchmarks/profile_chunk.py; about 4 minutes): the chunk at
+#   batch 64, N = 100 with one check by im2col and by xla, the chunks at batch 8, N = 1000 and batch
+#   4096, N = 8, and the batch-64 chunk in bfloat16; each trace is kept under $OUT/traces.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
 set -u
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_session.sh benchmarks|study|pallas|checks [launch.py flags, for study]}
-case $part in benchmarks|study|pallas|checks) ;;
-  *) echo "unknown part '$part': benchmarks, study, pallas or checks" >&2; exit 2 ;;
+part=${1:?usage: gpu_session.sh benchmarks|study|pallas|checks|profile [launch.py flags, for study]}
+case $part in benchmarks|study|pallas|checks|profile) ;;
+  *) echo "unknown part '$part': benchmarks, study, pallas, checks or profile" >&2; exit 2 ;;
 esac
 gpu_tests=(tests/test_pallas_conv.py::test_on_a_gpu_the_compiled_kernels_match_lax
            tests/test_pallas_conv.py::test_simple_cnn_with_pallas_convolutions_equals_im2col_in_values_and_gradients)
@@ -84,6 +88,12 @@ case $part in
     timeout -k 10 "$left" python3 benchmarks/accelerator.py --cases 8x1000 4096x8 --skip_real_cell 2>&1 \
       | tee -a "$OUT/accelerator.log"
     echo "accelerator.py (batch 8 and 4096) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
+  profile)
+    profile() { timeout -k 5 "$1" python3 benchmarks/profile_chunk.py --steps 20 --keep_traces "$OUT/traces" "${@:2}" 2>&1 \
+      | tee -a "$OUT/profile.log"; echo "profile_chunk.py ${*:2} exit $? after $((SECONDS - start)) s" | tee -a "$OUT/profile.log"; }
+    profile 130 --cases 64x100 --check --eval_convolutions im2col xla
+    profile 90 --cases 8x1000 4096x8
+    profile 60 --cases 64x100 --compute_dtype bfloat16 ;;
   study)
     timeout "$limit" python3 launch.py --config=configs/fashion_mnist_gpu.py --workdir="$OUT/fmnist_gpu" \
       --config.progress_every_seconds=30 "${@:2}" 2>&1 | tee "$OUT/study.log"
