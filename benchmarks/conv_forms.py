@@ -72,6 +72,52 @@ def conv2d_shifted(x, kernel, bias=None, stride=1, padding='SAME'):
     return y if bias is None else y + bias
 
 
+def conv2d_dus(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d with the 2-D patch array written window by window (dynamic_update_slice into zeros)
+    instead of one concatenation, then one matmul."""
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    windows = [window for row in models.kernel_windows(x, kernel.shape, stride, padding) for window in row]
+    batch, out_h, out_w = windows[0].shape[:3]
+    patches = jnp.zeros((batch * out_h * out_w, kernel_h * kernel_w * in_features), x.dtype)
+    for tap, window in enumerate(windows):
+        patches = jax.lax.dynamic_update_slice(patches, window.reshape(-1, in_features), (0, tap * in_features))
+    y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
+    return y.reshape(batch, out_h, out_w, out_features) if bias is None else y.reshape(batch, out_h, out_w, out_features) + bias
+
+
+def conv2d_two_stage(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d with the patches built in two concatenations of kw, then kh operands: the kw column
+    shifts of every input row (materialized), then the kh row shifts of those, then one matmul."""
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    stride_h, stride_w = models._pair(stride)
+    x = models.tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
+    batch, padded_h, padded_w, _ = x.shape
+    out_h, out_w = (padded_h - kernel_h) // stride_h + 1, (padded_w - kernel_w) // stride_w + 1
+    columns = jnp.concatenate([jax.lax.slice(x, (0, 0, j, 0), (batch, padded_h, j + (out_w - 1) * stride_w + 1,
+                                                                 in_features), (1, 1, stride_w, 1))
+                               for j in range(kernel_w)], axis=-1)  # (B, H, W', kw * Cin)
+    columns = jax.lax.optimization_barrier(columns)
+    patches = jnp.concatenate([jax.lax.slice(columns, (0, i, 0, 0), (batch, i + (out_h - 1) * stride_h + 1, out_w,
+                                                                      kernel_w * in_features), (1, stride_h, 1, 1)
+                                             ).reshape(batch * out_h * out_w, kernel_w * in_features)
+                               for i in range(kernel_h)], axis=-1)
+    y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
+    y = y.reshape(batch, out_h, out_w, out_features)
+    return y if bias is None else y + bias
+
+
+def conv2d_stacked(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d with the windows stacked on a leading tap axis, (kh x kw, pixels, Cin), contracted
+    with the kernel over taps and channels in one dot_general (XLA picks the layout)."""
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    windows = [window for row in models.kernel_windows(x, kernel.shape, stride, padding) for window in row]
+    batch, out_h, out_w = windows[0].shape[:3]
+    stacked = jnp.stack([window.reshape(-1, in_features) for window in windows])
+    y = jnp.einsum('tpc,tco->po', stacked, kernel.reshape(kernel_h * kernel_w, in_features, out_features))
+    y = y.reshape(batch, out_h, out_w, out_features)
+    return y if bias is None else y + bias
+
+
 conv2d_xla = models.xla_conv2d  # XLA's own convolution
 
 
@@ -84,7 +130,8 @@ def on_gpu() -> bool:
     return jax.default_backend() == 'gpu'
 
 
-FORMS = {'im2col': models.conv2d, 'im2col_4d': conv2d_4d, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
+FORMS = {'im2col': models.conv2d, 'im2col_4d': conv2d_4d, 'dus': conv2d_dus, 'two_stage': conv2d_two_stage,
+         'stacked': conv2d_stacked, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
 CPU_FORMS = ('im2col', 'im2col_4d', 'rows', 'shifted')
 # --pallas_settings names: the pallas_conv constants they set.
