@@ -1,11 +1,17 @@
 """Ways to write the engine's convolution, in the vmapped Simple-CNN chunk (N = 8, batch 64):
 bytes the compiled chunk moves and trial-steps/s, each form against im2col in the same run.
 
-- im2col (dps_jax.models.conv2d): all kh x kw shifted windows, each flattened to (pixels, Cin),
-  concatenated, one matmul;
+- im2col (dps_jax.models.conv2d as the engine runs it on this backend): one_stage elsewhere,
+  two_stage on a GPU;
+- one_stage: all kh x kw shifted windows, each flattened to (pixels, Cin), in one concatenation,
+  one matmul;
+- two_stage: the kw column shifts of each input row concatenated (materialized), then kh row
+  shifts of those, one matmul (models.im2col_patches);
 - im2col_4d: the same windows concatenated as a (B, H', W', kh x kw x Cin) image, then one matmul:
   the engine's im2col before XLA's count of it was cut (on XLA:CPU 8.54 against 3.62 MB per
   example-step at N = 8, batch 64); kept to compare the two on a GPU;
+- dus: the patch array written window by window (dynamic_update_slice into zeros);
+- stacked: the windows stacked on a leading tap axis, one dot_general over taps and channels;
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
 - xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
@@ -13,8 +19,8 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
   without writing patches (conv2 only: conv1 has one input channel and stays im2col). GPU only;
   on a CPU it is checked in Pallas' interpret mode and not timed.
 
-The default forms are im2col, im2col_4d, rows and shifted on a CPU (where xla inside lax.scan runs ~20x
-slower than im2col), and all six on a GPU. A form that fails to compile or run prints why and
+The default forms are im2col, two_stage, im2col_4d, rows and shifted on a CPU (where xla inside
+lax.scan runs ~20x slower than im2col), and all of them on a GPU. A form that fails to compile or run prints why and
 the others go on.
 
 Bytes are XLA's cost analysis of the compiled chunk (its scan body counted once), and the same
@@ -85,27 +91,6 @@ def conv2d_dus(x, kernel, bias=None, stride=1, padding='SAME'):
     return y.reshape(batch, out_h, out_w, out_features) if bias is None else y.reshape(batch, out_h, out_w, out_features) + bias
 
 
-def conv2d_two_stage(x, kernel, bias=None, stride=1, padding='SAME'):
-    """conv2d with the patches built in two concatenations of kw, then kh operands: the kw column
-    shifts of every input row (materialized), then the kh row shifts of those, then one matmul."""
-    kernel_h, kernel_w, in_features, out_features = kernel.shape
-    stride_h, stride_w = models._pair(stride)
-    x = models.tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
-    batch, padded_h, padded_w, _ = x.shape
-    out_h, out_w = (padded_h - kernel_h) // stride_h + 1, (padded_w - kernel_w) // stride_w + 1
-    columns = jnp.concatenate([jax.lax.slice(x, (0, 0, j, 0), (batch, padded_h, j + (out_w - 1) * stride_w + 1,
-                                                                 in_features), (1, 1, stride_w, 1))
-                               for j in range(kernel_w)], axis=-1)  # (B, H, W', kw * Cin)
-    columns = jax.lax.optimization_barrier(columns)
-    patches = jnp.concatenate([jax.lax.slice(columns, (0, i, 0, 0), (batch, i + (out_h - 1) * stride_h + 1, out_w,
-                                                                      kernel_w * in_features), (1, stride_h, 1, 1)
-                                             ).reshape(batch * out_h * out_w, kernel_w * in_features)
-                               for i in range(kernel_h)], axis=-1)
-    y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
-    y = y.reshape(batch, out_h, out_w, out_features)
-    return y if bias is None else y + bias
-
-
 def conv2d_stacked(x, kernel, bias=None, stride=1, padding='SAME'):
     """conv2d with the windows stacked on a leading tap axis, (kh x kw, pixels, Cin), contracted
     with the kernel over taps and channels in one dot_general (XLA picks the layout)."""
@@ -130,10 +115,11 @@ def on_gpu() -> bool:
     return jax.default_backend() == 'gpu'
 
 
-FORMS = {'im2col': models.conv2d, 'im2col_4d': conv2d_4d, 'dus': conv2d_dus, 'two_stage': conv2d_two_stage,
+FORMS = {'im2col': models.conv2d, 'one_stage': functools.partial(models.conv2d, two_stage=False),
+         'two_stage': functools.partial(models.conv2d, two_stage=True), 'im2col_4d': conv2d_4d, 'dus': conv2d_dus,
          'stacked': conv2d_stacked, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
-CPU_FORMS = ('im2col', 'im2col_4d', 'rows', 'shifted')
+CPU_FORMS = ('im2col', 'two_stage', 'im2col_4d', 'rows', 'shifted')
 # --pallas_settings names: the pallas_conv constants they set.
 PALLAS_SETTINGS = {'warps': 'NUM_WARPS', 'stages': 'NUM_STAGES', 'tile': 'TILE_PIXELS', 'rows': 'ROWS_PER_PROGRAM'}
 

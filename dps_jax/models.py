@@ -83,25 +83,70 @@ def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
              for j in range(kernel_w)] for i in range(kernel_h)]
 
 
+def two_stage_patches_default() -> bool:
+    """Whether conv2d builds its patches in two stages on the default backend: on a GPU, yes.
+
+    On an H200 the one-stage build (a single concatenation of kh x kw windows, 25 for a 5x5 kernel)
+    wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN chunk; the two
+    stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms two_stage, batch 64,
+    N = 100). On XLA:CPU the one-stage build is faster (0.79x for two stages, same script).
+    """
+    return jax.default_backend() == 'gpu'
+
+
+def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int, Sequence[int]] = 1,
+                   padding: str = 'SAME', two_stage: bool | None = None) -> tuple[jax.Array, tuple[int, int, int]]:
+    """(patches (B * H' * W', kh * kw * Cin), (B, H', W')): every output pixel's input window of an
+    HWIO kernel of `kernel_shape`, in the row-major (i, j, channel) order in which the kernel
+    flattens to (kh * kw * Cin, Cout), with TensorFlow padding semantics ('SAME' or 'VALID').
+
+    one stage: all kh x kw windows, each flattened to (pixels, Cin), in one concatenation;
+    two stages: the kw column shifts of every padded input row concatenated and materialized
+    (B, H, W', kw * Cin), then its kh row shifts concatenated. The patches are the same either way.
+    two_stage=None takes two_stage_patches_default().
+    """
+    kernel_h, kernel_w, in_features = kernel_shape[:3]
+    if two_stage is None:
+        two_stage = two_stage_patches_default()
+    if not two_stage:
+        windows = kernel_windows(x, kernel_shape, stride, padding)
+        batch, out_h, out_w = windows[0][0].shape[:3]
+        # Each window is flattened to (pixels, Cin) before the concatenation, so that the backward pass
+        # cuts each window's gradient out of the 2-D patch gradient directly: cut from its 4-D view
+        # instead, XLA fuses every cut behind a reshape and charges it the whole patch gradient (8.54 ->
+        # 3.62 MB per example-step of the vmapped Simple-CNN chunk on XLA:CPU, benchmarks/conv_forms.py
+        # --forms im2col im2col_4d).
+        patches = jnp.concatenate([window.reshape(batch * out_h * out_w, in_features)
+                                   for row in windows for window in row], axis=-1)
+        return patches, (batch, out_h, out_w)
+    if x.shape[3] != in_features:
+        raise ValueError(f'input has {x.shape[3]} channels, kernel expects {in_features}')
+    stride_h, stride_w = _pair(stride)
+    x = tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
+    batch, padded_h, padded_w, _ = x.shape
+    out_h, out_w = (padded_h - kernel_h) // stride_h + 1, (padded_w - kernel_w) // stride_w + 1
+    columns = jnp.concatenate(
+        [lax.slice(x, (0, 0, j, 0), (batch, padded_h, j + (out_w - 1) * stride_w + 1, in_features), (1, 1, stride_w, 1))
+         for j in range(kernel_w)], axis=-1)
+    # Materialized on purpose: fused into the second concatenation, the two stages are one again.
+    columns = lax.optimization_barrier(columns)
+    patches = jnp.concatenate(
+        [lax.slice(columns, (0, i, 0, 0), (batch, i + (out_h - 1) * stride_h + 1, out_w, kernel_w * in_features),
+                   (1, stride_h, 1, 1)).reshape(batch * out_h * out_w, kernel_w * in_features)
+         for i in range(kernel_h)], axis=-1)
+    return patches, (batch, out_h, out_w)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
-           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME') -> jax.Array:
+           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME', two_stage: bool | None = None) -> jax.Array:
     """2-D convolution as im2col + matmul: x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout).
 
     Same values as lax.conv_general_dilated with NHWC/HWIO dimension numbers and
-    TensorFlow padding semantics ('SAME' or 'VALID').
+    TensorFlow padding semantics ('SAME' or 'VALID'). two_stage: how the patches are built
+    (im2col_patches; None: two_stage_patches_default()).
     """
     kernel_h, kernel_w, in_features, out_features = kernel.shape
-    windows = kernel_windows(x, kernel.shape, stride, padding)
-    batch, out_h, out_w = windows[0][0].shape[:3]
-    # Each window is flattened to (pixels, Cin) before the concatenation, so that the backward pass
-    # cuts each window's gradient out of the 2-D patch gradient directly: cut from its 4-D view
-    # instead, XLA fuses every cut behind a reshape and charges it the whole patch gradient (8.54 ->
-    # 3.62 MB per example-step of the vmapped Simple-CNN chunk, benchmarks/conv_forms.py --forms im2col
-    # im2col_4d).
-    # Row-major (i, j, channel) order of the concatenation is the order in which
-    # an HWIO kernel flattens to (kh * kw * Cin, Cout).
-    patches = jnp.concatenate([window.reshape(batch * out_h * out_w, in_features)
-                               for row in windows for window in row], axis=-1)
+    patches, (batch, out_h, out_w) = im2col_patches(x, kernel.shape, stride, padding, two_stage)
     y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
     y = y.reshape(batch, out_h, out_w, out_features)
     return y if bias is None else y + bias

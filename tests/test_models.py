@@ -150,18 +150,52 @@ def _value_and_vjp(conv, cotangent):
 
 # Oracle: lax.conv_general_dilated at HIGHEST; our im2col matmul must be full float32 too.
 @pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('two_stage', [False, True], ids=['one_stage', 'two_stage'])
 @pytest.mark.parametrize('padding', ['VALID', 'SAME'])
 @pytest.mark.parametrize('input_shape, kernel_shape, stride', CONV_CASES)
 def test_conv2d_equals_conv_general_dilated_in_values_and_gradients(input_shape, kernel_shape, stride,
-                                                                    padding):
+                                                                    padding, two_stage):
     x = _normal(0, input_shape)
     kernel = _normal(1, kernel_shape, 1 / math.sqrt(math.prod(kernel_shape[:3])))
     out_shape = _reference_conv(x, kernel, stride, padding).shape
     # Scaled so kernel gradients (sums over batch and positions) are O(1), like the values.
     cotangent = _normal(2, out_shape, 1 / math.sqrt(math.prod(out_shape[:3])))
-    got = _value_and_vjp(lambda x, k: models.conv2d(x, k, None, stride, padding), cotangent)(x, kernel)
+    got = _value_and_vjp(lambda x, k: models.conv2d(x, k, None, stride, padding, two_stage), cotangent)(x, kernel)
     want = _value_and_vjp(lambda x, k: _reference_conv(x, k, stride, padding), cotangent)(x, kernel)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), got, want)
+
+
+@pytest.mark.parametrize('padding', ['VALID', 'SAME'])
+@pytest.mark.parametrize('input_shape, kernel_shape, stride', CONV_CASES)
+def test_patches_built_in_two_stages_are_the_one_stage_patches_exactly(input_shape, kernel_shape, stride, padding):
+    x = _normal(0, input_shape)
+    patches = jax.jit(models.im2col_patches, static_argnums=(1, 2, 3, 4))
+    one, shape_one = patches(x, kernel_shape, stride, padding, False)
+    two, shape_two = patches(x, kernel_shape, stride, padding, True)
+    assert shape_one == shape_two
+    np.testing.assert_array_equal(two, one)  # copies of the same pixels, nothing summed
+
+
+# The two-stage build under vmap, with per-trial kernels and inputs (its materializing barrier
+# batched), against lax one trial at a time.
+@pytest.mark.matmul_precision('highest')
+def test_vmapped_two_stage_conv2d_equals_lax_per_trial_in_values_and_gradients():
+    xs, kernels = _normal(0, (3, 2, 12, 12, 8)), _normal(1, (3, 5, 5, 8, 16), 1 / math.sqrt(200))
+    cotangents = _normal(2, (3, 2, 8, 8, 16), 1 / 8)
+    conv = lambda x, k: models.conv2d(x, k, None, 1, 'VALID', True)
+    got = jax.jit(jax.vmap(lambda x, k, c: _value_and_vjp(conv, c)(x, k)))(xs, kernels, cotangents)
+    for trial in range(3):
+        want = _value_and_vjp(lambda x, k: _reference_conv(x, k, 1, 'VALID'), cotangents[trial])(xs[trial], kernels[trial])
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[trial], b, **TOLERANCE), got, want)
+
+
+@pytest.mark.parametrize('backend, two_stage', [('cpu', False), ('gpu', True), ('tpu', False)])
+def test_conv2d_builds_its_patches_in_two_stages_on_a_gpu_only(monkeypatch, backend, two_stage):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert models.two_stage_patches_default() is two_stage
+    jaxpr = str(jax.make_jaxpr(lambda x, k: models.conv2d(x, k, None, 1, 'VALID'))(
+        jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 4))))
+    assert ('optimization_barrier' in jaxpr) is two_stage
 
 
 def test_conv2d_adds_bias_per_output_channel():
