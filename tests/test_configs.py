@@ -74,6 +74,7 @@ def test_gpu_study_is_a_real_grid_of_the_size_it_was_timed_at():
         (0.0, 0.5, 0.7, 0.9), tuple(2 ** k for k in range(3, 11)), 32)
     assert (config.goal_error, config.max_steps, config.check_every, config.until) == (0.12, 20000, 100, 'first')
     assert config.snip_examples == 0  # the whole split, as timed
+    assert config.eval_convolution == 'xla'  # checks by cuDNN: the faster real cell on an H200
 
 
 def test_cifar_plan_has_every_cell_and_integer_decay_steps(tmp_path):
