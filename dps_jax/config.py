@@ -284,17 +284,18 @@ def base_study_config():
                                         # to bfloat16 per step; logits, loss, pruning scores and the smoothness
                                         # estimators stay float32. Opt-in, for GPUs/TPUs; slower on XLA:CPU
     config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend, the fastest
-                                        # measured) | 'pallas': Triton kernels that never write im2col patches,
+                                        # measured; on a GPU its patches are built in two stages, 1.17x) | 'pallas': Triton kernels that never write im2col patches,
                                         # GPU only, for the stride-1 layers with 16-128 channels in and out
                                         # (im2col for the rest) | 'xla': XLA's own convolution (cuDNN on NVIDIA
                                         # GPUs; much slower than im2col on XLA:CPU); README, "Performance". The
                                         # same values up to the order of float32 sums (TF32 on NVIDIA GPUs at
                                         # matmul_precision 'default')
     config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as
-                                        # config.convolution) | 'im2col' | 'pallas' (GPU only) | 'xla': pallas
-                                        # checks write no patches for the layers its kernels cover (Simple-CNN's
-                                        # conv2; ~0.08 s against ~0.2 s per check of 100 trials on an H200;
-                                        # README, "Performance"); the same errors up to float32 rounding
+                                        # config.convolution) | 'im2col' | 'pallas' (GPU only) | 'xla' (cuDNN on
+                                        # NVIDIA GPUs; slow on XLA:CPU): pallas and xla write no im2col patches
+                                        # (pallas for the layers its kernels cover), and on an H200 either made a
+                                        # real cell 1.25x faster than im2col checks: use 'xla' on a GPU (README,
+                                        # "Performance"); the same errors up to float32 rounding
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at
