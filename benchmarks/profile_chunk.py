@@ -62,33 +62,45 @@ def busy_microseconds(events: list[dict]) -> float:
     return total
 
 
-def summarize(events: list[dict], wall_seconds: float, label: str, top: int) -> None:
-    """Prints the device's busy share of the wall time and its `top` operations by total time."""
+def device_operations(events: list[dict]) -> tuple[list[dict], bool]:
+    """(the events of the device's kernels, True) from trace_events: those of its streams where the
+    trace names streams, else every '/device:' event; (the host's events, False) where it has no
+    device events (a CPU's trace)."""
     device = [event for event in events if '/device:' in event['process']]
-    lanes = collections.defaultdict(list)
-    for event in device:
-        lanes[event['process'], event['thread']].append(event)
-    for (process, thread), lane in sorted(lanes.items()):
-        print(f'  lane {process} / {thread}: {len(lane)} events, busy {busy_microseconds(lane) / 1e3:.1f} ms')
     # Kernels run on the streams; the trace's other device lanes (XLA modules, ops) span them again.
     streams = [event for event in device if 'stream' in event['thread'].lower()]
-    device = streams or device
-    source = 'device' if device else 'host (no device events: not a measurement)'
-    chosen = device or [event for event in events if event['process'].startswith('/host')]
+    if streams or device:
+        return streams or device, True
+    return [event for event in events if event['process'].startswith('/host')], False
+
+
+def operation_totals(events: list[dict]) -> list[tuple[str, int, float]]:
+    """(name, count, total microseconds) of each operation (kernel) name, the longest total first."""
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    for event in events:
+        totals[event['name']][0] += 1
+        totals[event['name']][1] += event['dur']
+    return sorted(((name, count, micros) for name, (count, micros) in totals.items()), key=lambda row: -row[2])
+
+
+def summarize(events: list[dict], wall_seconds: float, label: str, top: int) -> None:
+    """Prints the device's lanes, its busy share of the wall time and its `top` operations by total time."""
+    lanes = collections.defaultdict(list)
+    for event in events:
+        if '/device:' in event['process']:
+            lanes[event['process'], event['thread']].append(event)
+    for (process, thread), lane in sorted(lanes.items()):
+        print(f'  lane {process} / {thread}: {len(lane)} events, busy {busy_microseconds(lane) / 1e3:.1f} ms')
+    chosen, on_device = device_operations(events)
+    source = 'device' if on_device else 'host (no device events: not a measurement)'
     busy = busy_microseconds(chosen) / 1e6
-    kernel_total = sum(event['dur'] for event in chosen) / 1e6
+    total = sum(event['dur'] for event in chosen) / 1e6
     print(f'\n{label}: wall {wall_seconds * 1e3:.1f} ms, {source} busy {busy * 1e3:.1f} ms '
-          f'({busy / wall_seconds:.0%}), sum of operation times {kernel_total * 1e3:.1f} ms, {len(chosen)} events')
-    by_name = collections.defaultdict(lambda: [0, 0.0])
-    for event in chosen:
-        args = event.get('args', {})
-        name = args.get('hlo_op') or event['name']
-        by_name[name][0] += 1
-        by_name[name][1] += event['dur']
+          f'({busy / wall_seconds:.0%}), sum of operation times {total * 1e3:.1f} ms, {len(chosen)} events')
     print('| operation | count | total ms | share of the operations | mean us |')
     print('| --- | --- | --- | --- | --- |')
-    for name, (count, micros) in sorted(by_name.items(), key=lambda item: -item[1][1])[:top]:
-        print(f'| {name[:90]} | {count} | {micros / 1e3:.2f} | {micros / 1e6 / kernel_total:.1%} | {micros / count:.1f} |')
+    for name, count, micros in operation_totals(chosen)[:top]:
+        print(f'| {name[:90]} | {count} | {micros / 1e3:.2f} | {micros / 1e6 / total:.1%} | {micros / count:.1f} |')
 
 
 def profiled(run, label: str, top: int, keep_as: str | None = None) -> None:
