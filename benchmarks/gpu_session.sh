@@ -8,10 +8,11 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh checks", carry=[".accel"])
 #   run(command="source .accel/env.sh && OUT=$OUT bash benchmarks/gpu_session.sh profile", carry=[".accel"])
 #
-# benchmarks: the convolution forms (im2col against the pallas Triton kernels, and xla at batch 64)
-#   at batch 64 / 8 / 512 (at most 240 s), then the whole accelerator benchmark (about 6 minutes on
-#   an H100) with what is left of PART_SECONDS (default 500): its rows print as they are measured,
-#   so a cut run keeps them;
+# benchmarks: im2col (two-stage patches on a GPU) against its one-stage patches at batch 64, N = 100
+#   (at most 70 s); the accelerator benchmark at batch 64, N = 100 with the real cell checked by
+#   im2col and by xla (at most 220 s); then the issue table's other chunks (batch 8 / 64 / 512 /
+#   4096), with bfloat16 at batch 4096, for what is left of PART_SECONDS (default 500): rows print
+#   as they are measured, so a cut run keeps them;
 # study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS; further
 #   arguments go to launch.py (e.g. `study --config.convolution=pallas`);
 # pallas: config.convolution='pallas' against 'im2col' in one run: the GPU tests of the Triton
@@ -25,7 +26,7 @@
 #   baseline) with the real cell (until 'first' and 'all') checked by im2col, pallas and xla (at most
 #   300 s); the same chunk with XLA's Triton GEMMs allowed for every matmul (--xla_gpu_triton_gemm_any,
 #   at most 50 s); then the chunks at batch 8, N = 1000 and batch 4096, N = 8 for what is left.
-# profile: where the device's time goes (benchmarks/profile_chunk.py; about 4 minutes): the chunk at
+# profile: where the device's time goes (benchmarks/profile_chunk.py; 107 s on an H200): the chunk at
 #   batch 64, N = 100 with one check by im2col and by xla, the chunks at batch 8, N = 1000 and batch
 #   4096, N = 8, and the batch-64 chunk in bfloat16; each trace is kept under $OUT/traces.
 # With 15 minutes of device time per session (machine start included), a session fits one part.
@@ -46,22 +47,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 set -o pipefail
 case $part in
   benchmarks)
-    # The issue's chunk sizes: batch 64 (N = 100) with every GPU form, then batch 8 (N = 1000) and
-    # batch 512 (N = 16) with im2col and pallas only.
-    # xla before pallas: a compiler abort in the Triton kernels would end the process and its rows.
-    forms_end=$((start + (limit < 300 ? limit / 2 : 240)))
-    for case in "64 100 im2col xla pallas" "8 1000 im2col pallas" "512 16 im2col pallas"; do
-      set -- $case
-      left=$((forms_end - SECONDS))
-      [ "$left" -gt 20 ] || break
-      timeout -k 10 "$left" python3 benchmarks/conv_forms.py --batch "$1" --trials "$2" --steps 50 --skip_bytes --forms "${@:3}" 2>&1 \
-        | tee -a "$OUT/conv_forms.log"
-      echo "conv_forms.py (batch $1, N = $2) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
-    done
+    # im2col (two-stage patches on a GPU) against the one-stage patches, at batch 64, N = 100.
+    timeout -k 5 70 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
+      --forms im2col one_stage 2>&1 | tee "$OUT/conv_forms.log"
+    echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
+    timeout -k 10 220 python3 benchmarks/accelerator.py --cases 64x100 --eval_convolutions xla \
+      --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"
+    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log"
     left=$((limit - (SECONDS - start)))
     [ "$left" -gt 30 ] || left=30
-    timeout -k 10 "$left" python3 benchmarks/accelerator.py 2>&1 | tee "$OUT/accelerator.log"
-    echo "accelerator.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
+    timeout -k 10 "$left" python3 benchmarks/accelerator.py --cases 8x100 8x1000 64x8 64x32 512x16 512x100 4096x1 \
+      4096x8 --skip_real_cell 2>&1 | tee -a "$OUT/accelerator.log"
+    echo "accelerator.py (the other chunks) exit $? after $((SECONDS - start)) s" | tee -a "$OUT/accelerator.log" ;;
   pallas)
     timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider "${gpu_tests[@]}" 2>&1 | tee "$OUT/pallas_tests.log"
     echo "pallas tests exit $? after $((SECONDS - start)) s" | tee -a "$OUT/pallas_tests.log"
