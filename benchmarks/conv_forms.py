@@ -12,6 +12,8 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
   example-step at N = 8, batch 64); kept to compare the two on a GPU;
 - dus: the patch array written window by window (dynamic_update_slice into zeros);
 - stacked: the windows stacked on a leading tap axis, one dot_general over taps and channels;
+- patches_op: lax.conv_general_dilated_patches (a depthwise convolution with a one-hot kernel, cuDNN
+  on a GPU, at HIGHEST precision so the patches are exact copies), one matmul;
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
 - xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
@@ -103,6 +105,22 @@ def conv2d_stacked(x, kernel, bias=None, stride=1, padding='SAME'):
     return y if bias is None else y + bias
 
 
+def conv2d_patches_op(x, kernel, bias=None, stride=1, padding='SAME'):
+    """conv2d with the patches from lax.conv_general_dilated_patches (a depthwise convolution with a
+    one-hot kernel: cuDNN on a GPU, no concatenation; exact at HIGHEST), then one matmul with the
+    kernel's rows in the patches' (channel, i, j) order."""
+    kernel_h, kernel_w, in_features, out_features = kernel.shape
+    stride = models._pair(stride)
+    x = models.tf_padded(x, (kernel_h, kernel_w), stride, padding)
+    patches = jax.lax.conv_general_dilated_patches(x, (kernel_h, kernel_w), stride, 'VALID',
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                                   precision=jax.lax.Precision.HIGHEST)
+    batch, out_h, out_w, features = patches.shape
+    y = jnp.dot(patches.reshape(-1, features), kernel.transpose(2, 0, 1, 3).reshape(features, out_features))
+    y = y.reshape(batch, out_h, out_w, out_features)
+    return y if bias is None else y + bias
+
+
 conv2d_xla = models.xla_conv2d  # XLA's own convolution
 
 
@@ -117,7 +135,7 @@ def on_gpu() -> bool:
 
 FORMS = {'im2col': models.conv2d, 'one_stage': functools.partial(models.conv2d, two_stage=False),
          'two_stage': functools.partial(models.conv2d, two_stage=True), 'im2col_4d': conv2d_4d, 'dus': conv2d_dus,
-         'stacked': conv2d_stacked, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
+         'stacked': conv2d_stacked, 'patches_op': conv2d_patches_op, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
 CPU_FORMS = ('im2col', 'two_stage', 'im2col_4d', 'rows', 'shifted')
 # --pallas_settings names: the pallas_conv constants they set.

@@ -8,8 +8,8 @@
 #   run(command="source .accel/env.sh && bash benchmarks/gpu_session.sh checks", carry=[".accel"])
 #   run(command="source .accel/env.sh && OUT=$OUT bash benchmarks/gpu_session.sh profile", carry=[".accel"])
 #
-# benchmarks: im2col (two-stage patches on a GPU) against its one-stage patches at batch 64, N = 100
-#   (at most 70 s); the accelerator benchmark at batch 64, N = 100 with the real cell checked by
+# benchmarks: im2col (two-stage patches on a GPU) against its one-stage patches and the patches of
+#   lax.conv_general_dilated_patches at batch 64, N = 100 (at most 90 s); the accelerator benchmark at batch 64, N = 100 with the real cell checked by
 #   im2col and by xla (at most 220 s); then the issue table's other chunks (batch 8 / 64 / 512 /
 #   4096), with bfloat16 at batch 4096, for what is left of PART_SECONDS (default 500): rows print
 #   as they are measured, so a cut run keeps them;
@@ -48,8 +48,8 @@ set -o pipefail
 case $part in
   benchmarks)
     # im2col (two-stage patches on a GPU) against the one-stage patches, at batch 64, N = 100.
-    timeout -k 5 70 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
-      --forms im2col one_stage 2>&1 | tee "$OUT/conv_forms.log"
+    timeout -k 5 90 python3 benchmarks/conv_forms.py --batch 64 --trials 100 --steps 50 --skip_bytes \
+      --forms im2col one_stage patches_op 2>&1 | tee "$OUT/conv_forms.log"
     echo "conv_forms.py exit $? after $((SECONDS - start)) s" | tee -a "$OUT/conv_forms.log"
     timeout -k 10 220 python3 benchmarks/accelerator.py --cases 64x100 --eval_convolutions xla \
       --real_cell_modes first all 2>&1 | tee "$OUT/accelerator.log"

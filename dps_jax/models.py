@@ -89,7 +89,8 @@ def two_stage_patches_default() -> bool:
     On an H200 the one-stage build (a single concatenation of kh x kw windows, 25 for a 5x5 kernel)
     wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN chunk; the two
     stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms two_stage, batch 64,
-    N = 100). On XLA:CPU the one-stage build is faster (0.79x for two stages, same script).
+    N = 100). On a 2-core CPU two stages were 1.04-1.15x for Simple-CNN but 0.85x for ResNet-8's
+    3x3 convolutions, so a CPU keeps one stage (README, "Performance").
     """
     return jax.default_backend() == 'gpu'
 
