@@ -284,7 +284,8 @@ def base_study_config():
                                         # to bfloat16 per step; logits, loss, pruning scores and the smoothness
                                         # estimators stay float32. Opt-in, for GPUs/TPUs; slower on XLA:CPU
     config.convolution = 'im2col'       # how the built-in models convolve: 'im2col' (any backend, the fastest
-                                        # measured; on a GPU its patches are built in two stages, 1.17x) | 'pallas': Triton kernels that never write im2col patches,
+                                        # measured; on a GPU it builds its patches in two stages, 1.17x faster
+                                        # there) | 'pallas': Triton kernels that never write im2col patches,
                                         # GPU only, for the stride-1 layers with 16-128 channels in and out
                                         # (im2col for the rest) | 'xla': XLA's own convolution (cuDNN on NVIDIA
                                         # GPUs; much slower than im2col on XLA:CPU); README, "Performance". The

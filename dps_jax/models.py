@@ -120,21 +120,14 @@ def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
         patches = jnp.concatenate([window.reshape(batch * out_h * out_w, in_features)
                                    for row in windows for window in row], axis=-1)
         return patches, (batch, out_h, out_w)
-    if x.shape[3] != in_features:
-        raise ValueError(f'input has {x.shape[3]} channels, kernel expects {in_features}')
     stride_h, stride_w = _pair(stride)
     x = tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
-    batch, padded_h, padded_w, _ = x.shape
-    out_h, out_w = (padded_h - kernel_h) // stride_h + 1, (padded_w - kernel_w) // stride_w + 1
-    columns = jnp.concatenate(
-        [lax.slice(x, (0, 0, j, 0), (batch, padded_h, j + (out_w - 1) * stride_w + 1, in_features), (1, 1, stride_w, 1))
-         for j in range(kernel_w)], axis=-1)
+    columns = jnp.concatenate(kernel_windows(x, (1, kernel_w, in_features), (1, stride_w), 'VALID')[0], axis=-1)
     # Materialized on purpose: fused into the second concatenation, the two stages are one again.
-    columns = lax.optimization_barrier(columns)
-    patches = jnp.concatenate(
-        [lax.slice(columns, (0, i, 0, 0), (batch, i + (out_h - 1) * stride_h + 1, out_w, kernel_w * in_features),
-                   (1, stride_h, 1, 1)).reshape(batch * out_h * out_w, kernel_w * in_features)
-         for i in range(kernel_h)], axis=-1)
+    columns = lax.optimization_barrier(columns)  # (B, H, W', kw * Cin)
+    rows = [row[0] for row in kernel_windows(columns, (kernel_h, 1, kernel_w * in_features), (stride_h, 1), 'VALID')]
+    batch, out_h, out_w = rows[0].shape[:3]
+    patches = jnp.concatenate([row.reshape(batch * out_h * out_w, kernel_w * in_features) for row in rows], axis=-1)
     return patches, (batch, out_h, out_w)
 
 

@@ -59,9 +59,19 @@ def run(trials, tx, **overrides):
     return engine.run_cell(trials, **settings)
 
 
+STEPPED = pytest.mark.parametrize('in_turn', [True, False], ids=['in_turn', 'vmapped'])
+
+
+def step_trials(monkeypatch, in_turn):
+    """Makes the engine step its trials in turn (lax.map) or vmapped, whatever the backend."""
+    monkeypatch.setattr(engine, 'trials_stepped_in_turn', lambda mesh=None: in_turn)
+
+
 # Batched vs single matmuls compared at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_vmapped_trials_match_each_trial_run_alone():
+@STEPPED
+def test_the_engines_trials_match_each_trial_run_alone(monkeypatch, in_turn):
+    step_trials(monkeypatch, in_turn)
     trials, tx, init_trial, hyper = cell_setup()
     result = run(trials, tx, compaction=False, keep_final_state=True)
     for index, rate in enumerate(RATES):
@@ -78,7 +88,9 @@ def test_vmapped_trials_match_each_trial_run_alone():
 
 # Batched vs single matmuls compared at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_vmapped_final_params_equal_single_trial_params():
+@STEPPED
+def test_the_engines_final_params_equal_single_trial_params(monkeypatch, in_turn):
+    step_trials(monkeypatch, in_turn)
     trials, tx, init_trial, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
     result = run(trials, tx, compaction=False, keep_final_state=True, goal_error=1e-6, max_steps=60)
     step = jax.jit(trial.make_train_chunk(trial.make_train_step(APPLY, tx), 16, 60))
@@ -159,6 +171,35 @@ def test_per_trial_data_order_changes_the_batches_each_trial_sees():
     np.testing.assert_array_equal(kernel(shared)[0], kernel(shared)[1])
     assert not np.allclose(kernel(separate)[0], kernel(separate)[1])
     np.testing.assert_allclose(kernel(separate)[0], kernel(shared)[0], rtol=1e-5, atol=1e-6)  # trial 0 keeps seed 0
+
+
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('per_trial_order', [False, True])
+@STEPPED
+def test_stepped_trials_are_each_trials_own_step(in_turn, per_trial_order, monkeypatch):
+    trials, tx, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
+    train_step = trial.make_train_step(APPLY, tx)
+    batches = (TRAIN_IMAGES[:48].reshape(3, 16, 6), TRAIN_LABELS[:48].reshape(3, 16))
+    batch = batches if per_trial_order else (batches[0][0], batches[1][0])
+    stepped, metrics = jax.jit(engine.stepped_trials(train_step, per_trial_order, in_turn))(trials, batch)
+    for index in range(3):
+        own_batch = (batches[0][index], batches[1][index]) if per_trial_order else batch
+        alone, alone_metrics = jax.jit(train_step)(jax.tree.map(lambda leaf: leaf[index], trials), own_batch)
+        chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[index], (stepped, metrics)), (alone, alone_metrics),
+                                    rtol=1e-5, atol=1e-6)
+
+
+class _Mesh:
+    def __init__(self, size):
+        self.size = size
+
+
+@pytest.mark.parametrize('backend, mesh, in_turn', [('cpu', None, True), ('cpu', _Mesh(1), True),
+                                                    ('cpu', _Mesh(8), False), ('gpu', None, False),
+                                                    ('tpu', None, False)])
+def test_trials_are_stepped_in_turn_on_one_cpu_device_only(monkeypatch, backend, mesh, in_turn):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert engine.trials_stepped_in_turn(mesh) is in_turn
 
 
 def test_bucket_sizes():
