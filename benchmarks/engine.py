@@ -15,9 +15,10 @@
    the figure is bytes / (N x batch), not / (N x batch x steps). XLA charges a fusion that reaches
    a slice of its operand through a bitcast with the whole operand; hlo_traffic.py also gives the
    figure with those charged what they move, and the chunk's heaviest instructions;
-6. (--checks, alone) one whole-validation check (6,000 synthetic examples) of N vmapped trials with
-   the evaluation chunk engine.eval_chunk_size picks on this backend, against 1,600 rows per
-   program (the CPU rule before 2026-11-27), for Simple-CNN at N = 1 / 4 / 16 and ResNet-8 at N = 2.
+6. (--checks, alone) one whole-validation check (6,000 synthetic examples) of N trials by the study's
+   evaluate program (trials in turn on a CPU) with the evaluation chunk engine.eval_chunk_size picks
+   on this backend, against N vmapped trials at 1,600 rows per program (the CPU rule before
+   2026-11-27), for Simple-CNN at N = 1 / 4 / 16 and ResNet-8 at N = 2.
 
     python benchmarks/engine.py [--real_cell] [--quick] [--bytes] [--checks]
 """
@@ -193,8 +194,9 @@ def memory_traffic(num_trials: int = 8):
 
 
 def check_chunks(num_examples: int = 6000):
-    """Seconds of one whole-validation check of N vmapped trials (the study's evaluate program), best
-    of 2, at this backend's chunk and at 1,600 rows."""
+    """Seconds of one whole-validation check of N trials, best of 2: the study's evaluate program
+    (engine.evaluated_trials: in turn on a CPU) at this backend's chunk, against N vmapped trials at
+    1,600 rows (the program and chunk before 2026-11-27)."""
     backend = jax.default_backend()
     for model_name, num_trials in (('simple_cnn', 1), ('simple_cnn', 4), ('simple_cnn', 16), ('resnet8', 2)):
         example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
@@ -203,12 +205,13 @@ def check_chunks(num_examples: int = 6000):
         trials = common.make_trials(model, optim.make_optimizer('sgd'), num_trials, images, labels)
         net = network.from_module(model, example_shape)
         timed = []  # (chunk per trial, seconds): this backend's, then 1,600 rows
-        for chunk in (engine.eval_chunk_size(num_trials, num_examples, backend), engine.eval_chunk_of_1600_rows(num_trials)):
-            evaluate = jax.jit(jax.vmap(trial.make_val_error_count(net, chunk), in_axes=(0, None, None)))
+        for chunk, in_turn in ((engine.eval_chunk_size(num_trials, num_examples, backend), engine.trials_stepped_in_turn()),
+                               (engine.eval_chunk_of_1600_rows(num_trials), False)):
+            evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, chunk), in_turn))
             timed.append((chunk, seconds(lambda: evaluate(trials, images, labels))))
         (chosen, fast), (rows_1600, slow) = timed
         print(f'  {model_name:10s} N={num_trials:>2d}: chunk {chosen} per trial {fast:.2f} s, '
-              f'1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)
+              f'vmapped at 1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)
 
 
 def memory_check(num_trials=64, batch_size=4096):

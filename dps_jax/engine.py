@@ -147,22 +147,21 @@ def estimate_group_size(train_step: Callable, state: trial.TrainState, example_s
 
 # The CPU evaluation chunk (eval_chunk_size): rows (trials x examples) per program, and its floor.
 CPU_EVAL_ROWS = 12
-CPU_EVAL_MIN_EXAMPLES = 3
 
 
 def eval_chunk_size(num_trials: int, num_val_examples: int, backend: str, bytes_per_example: float | None = None,
                     memory_bytes: int | None = None) -> int:
     """Validation examples per evaluation chunk, per trial.
 
-    On CPU, CPU_EVAL_ROWS // trials, at least CPU_EVAL_MIN_EXAMPLES: a forward pass moves far more
-    bytes than it computes, and small programs keep their patches in cache (Simple-CNN and ResNet-8
-    checks ran 1.5-2.4x faster than at 1,600 rows, benchmarks/engine.py --checks). On an
+    On CPU, CPU_EVAL_ROWS, whatever the trials (a CPU checks its trials in turn,
+    trials_stepped_in_turn): a forward pass moves far more bytes than it computes, and small
+    programs keep their patches in cache (benchmarks/engine.py --checks). On an
     accelerator, as many as `memory_bytes` holds for every trial at once (a forward pass needs less
     than the training step's bytes_per_example), up to the whole split, so a check is a few large
     programs rather than hundreds of small ones; without an estimate, 1,600 rows in [25, 1000].
     """
     if backend == 'cpu':
-        return max(CPU_EVAL_MIN_EXAMPLES, CPU_EVAL_ROWS // num_trials)
+        return CPU_EVAL_ROWS
     if not bytes_per_example or not memory_bytes:
         return eval_chunk_of_1600_rows(num_trials)
     fits = int(memory_bytes // (num_trials * bytes_per_example))
@@ -194,8 +193,9 @@ def trials_stepped_in_turn(mesh: Any = None) -> bool:
     On a 2-core CPU a vmapped step of many trials works far outside the caches that one trial's
     step fits; stepped in turn inside the same program, the Simple-CNN chunk ran 1.02-1.33x the
     speed of the same trials' single-trial chunks one after another, where vmap ran 0.83-0.98x
-    (all but batch 8 with 8 trials: vmap 1.24x, in turn 1.13x; README, "Performance"). On an
-    accelerator vmap fills the chip; on a mesh the trial axis is sharded over devices.
+    (all but batch 8 with 8 trials: vmap 1.24x, in turn 1.13x), and checks of 4 and 16 trials ran
+    1.1-1.2x faster in turn (README, "Performance"). On an accelerator vmap fills the chip; on a
+    mesh the trial axis is sharded over devices.
     """
     return jax.default_backend() == 'cpu' and (mesh is None or mesh.size == 1)
 
@@ -208,6 +208,14 @@ def stepped_trials(train_step: Callable, per_trial_order: bool, in_turn: bool) -
     if per_trial_order:
         return lambda states, batches: jax.lax.map(lambda pair: train_step(*pair), (states, batches))
     return lambda states, batch: jax.lax.map(lambda state: train_step(state, batch), states)
+
+
+def evaluated_trials(val_error: Callable, in_turn: bool) -> Callable:
+    """(states, images, labels) -> error counts (trials,) of stacked trials: val_error vmapped, or
+    mapped over the trials in turn (lax.map)."""
+    if in_turn:
+        return lambda states, images, labels: jax.lax.map(lambda state: val_error(state, images, labels), states)
+    return jax.vmap(val_error, in_axes=(0, None, None))
 
 
 class Programs(NamedTuple):
@@ -223,9 +231,11 @@ def cell_programs(train_step, val_error, batch_size: int, check_every: int,
     Cached on its arguments, so the cells of a study that share a batch size (every sparsity)
     compile once. With a mesh whose 'data' axis has several devices, each batch is sharded
     over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
-    The chunk steps the trials by vmap, or one after another on XLA:CPU (trials_stepped_in_turn).
+    The chunk steps, and the evaluation checks, the trials by vmap, or one after another on XLA:CPU
+    (trials_stepped_in_turn).
     """
-    batched_step = stepped_trials(train_step, per_trial_order, trials_stepped_in_turn(mesh))
+    in_turn = trials_stepped_in_turn(mesh)
+    batched_step = stepped_trials(train_step, per_trial_order, in_turn)
     if parallel.data_count(mesh) > 1:
         spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)
         shard_batch = lambda batch: jax.lax.with_sharding_constraint(
@@ -256,7 +266,7 @@ def cell_programs(train_step, val_error, batch_size: int, check_every: int,
         # The mutable collections too: a BatchNorm variance gone to inf breaks evaluation, not the loss.
         return states, order, finite & jax.vmap(trial.all_finite)((states.params, states.model_state)), previous
 
-    evaluate = jax.vmap(val_error, in_axes=(0, None, None))
+    evaluate = evaluated_trials(val_error, in_turn)
     # Donating the trial states halves their memory on accelerators; XLA:CPU cannot use it.
     donate = () if jax.default_backend() == 'cpu' else (0,)
     return Programs(jax.jit(train_chunk, donate_argnums=donate), jax.jit(evaluate))

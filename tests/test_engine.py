@@ -189,6 +189,18 @@ def test_stepped_trials_are_each_trials_own_step(in_turn, per_trial_order, monke
                                     rtol=1e-5, atol=1e-6)
 
 
+@STEPPED
+def test_evaluated_trials_count_each_trials_own_errors(in_turn):
+    trials, _, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
+    val_error = trial.make_val_error_count(APPLY, 64)
+    counts = jax.jit(engine.evaluated_trials(val_error, in_turn))(trials, VAL_IMAGES, VAL_LABELS)
+    # Oracle: numpy's count of wrong argmaxes of each trial's own masked logits.
+    for index in range(3):
+        state = jax.tree.map(lambda leaf: leaf[index], trials)
+        logits = np.asarray(APPLY(trial.apply_mask(state.params, state.mask), VAL_IMAGES))
+        assert int(counts[index]) == int(np.sum(logits.argmax(axis=1) != np.asarray(VAL_LABELS)))
+
+
 class _Mesh:
     def __init__(self, size):
         self.size = size
@@ -388,9 +400,9 @@ def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same
 
 
 def test_the_eval_chunk_is_cpu_tuned_on_cpu_and_sized_from_memory_on_accelerators():
-    # On CPU 12 rows per program, at least 3 examples per trial, whatever the memory.
-    assert engine.eval_chunk_size(1, 6000, 'cpu') == 12 and engine.eval_chunk_size(2, 6000, 'cpu', 1e6, 1 << 30) == 6
-    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 3 and engine.eval_chunk_size(100, 6000, 'cpu') == 3
+    # On CPU 12 examples per trial (checked in turn), whatever the trials and the memory.
+    assert engine.eval_chunk_size(1, 6000, 'cpu') == 12 and engine.eval_chunk_size(2, 6000, 'cpu', 1e6, 1 << 30) == 12
+    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 12 and engine.eval_chunk_size(100, 6000, 'cpu') == 12
     # 100 trials x 2 KB per example in 40 MB: 200 examples per chunk; more memory: the whole split.
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 40_000_000) == 200
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 80 << 30) == 6000
