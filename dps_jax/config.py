@@ -260,8 +260,8 @@ def base_study_config():
     config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
     config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
     config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
-    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 12 // trials, at
-                                        # least 3 (small programs keep a forward pass in cache), on an accelerator
+    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 12, the trials
+                                        # checked in turn (small programs keep a forward pass in cache), on an accelerator
                                         # as many as memory_fraction of its memory holds for every trial at once,
                                         # up to the whole split
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
