@@ -136,7 +136,9 @@ def test_first_mode_gives_the_same_minimum_as_all_mode_for_less_compute():
 
 # Batched matmuls of different trial counts compared at 1e-6: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_compaction_gives_identical_results_and_saves_compute():
+@STEPPED
+def test_compaction_gives_identical_results_and_saves_compute(monkeypatch, in_turn):
+    step_trials(monkeypatch, in_turn)
     trials, tx, _, _ = cell_setup()
     compacted = run(trials, tx, compaction=True, keep_final_state=True)
     plain = run(trials, tx, compaction=False, keep_final_state=True)
@@ -150,7 +152,9 @@ def test_compaction_gives_identical_results_and_saves_compute():
 
 # Batched matmuls of different trial counts: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_groups_give_the_same_results_as_one_group():
+@STEPPED
+def test_groups_give_the_same_results_as_one_group(monkeypatch, in_turn):
+    step_trials(monkeypatch, in_turn)
     trials, tx, _, _ = cell_setup()
     whole = run(trials, tx)
     grouped = run(trials, tx, group_size=3)
@@ -160,7 +164,9 @@ def test_groups_give_the_same_results_as_one_group():
 
 # Compared with a single-trial run at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_per_trial_data_order_changes_the_batches_each_trial_sees():
+@STEPPED
+def test_per_trial_data_order_changes_the_batches_each_trial_sees(monkeypatch, in_turn):
+    step_trials(monkeypatch, in_turn)
     rates = np.array([0.1, 0.1])
     trials, tx, _, _ = cell_setup(rates=rates)
     same_init = jax.tree.map(lambda leaf: jnp.stack([leaf[0], leaf[0]]), trials)

@@ -239,7 +239,10 @@ def test_dropout_draws_from_the_trial_key_folded_with_the_step():
 
 # Batched vs single matmuls compared at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
-def test_batchnorm_dropout_trials_vmapped_equal_each_trial_run_alone():
+# The engine steps trials in turn on a CPU and vmapped on accelerators: both, whatever the backend.
+@pytest.mark.parametrize('in_turn', [False, True], ids=['vmapped', 'in_turn'])
+def test_batchnorm_dropout_trials_of_the_engine_equal_each_trial_run_alone(monkeypatch, in_turn):
+    monkeypatch.setattr(engine, 'trials_stepped_in_turn', lambda mesh=None: in_turn)
     net = network.from_module(BatchNormNet(dropout_rate=0.2), (6,))
     tx = optim.make_optimizer('momentum')
     rates = np.array([0.3, 1e30, 0.01])
