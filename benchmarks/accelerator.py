@@ -61,9 +61,9 @@ REAL_CELL_MODES = {'first': ('first', None), 'all': ('all', None), 'all_serial':
 
 def chunk_rate(num_trials: int, batch_size: int, steps: int, images, labels, compute_dtype: str = 'float32',
                convolution: str = 'im2col') -> float:
-    """Trial-steps/s of the engine's vmapped Simple-CNN chunk (all trials active, one shared data order)."""
-    programs, trials, _, _ = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps, (images, labels),
-                                                  compute_dtype, convolution)
+    """Trial-steps/s of the engine's Simple-CNN chunk (all trials active, one shared data order)."""
+    programs, trials, _, _ = common.engine_chunk('simple_cnn', num_trials, batch_size, steps, (images, labels),
+                                                 compute_dtype, convolution)
     return common.chunk_rate(programs, trials, steps, images, labels)
 
 

@@ -40,24 +40,25 @@ def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
     return engine.init_trials(init_trial, np.arange(num_trials), {'learning_rate': rates}, images, labels)
 
 
-def vmapped_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32',
-                  convolution='im2col'):
-    """(programs, trials, images, labels): the engine's vmapped SGD chunk of N trials of a built-in
-    model (engine.cell_programs) through the study's network at `compute_dtype` and `convolution`
-    (models.CONVOLUTIONS), on `split` (images, labels), by default a synthetic split of 4096
-    examples of the model's input shape."""
+def engine_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32',
+                 convolution='im2col', in_turn=None):
+    """(programs, trials, images, labels): the engine's SGD chunk of N trials of a built-in model
+    (engine.cell_programs: the trials vmapped, or stepped in turn where in_turn says so; None: as
+    the engine runs them on this backend) through the study's network at `compute_dtype` and
+    `convolution` (models.CONVOLUTIONS), on `split` (images, labels), by default a synthetic split
+    of 4096 examples of the model's input shape."""
     model, optimizer = models.get_model(model_name, convolution=convolution), optim.make_optimizer('sgd')
     images, labels = split or synthetic_split(4096, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
                                               else (32, 32, 3))
     net = network.from_module(model, tuple(images.shape[1:]), compute_dtype=compute_dtype)
     trials = make_trials(model, optimizer, num_trials, images, labels)
     programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
-                                    batch_size, steps, False)
+                                    batch_size, steps, False, in_turn=in_turn)
     return programs, trials, images, labels
 
 
 def compiled_chunk(programs, trials, images, labels):
-    """The compiled train_chunk program of `vmapped_chunk`'s outputs (for XLA's cost analysis)."""
+    """The compiled train_chunk program of `engine_chunk`'s outputs (for XLA's cost analysis)."""
     num_trials = int(jax.tree.leaves(trials)[0].shape[0])
     return programs.train_chunk.lower(trials, jnp.ones(num_trials, bool), trial.init_data_order(0, int(images.shape[0])),
                                       images, labels).compile()

@@ -1,5 +1,6 @@
-"""Ways to write the engine's convolution, in the vmapped Simple-CNN chunk (N = 8, batch 64):
-bytes the compiled chunk moves and trial-steps/s, each form against im2col in the same run.
+"""Ways to write the engine's convolution, in the Simple-CNN chunk of N trials (N = 8, batch 64):
+bytes the compiled vmapped chunk moves and trial-steps/s of the chunk as the engine runs it here
+(vmapped on a GPU, trials in turn on a CPU), each form against im2col in the same run.
 
 - im2col (dps_jax.models.conv2d as the engine runs it on this backend): one_stage elsewhere,
   two_stage on a GPU;
@@ -16,7 +17,7 @@ bytes the compiled chunk moves and trial-steps/s, each form against im2col in th
   on a GPU, at HIGHEST precision so the patches are exact copies), one matmul;
 - rows: the windows of one kernel row concatenated, kh matmuls summed;
 - shifted: one matmul per window (kh x kw of them, K = input channels), summed; no patches;
-- xla: lax.conv_general_dilated (vmapped over trials: a grouped convolution; cuDNN on a GPU);
+- xla: lax.conv_general_dilated (vmapped over trials, a grouped convolution; cuDNN on a GPU);
 - pallas: config.convolution='pallas' (dps_jax.pallas_conv), Triton kernels that sum the windows
   without writing patches (conv2 only: conv1 has one input channel and stays im2col). GPU only;
   on a CPU it is checked in Pallas' interpret mode and not timed.
@@ -174,15 +175,18 @@ def check_against_lax(form) -> None:
 
 def measure(num_trials: int, batch_size: int, steps: int, convolution: str = 'im2col', with_bytes: bool = True
             ) -> tuple[hlo_traffic.Traffic | None, float]:
-    """(bytes of the compiled chunk, trial-steps/s) of the model at `convolution`, its im2col being
-    models.conv2d as it is set now. The bytes are None where the program's HLO could not be read
-    (a GPU's, say) or not asked for (it compiles the chunk once more): the speed is what counts there."""
-    programs, trials, images, labels = common.vmapped_chunk('simple_cnn', num_trials, batch_size, steps,
-                                                            convolution=convolution)
+    """(bytes of the compiled vmapped chunk, trial-steps/s of the engine's chunk) of the model at
+    `convolution`, its im2col being models.conv2d as it is set now. The speed is the chunk as the
+    engine runs it here (trials in turn on a CPU); the bytes are the vmapped chunk's, whose scan body
+    holds every trial's step (in turn, XLA would count one trial's). The bytes are None where the
+    program's HLO could not be read or not asked for (it compiles the chunk once more)."""
+    programs, trials, images, labels = common.engine_chunk('simple_cnn', num_trials, batch_size, steps,
+                                                           convolution=convolution)
     rate = common.chunk_rate(programs, trials, steps, images, labels)
     if not with_bytes:
         return None, rate
-    compiled = common.compiled_chunk(programs, trials, images, labels)
+    compiled = common.compiled_chunk(*common.engine_chunk('simple_cnn', num_trials, batch_size, steps,
+                                                          convolution=convolution, in_turn=False))
     try:
         traffic = hlo_traffic.traffic(compiled)
     except Exception as error:  # noqa: BLE001 (a parse of an unfamiliar HLO must not cost the speed)

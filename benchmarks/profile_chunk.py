@@ -135,8 +135,8 @@ def main():
         os.makedirs(args.keep_traces, exist_ok=True)
     kept = lambda name: os.path.join(args.keep_traces, f'{name}.trace.json.gz') if args.keep_traces else None
     for batch_size, num_trials in args.cases:
-        programs, trials, images, labels = common.vmapped_chunk('simple_cnn', num_trials, batch_size, args.steps,
-                                                                    compute_dtype=args.compute_dtype)
+        programs, trials, images, labels = common.engine_chunk('simple_cnn', num_trials, batch_size, args.steps,
+                                                               compute_dtype=args.compute_dtype)
         order, active = trial.init_data_order(0, int(images.shape[0])), jnp.ones(num_trials, bool)
         # The chunk donates its states on accelerators: each run trains a fresh copy.
         profiled(lambda: programs.train_chunk(jax.tree.map(jnp.copy, trials), active, order, images, labels),
@@ -154,7 +154,8 @@ def main():
                 num_trials, int(val_images.shape[0]), jax.default_backend(),
                 engine.train_bytes_per_example(trial.make_train_step(net, optimizer), one, (28, 28, 1)),
                 engine.default_memory_bytes())
-            evaluate = jax.jit(jax.vmap(trial.make_val_error_count(net, chunk), in_axes=(0, None, None)))
+            evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, chunk),
+                                                       engine.trials_stepped_in_turn()))
             profiled(lambda: evaluate(trials, val_images, val_labels),
                      f'check by {convolution}, N = {num_trials}, 6,000 examples, {chunk} per trial per program',
                      args.top, kept(f'check_{convolution}_{num_trials}'))

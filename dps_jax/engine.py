@@ -2,8 +2,9 @@
 
 Every trial is the single-trial pytree of dps_jax.trial with a leading trial axis. Training
 runs `check_every` steps per lax.scan (batches gathered on device by index, all trials on the
-same batch by default, as in the reference), then one vmapped whole-validation-split error for
-all trials. The host reads a few numbers per trial once per check, never per step.
+same batch by default, as in the reference), then one whole-validation-split error count per
+trial. The trials are vmapped on accelerators and stepped in turn (lax.map) on XLA:CPU
+(trials_stepped_in_turn). The host reads a few numbers per trial once per check, never per step.
 
 Bookkeeping (status, steps-to-result) is host-side numpy keyed by trial index; the device holds
 'slots'. Trials that end stop moving (their update is masked out by `active`) and, with
@@ -134,26 +135,31 @@ def train_bytes_per_example(train_step: Callable, state: trial.TrainState, examp
 
 def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
                         batch_size: int, memory_bytes: int, num_trials: int,
-                        bytes_per_example: float | None = None) -> int:
+                        bytes_per_example: float | None = None, in_turn: bool = False) -> int:
     """How many trials fit in `memory_bytes` at `batch_size` (train_bytes_per_example, or the
-    `bytes_per_example` it already gave; the state, its gradient and update on top)."""
+    `bytes_per_example` it already gave; the state, its gradient and update on top). Vmapped, every
+    trial's step is in memory at once; stepped in turn (trials_stepped_in_turn), one trial's."""
     per_example = bytes_per_example or train_bytes_per_example(train_step, state, example_shape)
     if per_example is None:
         return num_trials  # the backend gives no estimate: do not split
     params_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    per_trial = per_example * batch_size + 4 * params_bytes  # + state, gradients, update
-    return int(max(1, min(num_trials, memory_bytes // per_trial)))
+    state_bytes = 4 * params_bytes  # state, gradients, update
+    if in_turn:
+        fits = (memory_bytes - per_example * batch_size) // state_bytes
+    else:
+        fits = memory_bytes // (per_example * batch_size + state_bytes)
+    return int(max(1, min(num_trials, fits)))
 
 
-# The CPU evaluation chunk (eval_chunk_size): rows (trials x examples) per program, and its floor.
-CPU_EVAL_ROWS = 12
+# The CPU evaluation chunk (eval_chunk_size): validation examples per trial per program.
+CPU_EVAL_EXAMPLES = 12
 
 
 def eval_chunk_size(num_trials: int, num_val_examples: int, backend: str, bytes_per_example: float | None = None,
                     memory_bytes: int | None = None) -> int:
     """Validation examples per evaluation chunk, per trial.
 
-    On CPU, CPU_EVAL_ROWS, whatever the trials (a CPU checks its trials in turn,
+    On CPU, CPU_EVAL_EXAMPLES, whatever the trials (a CPU checks its trials in turn,
     trials_stepped_in_turn): a forward pass moves far more bytes than it computes, and small
     programs keep their patches in cache (benchmarks/engine.py --checks). On an
     accelerator, as many as `memory_bytes` holds for every trial at once (a forward pass needs less
@@ -161,7 +167,7 @@ def eval_chunk_size(num_trials: int, num_val_examples: int, backend: str, bytes_
     programs rather than hundreds of small ones; without an estimate, 1,600 rows in [25, 1000].
     """
     if backend == 'cpu':
-        return CPU_EVAL_ROWS
+        return CPU_EVAL_EXAMPLES
     if not bytes_per_example or not memory_bytes:
         return eval_chunk_of_1600_rows(num_trials)
     fits = int(memory_bytes // (num_trials * bytes_per_example))
@@ -191,9 +197,9 @@ def trials_stepped_in_turn(mesh: Any = None) -> bool:
     on XLA:CPU without a mesh of several devices.
 
     On a 2-core CPU a vmapped step of many trials works far outside the caches that one trial's
-    step fits; stepped in turn inside the same program, the Simple-CNN chunk ran 1.02-1.33x the
-    speed of the same trials' single-trial chunks one after another, where vmap ran 0.83-0.98x
-    (all but batch 8 with 8 trials: vmap 1.24x, in turn 1.13x), and checks of 4 and 16 trials ran
+    step fits. Against the same trials' single-trial chunks one after another, the Simple-CNN
+    engine ran 0.98-1.37x in turn and 0.74-1.11x vmapped (benchmarks/engine.py, batch 8 / 64 /
+    512, N = 1 / 8 / 64, one run each on the same machine), and checks of 4 and 16 trials ran
     1.1-1.2x faster in turn (README, "Performance"). On an accelerator vmap fills the chip; on a
     mesh the trial axis is sharded over devices.
     """
@@ -225,16 +231,16 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def cell_programs(train_step, val_error, batch_size: int, check_every: int,
-                  per_trial_order: bool, mesh: Any = None) -> Programs:
+                  per_trial_order: bool, mesh: Any = None, in_turn: bool | None = None) -> Programs:
     """The jitted chunk and evaluation of a cell over stacked trials; jit compiles one program per slot count.
 
     Cached on its arguments, so the cells of a study that share a batch size (every sparsity)
     compile once. With a mesh whose 'data' axis has several devices, each batch is sharded
     over them (XLA all-reduces the gradient); the trial axis follows the inputs' sharding.
-    The chunk steps, and the evaluation checks, the trials by vmap, or one after another on XLA:CPU
-    (trials_stepped_in_turn).
+    The chunk steps, and the evaluation checks, the trials by vmap, or one after another
+    (in_turn; None: trials_stepped_in_turn, i.e. on XLA:CPU).
     """
-    in_turn = trials_stepped_in_turn(mesh)
+    in_turn = trials_stepped_in_turn(mesh) if in_turn is None else in_turn
     batched_step = stepped_trials(train_step, per_trial_order, in_turn)
     if parallel.data_count(mesh) > 1:
         spec = jax.sharding.PartitionSpec(*((parallel.TRIAL,) if per_trial_order else ()), parallel.DATA)

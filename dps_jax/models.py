@@ -1,10 +1,10 @@
-"""SimpleCNN and ResNet8 (no batch norm) written for fast per-trial vmap on XLA:CPU.
+"""SimpleCNN and ResNet8 (no batch norm) written for fast trials on XLA:CPU and under vmap.
 
 Convolutions are im2col + one matmul and pooling is reshape + reduce, so that
-`jax.vmap` over a leading axis of per-trial parameters lowers to batched matmuls
-instead of grouped convolutions (feature_group_count = N), which XLA:CPU runs
-several times slower, and whose backward pass inside `lax.scan` falls back to a
-slow layout.
+`jax.vmap` over a leading axis of per-trial parameters (the engine on accelerators)
+lowers to batched matmuls instead of grouped convolutions (feature_group_count = N),
+and one trial's step inside `lax.scan` (the engine on a CPU steps trials in turn)
+avoids XLA:CPU's convolution, whose backward pass there falls back to a slow layout.
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ def two_stage_patches_default() -> bool:
     On an H200 the one-stage build (a single concatenation of kh x kw windows, 25 for a 5x5 kernel)
     wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN chunk; the two
     stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms two_stage, batch 64,
-    N = 100). On a 2-core CPU two stages were 1.04-1.15x for Simple-CNN but 0.85x for ResNet-8's
-    3x3 convolutions, so a CPU keeps one stage (README, "Performance").
+    N = 100). On a 2-core CPU, in the engine's chunk (trials in turn), two stages ran 1.11x for
+    Simple-CNN but 0.86-0.88x for ResNet-8's 3x3 convolutions, so a CPU keeps one stage (README,
+    "Performance").
     """
     return jax.default_backend() == 'gpu'
 

@@ -496,7 +496,7 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
         group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
             context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
             batch_size // parallel.data_count(mesh), engine.default_memory_bytes(config.memory_fraction),
-            config.num_trials, context.bytes_per_example)
+            config.num_trials, context.bytes_per_example, engine.trials_stepped_in_turn(mesh))
         group_size = min(group_size, config.num_trials)
         context.group_sizes[batch_size] = group_size
         if group_size < config.num_trials and log is not None:

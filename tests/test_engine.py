@@ -297,6 +297,11 @@ def test_group_size_estimate_shrinks_with_batch_size_and_memory():
     large_batch = engine.estimate_group_size(step, one, (6,), 4096, 1 << 20, 1000)
     assert roomy == 1000  # capped at the number of trials
     assert 1 <= large_batch < small_batch < 1000
+    # In turn only one trial's step is in memory: more trials fit, and fewer as the batch grows.
+    in_turn = lambda batch_size, memory: engine.estimate_group_size(step, one, (6,), batch_size, memory, 1000,
+                                                                    in_turn=True)
+    assert large_batch < in_turn(4096, 1 << 20) < in_turn(64, 1 << 20)
+    assert in_turn(1 << 20, 1 << 20) == 1  # one trial's step alone overflows: still one at a time
 
 
 def test_goal_is_checked_before_a_non_finite_loss_and_at_the_reference_threshold():
