@@ -208,7 +208,7 @@ def check_chunks(num_examples: int = 6000):
         for chunk, in_turn in ((engine.eval_chunk_size(num_trials, num_examples, backend), engine.trials_stepped_in_turn()),
                                (engine.eval_chunk_of_1600_rows(num_trials), False)):
             evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, chunk), in_turn))
-            timed.append((chunk, seconds(lambda: evaluate(trials, images, labels))))
+            timed.append((chunk, seconds(lambda: evaluate(trials, jnp.ones(num_trials, bool), images, labels))))
         (chosen, fast), (rows_1600, slow) = timed
         print(f'  {model_name:10s} N={num_trials:>2d}: chunk {chosen} per trial {fast:.2f} s, '
               f'vmapped at 1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)

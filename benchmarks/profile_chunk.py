@@ -156,7 +156,7 @@ def main():
                 engine.default_memory_bytes())
             evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, chunk),
                                                        engine.trials_stepped_in_turn()))
-            profiled(lambda: evaluate(trials, val_images, val_labels),
+            profiled(lambda: evaluate(trials, jnp.ones(num_trials, bool), val_images, val_labels),
                      f'check by {convolution}, N = {num_trials}, 6,000 examples, {chunk} per trial per program',
                      args.top, kept(f'check_{convolution}_{num_trials}'))
 

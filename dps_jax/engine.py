@@ -207,26 +207,44 @@ def trials_stepped_in_turn(mesh: Any = None) -> bool:
 
 
 def stepped_trials(train_step: Callable, per_trial_order: bool, in_turn: bool) -> Callable:
-    """(states, batch) -> (states, metrics) of stacked trials: train_step vmapped, or mapped over
-    the trials in turn (lax.map); with per_trial_order each trial takes its own batch (leading axis)."""
+    """(states, batch, active) -> (states, metrics) of stacked trials: train_step vmapped, or mapped
+    over the trials in turn (lax.map), where an inactive slot (active False) skips its step and
+    comes back unchanged with zero metrics; with per_trial_order each trial takes its own batch
+    (leading axis). Vmapped, every slot steps (the engine keeps the inactive ones' old state)."""
     if not in_turn:
-        return jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
+        vmapped = jax.vmap(train_step, in_axes=(0, 0 if per_trial_order else None))
+        return lambda states, batch, active: vmapped(states, batch)
+
+    def skipped(state, batch):
+        metrics = jax.eval_shape(train_step, state, batch)[1]
+        return state, jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metrics)
+
+    def one(state, batch, on):
+        # Padding slots and ended trials cost nothing in turn (buckets round 100 trials up to 128 slots).
+        return jax.lax.cond(on, train_step, skipped, state, batch)
+
     if per_trial_order:
-        return lambda states, batches: jax.lax.map(lambda pair: train_step(*pair), (states, batches))
-    return lambda states, batch: jax.lax.map(lambda state: train_step(state, batch), states)
+        return lambda states, batches, active: jax.lax.map(lambda args: one(*args), (states, batches, active))
+    return lambda states, batch, active: jax.lax.map(lambda args: one(args[0], batch, args[1]), (states, active))
 
 
 def evaluated_trials(val_error: Callable, in_turn: bool) -> Callable:
-    """(states, images, labels) -> error counts (trials,) of stacked trials: val_error vmapped, or
-    mapped over the trials in turn (lax.map)."""
+    """(states, active, images, labels) -> error counts (trials,) of stacked trials: val_error
+    vmapped, or mapped over the trials in turn (lax.map), where an inactive slot is not evaluated.
+    An inactive slot's count is 0 either way (nobody reads it)."""
     if in_turn:
-        return lambda states, images, labels: jax.lax.map(lambda state: val_error(state, images, labels), states)
-    return jax.vmap(val_error, in_axes=(0, None, None))
+        def one(state, on, images, labels):
+            count = jax.eval_shape(val_error, state, images, labels)  # int32, or a float error value
+            return jax.lax.cond(on, val_error, lambda *_: jnp.zeros(count.shape, count.dtype), state, images, labels)
+        return lambda states, active, images, labels: jax.lax.map(
+            lambda args: one(*args, images, labels), (states, active))
+    vmapped = jax.vmap(val_error, in_axes=(0, None, None))
+    return lambda states, active, images, labels: jnp.where(active, vmapped(states, images, labels), 0)
 
 
 class Programs(NamedTuple):
     train_chunk: Callable   # (states, active, order, images, labels) -> (states, order, finite, previous)
-    evaluate: Callable      # (states, images, labels) -> error counts (slots,)
+    evaluate: Callable      # (states, active, images, labels) -> error counts (slots,), 0 where not active
 
 
 @functools.lru_cache(maxsize=32)
@@ -254,7 +272,7 @@ def cell_programs(train_step, val_error, batch_size: int, check_every: int,
             states, order, finite, _ = carry
             previous = states.params
             order, batch = trial.next_batch(order, train_images, train_labels, batch_size, per_trial_order)
-            stepped, metrics = batched_step(states, shard_batch(batch))
+            stepped, metrics = batched_step(states, shard_batch(batch), active)
             # Ended trials keep their state, so what a trial ends with does not depend on the others.
             states = jax.tree.map(
                 lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
@@ -471,7 +489,8 @@ class CellState(NamedTuple):
     shared_order: Any  # the data order every trial follows (replicated); None with per-trial orders
     step: int          # steps every running trial has trained
     checks: int
-    computed: int      # slot-steps the device computed, ended trials and padding in slots included
+    computed: int      # slot-steps of the programs run, ended trials and padding in slots included (in turn
+                       # on a CPU those slots skip their steps: stepped_trials)
 
 
 def device_check(programs: Programs, measuring: Measuring, data: Splits, slots: Slots,
@@ -485,7 +504,7 @@ def device_check(programs: Programs, measuring: Measuring, data: Splits, slots: 
         order = shared_order if group.orders is None else group.orders
         states, order, finite, previous = programs.train_chunk(
             group.states, group_active, order, data.train_images, data.train_labels)
-        errors = programs.evaluate(states, data.val_images, data.val_labels)
+        errors = programs.evaluate(states, group_active, data.val_images, data.val_labels)
         groups.append(Group(states, None if group.orders is None else order))
         readouts.append(Readout(errors, finite, *measuring.of_group(previous, states, step)))
     # Every group advances the shared order alike: the last group's is the next one.

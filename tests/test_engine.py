@@ -182,29 +182,37 @@ def test_per_trial_data_order_changes_the_batches_each_trial_sees(monkeypatch, i
 @pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('per_trial_order', [False, True])
 @STEPPED
-def test_stepped_trials_are_each_trials_own_step(in_turn, per_trial_order, monkeypatch):
+def test_stepped_trials_are_each_trials_own_step(in_turn, per_trial_order):
     trials, tx, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
     train_step = trial.make_train_step(APPLY, tx)
     batches = (TRAIN_IMAGES[:48].reshape(3, 16, 6), TRAIN_LABELS[:48].reshape(3, 16))
     batch = batches if per_trial_order else (batches[0][0], batches[1][0])
-    stepped, metrics = jax.jit(engine.stepped_trials(train_step, per_trial_order, in_turn))(trials, batch)
+    active = jnp.array([True, False, True])
+    stepped, metrics = jax.jit(engine.stepped_trials(train_step, per_trial_order, in_turn))(trials, batch, active)
     for index in range(3):
         own_batch = (batches[0][index], batches[1][index]) if per_trial_order else batch
         alone, alone_metrics = jax.jit(train_step)(jax.tree.map(lambda leaf: leaf[index], trials), own_batch)
-        chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[index], (stepped, metrics)), (alone, alone_metrics),
-                                    rtol=1e-5, atol=1e-6)
+        got = jax.tree.map(lambda leaf: leaf[index], (stepped, metrics))
+        if active[index] or not in_turn:
+            chex.assert_trees_all_close(got, (alone, alone_metrics), rtol=1e-5, atol=1e-6)
+        else:  # in turn an inactive slot skips its step: unchanged, zero metrics
+            chex.assert_trees_all_equal(got[0], jax.tree.map(lambda leaf: leaf[index], trials))
+            assert all(float(jnp.max(jnp.abs(leaf))) == 0 for leaf in jax.tree.leaves(got[1]))
 
 
 @STEPPED
 def test_evaluated_trials_count_each_trials_own_errors(in_turn):
     trials, _, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
     val_error = trial.make_val_error_count(APPLY, 64)
-    counts = jax.jit(engine.evaluated_trials(val_error, in_turn))(trials, VAL_IMAGES, VAL_LABELS)
+    active = jnp.array([True, True, False])
+    counts = jax.jit(engine.evaluated_trials(val_error, in_turn))(trials, active, VAL_IMAGES, VAL_LABELS)
     # Oracle: numpy's count of wrong argmaxes of each trial's own masked logits.
-    for index in range(3):
+    for index in range(2):
         state = jax.tree.map(lambda leaf: leaf[index], trials)
         logits = np.asarray(APPLY(trial.apply_mask(state.params, state.mask), VAL_IMAGES))
-        assert int(counts[index]) == int(np.sum(logits.argmax(axis=1) != np.asarray(VAL_LABELS)))
+        wrong = int(np.sum(logits.argmax(axis=1) != np.asarray(VAL_LABELS)))
+        assert wrong > 0 and int(counts[index]) == wrong
+    assert int(counts[2]) == 0  # an inactive slot is not counted
 
 
 class _Mesh:
