@@ -1,8 +1,8 @@
 """One trial as pure functions: the train step, the whole-split validation error, the data order.
 
 The engine runs exactly these functions over a leading trial axis (vmapped, or in turn on a
-CPU); `run_trial` is the
-single-trial loop (one trial to a goal error), used by launch.py and as the engine's reference.
+CPU); `run_trial` is the single-trial loop (one trial to a goal error), used by launch.py and
+as the engine's reference.
 Both judge a check with the same ledger (dps_jax.ledger: the reference's goal decision).
 """
 
