@@ -91,7 +91,8 @@ def conv2d_dus(x, kernel, bias=None, stride=1, padding='SAME'):
     for tap, window in enumerate(windows):
         patches = jax.lax.dynamic_update_slice(patches, window.reshape(-1, in_features), (0, tap * in_features))
     y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
-    return y.reshape(batch, out_h, out_w, out_features) if bias is None else y.reshape(batch, out_h, out_w, out_features) + bias
+    y = y.reshape(batch, out_h, out_w, out_features)
+    return y if bias is None else y + bias
 
 
 def conv2d_stacked(x, kernel, bias=None, stride=1, padding='SAME'):

@@ -35,13 +35,18 @@ import common  # noqa: E402
 from accelerator import chunk_case  # noqa: E402
 
 
-def trace_events(log_dir: str) -> list[dict]:
-    """The complete ('X') events of the newest trace the profiler exported under `log_dir`, each
-    with its process's and thread's names added as 'process' and 'thread'."""
+def newest_trace(log_dir: str) -> pathlib.Path:
+    """The newest Chrome-trace export (*.trace.json.gz) the profiler wrote under `log_dir`."""
     found = sorted(pathlib.Path(log_dir).glob('plugins/profile/*/*.trace.json.gz'), key=os.path.getmtime)
     if not found:
         raise FileNotFoundError(f'no *.trace.json.gz under {log_dir}/plugins/profile')
-    with gzip.open(found[-1], 'rt') as file:
+    return found[-1]
+
+
+def trace_events(log_dir: str) -> list[dict]:
+    """The complete ('X') events of the newest trace the profiler exported under `log_dir`, each
+    with its process's and thread's names added as 'process' and 'thread'."""
+    with gzip.open(newest_trace(log_dir), 'rt') as file:
         events = json.load(file)['traceEvents']
     names = lambda kind: {key: event['args']['name'] for event in events
                           if event.get('ph') == 'M' and event.get('name') == kind
@@ -114,7 +119,7 @@ def profiled(run, label: str, top: int, keep_as: str | None = None) -> None:
             wall = time.perf_counter() - started
         summarize(trace_events(log_dir), wall, label, top)
         if keep_as:
-            shutil.copyfile(sorted(pathlib.Path(log_dir).glob('plugins/profile/*/*.trace.json.gz'))[-1], keep_as)
+            shutil.copyfile(newest_trace(log_dir), keep_as)
 
 
 def main():
@@ -149,7 +154,8 @@ def main():
         optimizer = optim.make_optimizer('sgd')
         for convolution in args.eval_convolutions:
             net = network.from_module(models.SimpleCNN(convolution=convolution), (28, 28, 1))
-            # The study's rule for the evaluation chunk (study.cell_context), from the device's memory.
+            # The study's rule for the evaluation chunk, from the device's memory, but sized from the
+            # check's own network's training step (a study sizes it from its training network's).
             chunk = engine.eval_chunk_size(
                 num_trials, int(val_images.shape[0]), jax.default_backend(),
                 engine.train_bytes_per_example(trial.make_train_step(net, optimizer), one, (28, 28, 1)),

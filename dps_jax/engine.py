@@ -206,6 +206,11 @@ def trials_stepped_in_turn(mesh: Any = None) -> bool:
     return jax.default_backend() == 'cpu' and (mesh is None or mesh.size == 1)
 
 
+def _zeros_like_output(function: Callable, *args) -> Any:
+    """Zeros of the shapes and dtypes `function(*args)` returns, without running it."""
+    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(function, *args))
+
+
 def stepped_trials(train_step: Callable, per_trial_order: bool, in_turn: bool) -> Callable:
     """(states, batch, active) -> (states, metrics) of stacked trials: train_step vmapped, or mapped
     over the trials in turn (lax.map), where an inactive slot (active False) skips its step and
@@ -216,8 +221,7 @@ def stepped_trials(train_step: Callable, per_trial_order: bool, in_turn: bool) -
         return lambda states, batch, active: vmapped(states, batch)
 
     def skipped(state, batch):
-        metrics = jax.eval_shape(train_step, state, batch)[1]
-        return state, jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metrics)
+        return state, _zeros_like_output(train_step, state, batch)[1]
 
     def one(state, batch, on):
         # Padding slots and ended trials cost nothing in turn (buckets round 100 trials up to 128 slots).
@@ -234,8 +238,9 @@ def evaluated_trials(val_error: Callable, in_turn: bool) -> Callable:
     An inactive slot's count is 0 either way (nobody reads it)."""
     if in_turn:
         def one(state, on, images, labels):
-            count = jax.eval_shape(val_error, state, images, labels)  # int32, or a float error value
-            return jax.lax.cond(on, val_error, lambda *_: jnp.zeros(count.shape, count.dtype), state, images, labels)
+            # The count is int32, or a float error value (ledger.reached_goal takes either).
+            return jax.lax.cond(on, val_error, functools.partial(_zeros_like_output, val_error),
+                                state, images, labels)
         return lambda states, active, images, labels: jax.lax.map(
             lambda args: one(*args, images, labels), (states, active))
     vmapped = jax.vmap(val_error, in_axes=(0, None, None))
