@@ -126,6 +126,42 @@ def test_simple_cnn_equals_flax_conv_reference_in_values_and_gradients(convoluti
         jax.jit(jax.grad(lambda p: loss(reference, p)))(params))
 
 
+def test_simple_cnn_pooling_before_relu_gives_the_reference_orders_values_and_gradients_exactly():
+    # SimpleCNN pools, then applies the ReLU; the reference applies the ReLU, then pools. Oracle: the
+    # reference's order written here with plain lax (convolutions at HIGHEST, max by jnp.max's
+    # tie rule). Images of mostly exact zeros with a positive conv1 bias make conv1's output exactly
+    # equal (positive ties) over the background, and exact zeros and negatives elsewhere: where the
+    # two orders could part, if either tie rule or relu's gradient at 0 did.
+    model = models.SimpleCNN()
+    _, params = _init('simple_cnn')
+    params = jax.tree_util.tree_map(lambda leaf: leaf, params)  # a copy: _init's is cached
+    params['conv1']['bias'] = jnp.asarray(np.linspace(-0.2, 0.3, 32), jnp.float32).at[12].set(0.0)  # one exact 0
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    images[:, 8:20, 10:18] = np.asarray(_normal(3, (4, 12, 8, 1)))
+    images[1] = 0.0  # one image all background
+    images, labels = jnp.asarray(images), jnp.arange(4) % 10
+
+    def pool(x):
+        batch, height, width, channels = x.shape
+        return jnp.max(x.reshape(batch, height // 2, 2, width // 2, 2, channels), axis=(2, 4))
+
+    def reference_order(p, x):
+        for name in ('conv1', 'conv2'):
+            x = _reference_conv(x, p[name]['kernel'], 1, 'VALID') + p[name]['bias']
+            x = pool(jax.nn.relu(x))
+        return x.reshape(x.shape[0], -1) @ p['dense']['kernel'] + p['dense']['bias']
+
+    with jax.default_matmul_precision('highest'):
+        logits = jax.jit(model.apply)({'params': params}, images)
+        expected = jax.jit(reference_order)(params, images)
+        grads = jax.jit(jax.grad(lambda p: _cross_entropy(model.apply({'params': p}, images), labels)))(params)
+        expected_grads = jax.jit(jax.grad(lambda p: _cross_entropy(reference_order(p, images), labels)))(params)
+    conv1_out = _reference_conv(images, params['conv1']['kernel'], 1, 'VALID') + params['conv1']['bias']
+    assert int(jnp.sum(conv1_out == params['conv1']['bias'])) > 10_000  # the background's exact ties
+    np.testing.assert_allclose(logits, expected, **TOLERANCE)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), grads, expected_grads)
+
+
 # --- conv2d ----------------------------------------------------------------------------
 
 CONV_CASES = [
