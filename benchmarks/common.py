@@ -41,18 +41,20 @@ def make_trials(model, optimizer, num_trials, images, labels, sparsity=0.5):
 
 
 def engine_chunk(model_name, num_trials, batch_size, steps, split=None, compute_dtype='float32',
-                 convolution='im2col', in_turn=None):
+                 convolution='im2col', in_turn=None, per_pass=None):
     """(programs, trials, images, labels): the engine's SGD chunk of N trials of a built-in model
     (engine.cell_programs: the trials vmapped, or stepped in turn where in_turn says so; None: as
     the engine runs them on this backend) through the study's network at `compute_dtype` and
     `convolution` (models.CONVOLUTIONS), on `split` (images, labels), by default a synthetic split
-    of 4096 examples of the model's input shape."""
+    of 4096 examples of the model's input shape. per_pass: examples per pass of the step
+    (trial.make_train_step; None: as this backend takes them). XLA's cost analysis counts a scan's
+    body once, so byte counts take the whole batch in one pass (per_pass=batch_size)."""
     model, optimizer = models.get_model(model_name, convolution=convolution), optim.make_optimizer('sgd')
     images, labels = split or synthetic_split(4096, example_shape=(28, 28, 1) if model_name == 'simple_cnn'
                                               else (32, 32, 3))
     net = network.from_module(model, tuple(images.shape[1:]), compute_dtype=compute_dtype)
     trials = make_trials(model, optimizer, num_trials, images, labels)
-    programs = engine.cell_programs(trial.make_train_step(net, optimizer), trial.make_val_error_count(net),
+    programs = engine.cell_programs(trial.make_train_step(net, optimizer, per_pass), trial.make_val_error_count(net),
                                     batch_size, steps, False, in_turn=in_turn)
     return programs, trials, images, labels
 

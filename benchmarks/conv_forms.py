@@ -179,7 +179,8 @@ def measure(num_trials: int, batch_size: int, steps: int, convolution: str = 'im
     """(bytes of the compiled vmapped chunk, trial-steps/s of the engine's chunk) of the model at
     `convolution`, its im2col being models.conv2d as it is set now. The speed is the chunk as the
     engine runs it here (trials in turn on a CPU); the bytes are the vmapped chunk's, whose scan body
-    holds every trial's step (in turn, XLA would count one trial's). The bytes are None where the
+    holds every trial's step (in turn, XLA would count one trial's), with the batch in one pass (in
+    passes, one pass's). The bytes are None where the
     program's HLO could not be read or not asked for (it compiles the chunk once more)."""
     programs, trials, images, labels = common.engine_chunk('simple_cnn', num_trials, batch_size, steps,
                                                            convolution=convolution)
@@ -187,7 +188,7 @@ def measure(num_trials: int, batch_size: int, steps: int, convolution: str = 'im
     if not with_bytes:
         return None, rate
     compiled = common.compiled_chunk(*common.engine_chunk('simple_cnn', num_trials, batch_size, steps,
-                                                          convolution=convolution, in_turn=False))
+                                                          convolution=convolution, in_turn=False, per_pass=batch_size))
     try:
         traffic = hlo_traffic.traffic(compiled)
     except Exception as error:  # noqa: BLE001 (a parse of an unfamiliar HLO must not cost the speed)

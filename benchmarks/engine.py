@@ -156,9 +156,11 @@ def real_cell(args):
 
 
 def chunk_cost(model_name: str, batch_size: int, num_trials: int = 8, steps: int = 10):
-    """(hlo_traffic.Traffic, FLOPs) of the engine's compiled vmapped float32 chunk; the scan body is
-    counted once (see the module docstring), so dividing by N x batch gives per example-step."""
-    compiled = common.compiled_chunk(*common.engine_chunk(model_name, num_trials, batch_size, steps, in_turn=False))
+    """(hlo_traffic.Traffic, FLOPs) of the engine's compiled vmapped float32 chunk, the batch in one
+    pass; the scan body is counted once (see the module docstring), so dividing by N x batch gives
+    per example-step."""
+    compiled = common.compiled_chunk(*common.engine_chunk(model_name, num_trials, batch_size, steps, in_turn=False,
+                                                          per_pass=batch_size))
     return hlo_traffic.traffic(compiled), hlo_traffic.cost_analysis(compiled)['flops']
 
 

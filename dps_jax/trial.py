@@ -53,7 +53,29 @@ def apply_mask(params: Any, mask: Any) -> Any:
     return jax.tree.map(lambda param, keep: jnp.where(keep, param, jnp.zeros_like(param)), params, mask)
 
 
-def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs
+# On XLA:CPU the training step takes its batch this many examples at a time at most (examples_per_pass).
+CPU_EXAMPLES_PER_PASS = 32
+
+
+def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None = None) -> int:
+    """How many of a batch's examples one forward and backward pass of the training step takes.
+
+    On XLA:CPU, for a network without mutable collections, the largest divisor of `batch_size`
+    that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch): XLA:CPU runs each
+    operation over the whole batch, whose patches and activations fall out of the caches at large
+    batches (the Simple-CNN step ran 1.28x faster at batch 512 in passes of 32; README,
+    "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
+    network with BatchNorm statistics must see the whole batch at once.
+    """
+    backend = backend or jax.default_backend()
+    if backend != 'cpu' or network_lib.as_network(network).has_state or batch_size <= CPU_EXAMPLES_PER_PASS:
+        return batch_size
+    divisor = next(size for size in range(CPU_EXAMPLES_PER_PASS, 0, -1) if batch_size % size == 0)
+    return divisor if divisor >= 8 else batch_size
+
+
+def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs,
+                    per_pass: int | None = None
                     ) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, StepMetrics]]:
     """train_step(state, (images (B,H,W,C), labels (B,))) -> (state, metrics) for ONE trial.
 
@@ -61,6 +83,11 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
     a pruned entry is zero; the optimizer masks again so pruned entries never move. The network
     runs in training mode: its mutable collections (BatchNorm statistics) are updated, and
     dropout draws from the trial's key folded with the step.
+
+    per_pass: examples per forward and backward pass (None: examples_per_pass(B); at least B: the
+    whole batch at once). With several
+    passes the gradient and loss are the means of the passes' (the batch's, up to float rounding),
+    and pass i draws its dropout from the step's key folded with i.
     """
     network = network_lib.as_network(network)
 
@@ -68,12 +95,33 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
         images, labels = batch
         step_key = None if state.dropout_key is None else jax.random.fold_in(state.dropout_key, state.step)
 
-        def loss_fn(params):
-            logits, model_state = network.train_apply(apply_mask(params, state.mask), state.model_state, images,
-                                                      step_key)
+        def loss_fn(params, images, labels, key):
+            logits, model_state = network.train_apply(apply_mask(params, state.mask), state.model_state, images, key)
             return losses.cross_entropy(logits, labels), model_state
 
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        batch_size = images.shape[0]
+        size = per_pass or examples_per_pass(batch_size, network)
+        if size >= batch_size:
+            (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, images, labels,
+                                                                                   step_key)
+        else:
+            if batch_size % size or network.has_state:
+                raise ValueError(f'per_pass={size} must divide the batch ({batch_size}) of a network without '
+                                 f'mutable collections (this one has {network.collections})')
+            passes = batch_size // size
+            split = lambda array: array.reshape((passes, size) + array.shape[1:])
+
+            def one_pass(totals, pass_batch):
+                index, pass_images, pass_labels = pass_batch
+                key = None if step_key is None else jax.random.fold_in(step_key, index)
+                (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, pass_images,
+                                                                             pass_labels, key)
+                return jax.tree.map(jnp.add, totals, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            totals, _ = jax.lax.scan(one_pass, zeros, (jnp.arange(passes), split(images), split(labels)))
+            loss, grads = jax.tree.map(lambda total: total / passes, totals)
+            model_state = state.model_state
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, mask=state.mask)
         params = optax.apply_updates(state.params, updates)
         return state._replace(params=params, opt_state=opt_state, step=state.step + 1,

@@ -267,3 +267,68 @@ def test_a_huge_learning_rate_diverges_at_the_first_check():
 def test_an_unreachable_goal_exhausts_the_budget():
     result = run(0.5, goal_error=0.1, random_val_labels=True)
     assert result.status == 'exhausted' and result.steps == 200 and len(result.history) == 20
+
+
+# --- the step in passes (XLA:CPU) ------------------------------------------------------------
+
+# Oracle: numpy in float64, on the whole batch at once.
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('per_pass', [None, 8, 96])
+def test_a_step_in_passes_is_one_sgd_step_on_the_whole_batch(per_pass):
+    state, tx = make_state()
+    x = RNG.normal(size=(96, 5)).astype(np.float32)
+    y = RNG.integers(0, 3, size=96)
+    step = jax.jit(trial.make_train_step(linear_apply, tx, per_pass=per_pass))
+    new_state, metrics = step(state, (jnp.asarray(x), jnp.asarray(y)))
+    kernel, bias, loss = numpy_softmax_regression_step(
+        np.asarray(state.params['dense']['kernel'], np.float64), np.asarray(state.params['dense']['bias'], np.float64),
+        x.astype(np.float64), y, 0.5)
+    np.testing.assert_allclose(new_state.params['dense']['kernel'], kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_state.params['dense']['bias'], bias, rtol=1e-5, atol=1e-6)
+    assert float(metrics.loss) == pytest.approx(loss, rel=1e-5)
+
+
+def test_examples_per_pass_on_a_cpu_is_the_largest_divisor_up_to_32():
+    expected = {8: 8, 32: 32, 40: 20, 64: 32, 96: 32, 100: 25, 512: 32, 1000: 25, 97: 97, 2 * 101: 202}
+    assert {batch: trial.examples_per_pass(batch, linear_apply, 'cpu') for batch in expected} == expected
+    assert trial.examples_per_pass(512, linear_apply, 'gpu') == 512
+    assert trial.examples_per_pass(512, linear_apply, 'tpu') == 512
+
+
+def test_a_network_with_batch_statistics_takes_its_batch_in_one_pass():
+    from dps_jax import network as network_lib
+    stateful = network_lib.Network(init=None, train_apply=None, eval_apply=None, collections=('batch_stats',))
+    assert trial.examples_per_pass(512, stateful, 'cpu') == 512
+    state, tx = make_state()
+    with pytest.raises(ValueError, match='per_pass=4 must divide the batch'):
+        trial.make_train_step(linear_apply, tx, per_pass=4)(state, (jnp.zeros((6, 5)), jnp.zeros(6, jnp.int32)))
+
+
+@pytest.mark.matmul_precision('highest')
+def test_each_pass_draws_its_dropout_from_the_steps_key_folded_with_its_index():
+    # Oracle: the mean of the passes' gradients, each computed here with its own key.
+    import flax.linen as nn
+    from dps_jax import losses, network as network_lib
+
+    class DropoutNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            return nn.Dense(3)(nn.Dropout(0.5, deterministic=not train)(x.reshape((x.shape[0], -1))))
+
+    network = network_lib.from_module(DropoutNet(), (5,))
+    params, model_state = network.init(jax.random.PRNGKey(0), (5,))
+    tx = optim.make_optimizer('sgd')
+    mask = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+    state = trial.TrainState(params, mask, optim.init_optimizer_state(tx, params, {'learning_rate': 0.5}),
+                             jnp.asarray(3, jnp.int32), model_state, trial.dropout_key(7))
+    x, y = jnp.asarray(RNG.normal(size=(8, 5)), jnp.float32), jnp.asarray(RNG.integers(0, 3, size=8))
+    new_state, _ = jax.jit(trial.make_train_step(network, tx, per_pass=4))(state, (x, y))
+    step_key = jax.random.fold_in(state.dropout_key, 3)
+    pass_gradient = lambda index: jax.grad(lambda p: losses.cross_entropy(network.train_apply(
+        p, model_state, x[4 * index:4 * index + 4], jax.random.fold_in(step_key, index))[0], y[4 * index:4 * index + 4]))(
+        params)
+    mean_gradient = jax.tree.map(lambda a, b: (a + b) / 2, pass_gradient(0), pass_gradient(1))
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, mean_gradient)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected)
+    whole_batch, _ = jax.jit(trial.make_train_step(network, tx, per_pass=8))(state, (x, y))
+    assert not np.allclose(whole_batch.params['Dense_0']['kernel'], new_state.params['Dense_0']['kernel'])
