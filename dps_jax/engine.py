@@ -120,8 +120,10 @@ def train_bytes_per_example(train_step: Callable, state: trial.TrainState, examp
 
     Compiles one single-trial step at batch sizes 64 and 128; the difference gives the bytes per
     example, which scale with trials x batch under vmap. (At 8 and 16 a GPU's fixed scratch space
-    hides the difference: measured equal temp sizes on an H200.) A step that takes its batch in
-    passes (trial.examples_per_pass, on a CPU) holds one pass at a time: its figure is about 1 byte.
+    hides the difference: measured equal temp sizes on an H200.) Give it a step that takes the whole
+    batch at once (trial.make_train_step(per_pass=trial.WHOLE_BATCH)): a step in passes
+    (trial.examples_per_pass, on a CPU) holds one pass's temporaries whatever the batch, so its
+    difference would leave them out; the whole batch's figure bounds it from above.
     """
     def temp_bytes(batch):
         images = jax.ShapeDtypeStruct((batch,) + tuple(example_shape), jnp.float32)

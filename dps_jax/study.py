@@ -423,7 +423,8 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
                                     jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
                                     {name: column[0] for name, column in values.items()},
                                     jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
-        per_example = engine.train_bytes_per_example(train_step, one, example_shape)
+        per_example = engine.train_bytes_per_example(
+            trial.make_train_step(network, optimizer, per_pass=trial.WHOLE_BATCH), one, example_shape)
     eval_chunk = config.eval_chunk_size or engine.eval_chunk_size(
         num_trials, int(work.val_images.shape[0]), backend, per_example,
         engine.default_memory_bytes(config.memory_fraction))

@@ -55,13 +55,17 @@ def apply_mask(params: Any, mask: Any) -> Any:
 
 # On XLA:CPU the training step takes its batch this many examples at a time at most (examples_per_pass).
 CPU_EXAMPLES_PER_PASS = 32
+WHOLE_BATCH = 1 << 62  # a make_train_step per_pass that takes any batch in one pass
 
 
 def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None = None) -> int:
     """How many of a batch's examples one forward and backward pass of the training step takes.
 
     On XLA:CPU, for a network without mutable collections, the largest divisor of `batch_size`
-    that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch): XLA:CPU runs each
+    that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch). The network must
+    then treat the examples of a batch independently in training, as the built-in models do (a
+    model that mixes examples without a mutable collection, e.g. its own normalization over the
+    batch axis, would train differently in passes: build its step with per_pass=WHOLE_BATCH). XLA:CPU runs each
     operation over the whole batch, whose patches and activations fall out of the caches at large
     batches (the Simple-CNN step ran 1.28x faster at batch 512 in passes of 32; README,
     "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
@@ -84,10 +88,11 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
     runs in training mode: its mutable collections (BatchNorm statistics) are updated, and
     dropout draws from the trial's key folded with the step.
 
-    per_pass: examples per forward and backward pass (None: examples_per_pass(B); at least B: the
-    whole batch at once). With several
-    passes the gradient and loss are the means of the passes' (the batch's, up to float rounding),
-    and pass i draws its dropout from the step's key folded with i.
+    per_pass: examples per forward and backward pass (None: examples_per_pass(B); at least B, e.g.
+    WHOLE_BATCH: the whole batch at once). With P passes, pass i takes examples i, i + P, i + 2P, ...
+    (so a batch sharded over a mesh's data axis keeps every device busy in every pass); the
+    gradient and loss are the means of the passes' (the batch's, up to float rounding), and pass i
+    draws its dropout from the step's key folded with i.
     """
     network = network_lib.as_network(network)
 
@@ -100,7 +105,9 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
             return losses.cross_entropy(logits, labels), model_state
 
         batch_size = images.shape[0]
-        size = per_pass or examples_per_pass(batch_size, network)
+        size = examples_per_pass(batch_size, network) if per_pass is None else per_pass
+        if size < 1:
+            raise ValueError(f'per_pass must be >= 1 (or None), got {size}')
         if size >= batch_size:
             (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, images, labels,
                                                                                    step_key)
@@ -109,7 +116,7 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
                 raise ValueError(f'per_pass={size} must divide the batch ({batch_size}) of a network without '
                                  f'mutable collections (this one has {network.collections})')
             passes = batch_size // size
-            split = lambda array: array.reshape((passes, size) + array.shape[1:])
+            split = lambda array: jnp.swapaxes(array.reshape((size, passes) + array.shape[1:]), 0, 1)
 
             def one_pass(totals, pass_batch):
                 index, pass_images, pass_labels = pass_batch

@@ -300,7 +300,7 @@ def test_group_size_estimate_shrinks_with_batch_size_and_memory():
     trials, tx, _, _ = cell_setup()
     one = jax.tree.map(lambda leaf: leaf[0], trials)
     # The whole batch in one pass, as an accelerator takes it (a CPU's passes hold one pass at a time).
-    step = trial.make_train_step(APPLY, tx, per_pass=1 << 30)
+    step = trial.make_train_step(APPLY, tx, per_pass=trial.WHOLE_BATCH)
     roomy = engine.estimate_group_size(step, one, (6,), 64, 1 << 30, 1000)
     small_batch = engine.estimate_group_size(step, one, (6,), 64, 1 << 20, 1000)
     large_batch = engine.estimate_group_size(step, one, (6,), 4096, 1 << 20, 1000)

@@ -286,13 +286,19 @@ def test_a_network_with_batch_statistics_takes_its_batch_in_one_pass():
     stateful = network_lib.Network(init=None, train_apply=None, eval_apply=None, collections=('batch_stats',))
     assert trial.examples_per_pass(512, stateful, 'cpu') == 512
     state, tx = make_state()
-    with pytest.raises(ValueError, match='per_pass=4 must divide the batch'):
-        trial.make_train_step(linear_apply, tx, per_pass=4)(state, (jnp.zeros((6, 5)), jnp.zeros(6, jnp.int32)))
+    batch = (jnp.zeros((8, 5)), jnp.zeros(8, jnp.int32))
+    with pytest.raises(ValueError, match=r"per_pass=4 must divide .* \('batch_stats',\)"):
+        trial.make_train_step(stateful, tx, per_pass=4)(state, batch)
+    with pytest.raises(ValueError, match='per_pass=3 must divide the batch'):
+        trial.make_train_step(linear_apply, tx, per_pass=3)(state, batch)
+    with pytest.raises(ValueError, match='per_pass must be >= 1'):
+        trial.make_train_step(linear_apply, tx, per_pass=0)(state, batch)
 
 
 @pytest.mark.matmul_precision('highest')
 def test_each_pass_draws_its_dropout_from_the_steps_key_folded_with_its_index():
-    # Oracle: the mean of the passes' gradients, each computed here with its own key.
+    # Oracle: the mean of the passes' gradients, each computed here with its own key; with 2 passes,
+    # pass i takes examples i, i + 2, i + 4, ...
     import flax.linen as nn
     from dps_jax import losses, network as network_lib
 
@@ -311,8 +317,7 @@ def test_each_pass_draws_its_dropout_from_the_steps_key_folded_with_its_index():
     new_state, _ = jax.jit(trial.make_train_step(network, tx, per_pass=4))(state, (x, y))
     step_key = jax.random.fold_in(state.dropout_key, 3)
     pass_gradient = lambda index: jax.grad(lambda p: losses.cross_entropy(network.train_apply(
-        p, model_state, x[4 * index:4 * index + 4], jax.random.fold_in(step_key, index))[0], y[4 * index:4 * index + 4]))(
-        params)
+        p, model_state, x[index::2], jax.random.fold_in(step_key, index))[0], y[index::2]))(params)
     mean_gradient = jax.tree.map(lambda a, b: (a + b) / 2, pass_gradient(0), pass_gradient(1))
     expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, mean_gradient)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected)
