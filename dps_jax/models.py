@@ -249,7 +249,7 @@ class SimpleCNN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # relu(max_pool(x)) is max_pool(relu(x)), the reference's order, in values and (with
         # max_pool_2x2's tie rule and relu's zero gradient at 0) in gradients; the ReLU on the
-        # pooled quarter made the single-trial step 1.15-1.3x faster on XLA:CPU (README, "Performance").
+        # pooled quarter made the single-trial step 1.15-1.45x faster on XLA:CPU (README, "Performance").
         x = nn.relu(max_pool_2x2(Conv2D(32, 5, padding='VALID', convolution=self.convolution, name='conv1')(x)))
         x = nn.relu(max_pool_2x2(Conv2D(64, 5, padding='VALID', convolution=self.convolution, name='conv2')(x)))
         x = x.reshape(x.shape[0], -1)

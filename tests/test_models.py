@@ -126,12 +126,12 @@ def test_simple_cnn_equals_flax_conv_reference_in_values_and_gradients(convoluti
         jax.jit(jax.grad(lambda p: loss(reference, p)))(params))
 
 
-def test_simple_cnn_pooling_before_relu_gives_the_reference_orders_values_and_gradients_exactly():
+def test_simple_cnn_pooling_before_relu_gives_the_reference_order_values_and_gradients():
     # SimpleCNN pools, then applies the ReLU; the reference applies the ReLU, then pools. Oracle: the
     # reference's order written here with plain lax (convolutions at HIGHEST, max by jnp.max's
-    # tie rule). Images of mostly exact zeros with a positive conv1 bias make conv1's output exactly
-    # equal (positive ties) over the background, and exact zeros and negatives elsewhere: where the
-    # two orders could part, if either tie rule or relu's gradient at 0 did.
+    # tie rule). On images of mostly exact zeros, conv1's output over the background is its bias
+    # (-0.2 to 0.3, one exactly 0): exact ties of positive, zero and negative values, where the two
+    # orders could part, if either tie rule or relu's gradient at 0 did.
     model = models.SimpleCNN()
     _, params = _init('simple_cnn')
     params = jax.tree_util.tree_map(lambda leaf: leaf, params)  # a copy: _init's is cached
