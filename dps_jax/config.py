@@ -148,6 +148,8 @@ def _validate_workload(config: Any) -> None:
     if 'eval_convolution' in config:  # optional: a config written before the field checks as it trains
         from dps_jax import models
         require_choice(config, 'eval_convolution', ('', *models.CONVOLUTIONS))
+    if 'batch_in_passes' in config and not isinstance(config.batch_in_passes, bool):  # optional: older configs
+        raise ConfigError(f'config.batch_in_passes={config.batch_in_passes!r} must be True or False')
 
 
 def _require_cache_dir(config: Any) -> None:
@@ -264,6 +266,12 @@ def base_study_config():
                                         # checked in turn (small programs keep a forward pass in cache), on an accelerator
                                         # as many as memory_fraction of its memory holds for every trial at once,
                                         # up to the whole split
+    config.batch_in_passes = True       # on a CPU a training step takes its batch in passes of at most 32
+                                        # examples (trial.examples_per_pass; for a network without mutable
+                                        # collections; faster: README, "Performance"): the batch's gradient up to
+                                        # float rounding, dropout drawn per pass. False: the whole batch at once,
+                                        # as accelerators always do; needed by a model that mixes a batch's
+                                        # examples without a mutable collection
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
     config.data_seed = 0                # data order seed: an endless stream of per-epoch permutations, batches
                                         # run across epoch ends (nothing dropped), as the reference

@@ -42,7 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log(masks.format_density_report(state.mask))
 
     result = trial.run_trial(
-        state=state, train_step=trial.make_train_step(network, optimizer),
+        state=state, train_step=trial.make_train_step(network, optimizer, trial.configured_per_pass(config)),
         val_error=trial.make_val_error_count(work.eval_network, config.eval_chunk_size or engine.eval_chunk_size(
             1, int(work.val_images.shape[0]), jax.default_backend())),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,

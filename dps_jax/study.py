@@ -409,7 +409,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     (the config was checked against the workload: validate_study_config, check_measurable)."""
     network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
     num_trials = config.num_trials
-    train_step = trial.make_train_step(network, optimizer)
+    train_step = trial.make_train_step(network, optimizer, trial.configured_per_pass(config))
     values = trial_metaparameters(config)
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)

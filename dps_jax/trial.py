@@ -78,6 +78,12 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     return divisor if divisor >= 8 else batch_size
 
 
+def configured_per_pass(config: Any) -> int | None:
+    """make_train_step's per_pass for a config: None (examples_per_pass) unless
+    config.batch_in_passes is False (WHOLE_BATCH); a config without the field takes passes."""
+    return None if config.get('batch_in_passes', True) else WHOLE_BATCH
+
+
 def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs,
                     per_pass: int | None = None
                     ) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, StepMetrics]]:

@@ -20,7 +20,7 @@ import pytest
 
 import dps_jax
 from dps_jax import config as config_lib
-from dps_jax import engine, store, study
+from dps_jax import engine, store, study, trial
 from tests.real_data import needs_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -321,6 +321,22 @@ class _TwoLayerNet(nn.Module):
     def __call__(self, images):
         hidden = nn.relu(nn.Dense(16)(images.reshape(images.shape[0], -1)))
         return nn.Dense(self.num_classes)(hidden)
+
+
+@pytest.mark.parametrize('batch_in_passes, per_pass', [(True, None), (False, trial.WHOLE_BATCH)])
+def test_batch_in_passes_says_how_the_studys_training_step_takes_its_batch(monkeypatch, batch_in_passes, per_pass):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), labels, name='passes')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(64,), num_trials=1, pruning='random', check_every=5,
+                         max_steps=5, snip_examples=0, batch_in_passes=batch_in_passes)
+    built = []
+    make_train_step = trial.make_train_step
+    monkeypatch.setattr(trial, 'make_train_step',
+                        lambda network, optimizer, per_pass=None: built.append(per_pass) or make_train_step(
+                            network, optimizer, per_pass))
+    dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
+    assert built[0] == per_pass and set(built[1:]) <= {per_pass, trial.WHOLE_BATCH}  # and the memory estimate's
 
 
 def test_a_study_split_into_groups_by_its_memory_estimate_gives_every_trial_the_same_numbers(monkeypatch):
