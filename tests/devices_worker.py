@@ -32,6 +32,34 @@ def cell(mesh=None, num_trials=7, keep_final_state=True, **overrides):
     return record
 
 
+def passes_on_a_data_axis(batch_size=512):
+    """What the compiled single-trial step in passes does with a batch sharded over a 2-device 'data'
+    axis: its collectives, and the per-device shapes of its examples."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from dps_jax import optim, parallel, trial
+
+    def apply_fn(params, images):
+        return images.reshape(images.shape[0], -1) @ params['dense']['kernel'] + params['dense']['bias']
+
+    tx = optim.make_optimizer('sgd')
+    params = {'dense': {'kernel': jnp.zeros((5, 3)), 'bias': jnp.zeros(3)}}
+    state = trial.TrainState(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
+                             optim.init_optimizer_state(tx, params, {'learning_rate': 0.1}), jnp.asarray(0, jnp.int32))
+    mesh = parallel.make_mesh(trial=4, data=2)  # the batch split over 'data', copied over 'trial'
+    sharded, replicated = NamedSharding(mesh, PartitionSpec('data')), NamedSharding(mesh, PartitionSpec())
+    batch = (jax.device_put(jnp.ones((batch_size, 5)), sharded),
+             jax.device_put(jnp.zeros(batch_size, jnp.int32), sharded))
+    hlo = jax.jit(trial.make_train_step(apply_fn, tx)).lower(jax.device_put(state, replicated), batch).compile().as_text()
+    return {'per_pass': trial.examples_per_pass(batch_size, apply_fn), 'all_gather': 'all-gather' in hlo,
+            'all_reduce': 'all-reduce' in hlo,
+            'example_rows': sorted({int(rows) for rows in re.findall(r'f32\[(\d+),5\]', hlo)})}
+
+
 def meshes():
     import jax
 
@@ -45,6 +73,7 @@ def meshes():
         'one_device_5': cell(None, num_trials=5),
         'trial_8_5': cell(parallel.make_mesh(trial=8), num_trials=5),
         'trial_8_devices': [str(device) for device in devices],
+        'passes_on_a_data_axis': passes_on_a_data_axis(),
     }
 
 

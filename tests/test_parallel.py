@@ -51,6 +51,17 @@ def test_eight_devices_on_the_trial_axis_give_the_one_device_results(runs):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group('mesh_runs')
+def test_a_step_in_passes_keeps_a_data_sharded_batch_on_its_devices(runs):
+    # Pass i takes examples i, i + P, ...: each device runs its half of every pass, and the gradients
+    # are summed across devices, instead of gathering the whole batch onto each device.
+    passes = runs['passes_on_a_data_axis']
+    assert passes['per_pass'] == 32
+    assert passes['all_reduce'] and not passes['all_gather']
+    assert 512 not in passes['example_rows'] and 256 in passes['example_rows'], passes['example_rows']
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_a_data_by_trial_mesh_gives_the_one_device_results(runs):
     # The batch is split over 2 devices and the gradient summed across them: float order changes.
     assert_same_trials(runs['data_2_trial_4'], runs['one_device'], exact_params=False)
