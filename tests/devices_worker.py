@@ -1,4 +1,5 @@
-"""Runs one small engine cell on forced CPU devices and prints its results as JSON (last line).
+"""Runs small engine cells (and compiles one step in passes) on forced CPU devices and prints the
+results as JSON (last line).
 
 Started by tests/test_parallel.py in a subprocess, because the device count is fixed when JAX
 starts:
