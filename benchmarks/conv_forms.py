@@ -137,7 +137,8 @@ def on_gpu() -> bool:
 
 FORMS = {'im2col': models.conv2d, 'one_stage': functools.partial(models.conv2d, two_stage=False),
          'two_stage': functools.partial(models.conv2d, two_stage=True), 'im2col_4d': conv2d_4d, 'dus': conv2d_dus,
-         'stacked': conv2d_stacked, 'patches_op': conv2d_patches_op, 'rows': conv2d_rows, 'shifted': conv2d_shifted, 'xla': conv2d_xla,
+         'stacked': conv2d_stacked, 'patches_op': conv2d_patches_op, 'rows': conv2d_rows, 'shifted': conv2d_shifted,
+         'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}
 CPU_FORMS = ('im2col', 'two_stage', 'im2col_4d', 'rows', 'shifted')
 # --pallas_settings names: the pallas_conv constants they set.

@@ -202,7 +202,8 @@ def trials_stepped_in_turn(mesh: Any = None) -> bool:
     On a 2-core CPU a vmapped step of many trials works far outside the caches that one trial's
     step fits. Against the same trials' single-trial chunks one after another, the Simple-CNN
     engine ran 0.98-1.37x in turn and 0.74-1.11x vmapped (benchmarks/engine.py, batch 8 / 64 /
-    512, N = 1 / 8 / 64, one run each on the same machine), and checks of 4 and 16 trials ran
+    512, N = 1 / 8 / 64, one run each on the same machine, before the step took its batch in
+    passes: trial.examples_per_pass), and checks of 4 and 16 trials ran
     1.1-1.2x faster in turn (README, "Performance"). On an accelerator vmap fills the chip; on a
     mesh the trial axis is sharded over devices.
     """

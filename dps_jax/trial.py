@@ -65,8 +65,8 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch). The network must
     then treat the examples of a batch independently in training, as the built-in models do (a
     model that mixes examples without a mutable collection, e.g. its own normalization over the
-    batch axis, would train differently in passes: build its step with per_pass=WHOLE_BATCH). XLA:CPU runs each
-    operation over the whole batch, whose patches and activations fall out of the caches at large
+    batch axis, would train differently in passes: config.batch_in_passes = False, or
+    per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole batch, whose patches and activations fall out of the caches at large
     batches (the Simple-CNN step ran 1.28x faster at batch 512 in passes of 32; README,
     "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
     network with BatchNorm statistics must see the whole batch at once.
