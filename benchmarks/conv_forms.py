@@ -2,12 +2,14 @@
 bytes the compiled vmapped chunk moves and trial-steps/s of the chunk as the engine runs it here
 (vmapped on a GPU, trials in turn on a CPU), each form against im2col in the same run.
 
-- im2col (dps_jax.models.conv2d as the engine runs it on this backend): one_stage elsewhere,
-  two_stage on a GPU;
+- im2col (dps_jax.models.conv2d as the engine runs it on this backend: models.patch_form_default,
+  two_stage on a GPU, major_axis for conv1's one channel and one_stage for conv2 on a CPU);
 - one_stage: all kh x kw shifted windows, each flattened to (pixels, Cin), in one concatenation,
   one matmul;
 - two_stage: the kw column shifts of each input row concatenated (materialized), then kh row
   shifts of those, one matmul (models.im2col_patches);
+- major_axis: the kw column shifts stacked on an axis before the channels, then kh row shifts of
+  those stacked the same way, one matmul (models.im2col_patches);
 - im2col_4d: the same windows concatenated as a (B, H', W', kh x kw x Cin) image, then one matmul:
   the engine's im2col before XLA's count of it was cut (on XLA:CPU 8.54 against 3.62 MB per
   example-step at N = 8, batch 64); kept to compare the two on a GPU;
@@ -135,8 +137,9 @@ def on_gpu() -> bool:
     return jax.default_backend() == 'gpu'
 
 
-FORMS = {'im2col': models.conv2d, 'one_stage': functools.partial(models.conv2d, two_stage=False),
-         'two_stage': functools.partial(models.conv2d, two_stage=True), 'im2col_4d': conv2d_4d, 'dus': conv2d_dus,
+FORMS = {'im2col': models.conv2d, 'one_stage': functools.partial(models.conv2d, form='one_stage'),
+         'two_stage': functools.partial(models.conv2d, form='two_stage'),
+         'major_axis': functools.partial(models.conv2d, form='major_axis'), 'im2col_4d': conv2d_4d, 'dus': conv2d_dus,
          'stacked': conv2d_stacked, 'patches_op': conv2d_patches_op, 'rows': conv2d_rows, 'shifted': conv2d_shifted,
          'xla': conv2d_xla,
          'pallas': functools.partial(pallas_conv.conv2d, interpret=not on_gpu())}

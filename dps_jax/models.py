@@ -83,34 +83,57 @@ def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
              for j in range(kernel_w)] for i in range(kernel_h)]
 
 
-def two_stage_patches_default() -> bool:
-    """Whether conv2d builds its patches in two stages on the default backend: on a GPU, yes.
+# How im2col_patches can build its patch matrix (the same values every way; patch_form_default picks).
+PATCH_FORMS = ('one_stage', 'two_stage', 'major_axis')
+# XLA:CPU copies a concatenation on the minor axis operand by operand, row by row (its fusion pass
+# leaves such a concatenation unfused, and one of more than 8 operands too); below this many bytes
+# per operand row (a window's channels) the copies are tiny, and a CPU stacks the windows instead.
+NARROW_WINDOW_BYTES = 64
 
-    On an H200 the one-stage build (a single concatenation of kh x kw windows, 25 for a 5x5 kernel)
-    wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN chunk; the two
-    stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms two_stage, batch 64,
-    N = 100). On a 2-core CPU, in the engine's chunk (trials in turn), two stages ran 1.11x for
-    Simple-CNN but 0.86-0.88x for ResNet-8's 3x3 convolutions, so a CPU keeps one stage (README,
-    "Performance").
+
+def patch_form_default(in_features: int = 0, dtype=jnp.float32) -> str:
+    """The form (PATCH_FORMS) in which conv2d builds the patches of an input with `in_features`
+    channels of `dtype` on the default backend.
+
+    GPU: 'two_stage'. On an H200 the one-stage build (a single concatenation of kh x kw windows, 25
+    for a 5x5 kernel) wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN
+    chunk; the two stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms
+    two_stage, batch 64, N = 100).
+    CPU: 'major_axis' for windows narrower than NARROW_WINDOW_BYTES (Simple-CNN's first layer, one
+    channel: its single-trial step ran 1.05-1.11x faster, README "Performance"; ResNet-8's 3-channel
+    stem the same within noise), else 'one_stage': two stages ran 1.11x for Simple-CNN but
+    0.86-0.88x for ResNet-8's 3x3 convolutions in the engine's chunk, and stacking its wide windows
+    0.87-0.89x. TPU: 'one_stage'.
     """
-    return jax.default_backend() == 'gpu'
+    backend = jax.default_backend()
+    if backend == 'gpu':
+        return 'two_stage'
+    if backend == 'cpu' and in_features * jnp.dtype(dtype).itemsize < NARROW_WINDOW_BYTES:
+        return 'major_axis'
+    return 'one_stage'
 
 
 def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int, Sequence[int]] = 1,
-                   padding: str = 'SAME', two_stage: bool | None = None) -> tuple[jax.Array, tuple[int, int, int]]:
+                   padding: str = 'SAME', form: str | None = None) -> tuple[jax.Array, tuple[int, int, int]]:
     """(patches (B * H' * W', kh * kw * Cin), (B, H', W')): every output pixel's input window of an
     HWIO kernel of `kernel_shape`, in the row-major (i, j, channel) order in which the kernel
     flattens to (kh * kw * Cin, Cout), with TensorFlow padding semantics ('SAME' or 'VALID').
 
-    one stage: all kh x kw windows, each flattened to (pixels, Cin), in one concatenation;
-    two stages: the kw column shifts of every padded input row concatenated and materialized
-    (B, H, W', kw * Cin), then its kh row shifts concatenated. The patches are the same either way.
-    two_stage=None takes two_stage_patches_default().
+    form (PATCH_FORMS; None: patch_form_default for x's channels and dtype):
+    'one_stage': all kh x kw windows, each flattened to (pixels, Cin), in one concatenation;
+    'two_stage': the kw column shifts of every padded input row concatenated and materialized
+    (B, H, W', kw * Cin), then its kh row shifts concatenated;
+    'major_axis': the kw column shifts stacked on an axis before the channels (B, H, W', kw, Cin), then
+    its kh row shifts stacked the same way (B, H', W', kh, kw, Cin): concatenations on a major axis
+    of at most 8 operands, which XLA:CPU fuses with their slices.
+    The patches are the same in every form.
     """
     kernel_h, kernel_w, in_features = kernel_shape[:3]
-    if two_stage is None:
-        two_stage = two_stage_patches_default()
-    if not two_stage:
+    if form is None:
+        form = patch_form_default(in_features, x.dtype)
+    if form not in PATCH_FORMS:
+        raise ValueError(f'form must be one of {PATCH_FORMS} (or None), got {form!r}')
+    if form == 'one_stage':
         windows = kernel_windows(x, kernel_shape, stride, padding)
         batch, out_h, out_w = windows[0][0].shape[:3]
         # Each window is flattened to (pixels, Cin) before the concatenation, so that the backward pass
@@ -123,7 +146,15 @@ def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
         return patches, (batch, out_h, out_w)
     stride_h, stride_w = _pair(stride)
     x = tf_padded(x, (kernel_h, kernel_w), (stride_h, stride_w), padding)
-    columns = jnp.concatenate(kernel_windows(x, (1, kernel_w, in_features), (1, stride_w), 'VALID')[0], axis=-1)
+    column_shifts = kernel_windows(x, (1, kernel_w, in_features), (1, stride_w), 'VALID')[0]
+    if form == 'major_axis':
+        columns = jnp.stack(column_shifts, axis=3)  # (B, H, W', kw, Cin)
+        rows = [lax.slice_in_dim(columns, i, i + (columns.shape[1] - kernel_h) // stride_h * stride_h + 1,
+                                 stride_h, axis=1) for i in range(kernel_h)]
+        patches = jnp.stack(rows, axis=3)  # (B, H', W', kh, kw, Cin)
+        batch, out_h, out_w = patches.shape[:3]
+        return patches.reshape(batch * out_h * out_w, kernel_h * kernel_w * in_features), (batch, out_h, out_w)
+    columns = jnp.concatenate(column_shifts, axis=-1)
     # Materialized on purpose: fused into the second concatenation, the two stages are one again.
     columns = lax.optimization_barrier(columns)  # (B, H, W', kw * Cin)
     rows = [row[0] for row in kernel_windows(columns, (kernel_h, 1, kernel_w * in_features), (stride_h, 1), 'VALID')]
@@ -133,15 +164,15 @@ def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
-           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME', two_stage: bool | None = None) -> jax.Array:
+           stride: Union[int, Sequence[int]] = 1, padding: str = 'SAME', form: str | None = None) -> jax.Array:
     """2-D convolution as im2col + matmul: x (B, H, W, Cin), kernel HWIO -> (B, H', W', Cout).
 
     Same values as lax.conv_general_dilated with NHWC/HWIO dimension numbers and
-    TensorFlow padding semantics ('SAME' or 'VALID'). two_stage: how the patches are built
-    (im2col_patches; None: two_stage_patches_default()).
+    TensorFlow padding semantics ('SAME' or 'VALID'). form: how the patches are built
+    (im2col_patches, PATCH_FORMS; None: patch_form_default).
     """
     kernel_h, kernel_w, in_features, out_features = kernel.shape
-    patches, (batch, out_h, out_w) = im2col_patches(x, kernel.shape, stride, padding, two_stage)
+    patches, (batch, out_h, out_w) = im2col_patches(x, kernel.shape, stride, padding, form)
     y = jnp.dot(patches, kernel.reshape(kernel_h * kernel_w * in_features, out_features))
     y = y.reshape(batch, out_h, out_w, out_features)
     return y if bias is None else y + bias
@@ -170,6 +201,13 @@ def _windows(x: jax.Array, window: int) -> jax.Array:
     return x.reshape(batch, height // window, window, width // window, window, channels)
 
 
+def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:
+    """The four elements of every 2x2 window of (B, H, W, C) (VALID): four (B, H//2, W//2, C)."""
+    windows = _windows(x, 2)
+    return tuple(windows[:, :, i, :, j] for i in range(2) for j in range(2))
+
+
+@jax.custom_jvp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """Max pool, window = stride = 2, VALID: (B, H, W, C) -> (B, H//2, W//2, C).
 
@@ -177,6 +215,18 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     rule), whereas nn.max_pool gives it all to one element; equal otherwise.
     """
     return jnp.max(_windows(x, 2), axis=(2, 4))
+
+
+# The even split written over the four corners, elementwise: autodiff of a reduce over the window
+# counts the ties with a second reduce and a broadcast, which took about a tenth of Simple-CNN's
+# single-trial step on XLA:CPU (README, "Performance").
+@max_pool_2x2.defjvp
+def _max_pool_2x2_jvp(primals, tangents):
+    (x,), (x_tangent,) = primals, tangents
+    pooled = max_pool_2x2(x)
+    hits = [(corner == pooled).astype(x.dtype) for corner in _window_corners(x)]
+    tangent = sum(hit * corner for hit, corner in zip(hits, _window_corners(x_tangent)))
+    return pooled, tangent / sum(hits)
 
 
 def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:

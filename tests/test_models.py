@@ -190,52 +190,68 @@ def _value_and_vjp(conv, cotangent):
 
 # Oracle: lax.conv_general_dilated at HIGHEST; our im2col matmul must be full float32 too.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('two_stage', [False, True], ids=['one_stage', 'two_stage'])
+@pytest.mark.parametrize('form', models.PATCH_FORMS)
 @pytest.mark.parametrize('padding', ['VALID', 'SAME'])
 @pytest.mark.parametrize('input_shape, kernel_shape, stride', CONV_CASES)
 def test_conv2d_equals_conv_general_dilated_in_values_and_gradients(input_shape, kernel_shape, stride,
-                                                                    padding, two_stage):
+                                                                    padding, form):
     x = _normal(0, input_shape)
     kernel = _normal(1, kernel_shape, 1 / math.sqrt(math.prod(kernel_shape[:3])))
     out_shape = _reference_conv(x, kernel, stride, padding).shape
     # Scaled so kernel gradients (sums over batch and positions) are O(1), like the values.
     cotangent = _normal(2, out_shape, 1 / math.sqrt(math.prod(out_shape[:3])))
-    got = _value_and_vjp(lambda x, k: models.conv2d(x, k, None, stride, padding, two_stage), cotangent)(x, kernel)
+    got = _value_and_vjp(lambda x, k: models.conv2d(x, k, None, stride, padding, form), cotangent)(x, kernel)
     want = _value_and_vjp(lambda x, k: _reference_conv(x, k, stride, padding), cotangent)(x, kernel)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), got, want)
 
 
 @pytest.mark.parametrize('padding', ['VALID', 'SAME'])
 @pytest.mark.parametrize('input_shape, kernel_shape, stride', CONV_CASES)
-def test_patches_built_in_two_stages_are_the_one_stage_patches_exactly(input_shape, kernel_shape, stride, padding):
+@pytest.mark.parametrize('form', ['two_stage', 'major_axis'])
+def test_patches_built_in_every_form_are_the_one_stage_patches_exactly(input_shape, kernel_shape, stride, padding,
+                                                                       form):
     x = _normal(0, input_shape)
     patches = jax.jit(models.im2col_patches, static_argnums=(1, 2, 3, 4))
-    one, shape_one = patches(x, kernel_shape, stride, padding, False)
-    two, shape_two = patches(x, kernel_shape, stride, padding, True)
-    assert shape_one == shape_two
-    np.testing.assert_array_equal(two, one)  # copies of the same pixels, nothing summed
+    one, shape_one = patches(x, kernel_shape, stride, padding, 'one_stage')
+    other, shape_other = patches(x, kernel_shape, stride, padding, form)
+    assert shape_one == shape_other
+    np.testing.assert_array_equal(other, one)  # copies of the same pixels, nothing summed
 
 
-# The two-stage build under vmap, with per-trial kernels and inputs (its materializing barrier
-# batched), against lax one trial at a time.
+def test_im2col_patches_rejects_an_unknown_form():
+    with pytest.raises(ValueError, match='one_stage'):
+        models.im2col_patches(jnp.zeros((1, 4, 4, 1)), (3, 3, 1, 1), 1, 'SAME', 'two_stages')
+
+
+# The two-stage and major-axis builds under vmap, with per-trial kernels and inputs (the two-stage
+# materializing barrier batched), against lax one trial at a time.
 @pytest.mark.matmul_precision('highest')
-def test_vmapped_two_stage_conv2d_equals_lax_per_trial_in_values_and_gradients():
+@pytest.mark.parametrize('form', ['two_stage', 'major_axis'])
+def test_vmapped_conv2d_equals_lax_per_trial_in_values_and_gradients(form):
     xs, kernels = _normal(0, (3, 2, 12, 12, 8)), _normal(1, (3, 5, 5, 8, 16), 1 / math.sqrt(200))
     cotangents = _normal(2, (3, 2, 8, 8, 16), 1 / 8)
-    conv = lambda x, k: models.conv2d(x, k, None, 1, 'VALID', True)
+    conv = lambda x, k: models.conv2d(x, k, None, 1, 'VALID', form)
     got = jax.jit(jax.vmap(lambda x, k, c: _value_and_vjp(conv, c)(x, k)))(xs, kernels, cotangents)
     for trial in range(3):
         want = _value_and_vjp(lambda x, k: _reference_conv(x, k, 1, 'VALID'), cotangents[trial])(xs[trial], kernels[trial])
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[trial], b, **TOLERANCE), got, want)
 
 
-@pytest.mark.parametrize('backend, two_stage', [('cpu', False), ('gpu', True), ('tpu', False)])
-def test_conv2d_builds_its_patches_in_two_stages_on_a_gpu_only(monkeypatch, backend, two_stage):
+# (backend, input channels, dtype) -> form: two stages on a GPU; on a CPU, windows stacked on a major axis when
+# fewer than 64 bytes (16 float32 or 32 bfloat16 channels); one stage otherwise.
+@pytest.mark.parametrize('backend, channels, dtype, form', [
+    ('cpu', 1, jnp.float32, 'major_axis'), ('cpu', 15, jnp.float32, 'major_axis'), ('cpu', 16, jnp.float32, 'one_stage'),
+    ('cpu', 16, jnp.bfloat16, 'major_axis'), ('cpu', 32, jnp.bfloat16, 'one_stage'),
+    ('gpu', 1, jnp.float32, 'two_stage'), ('gpu', 32, jnp.float32, 'two_stage'),
+    ('tpu', 1, jnp.float32, 'one_stage'), ('tpu', 32, jnp.float32, 'one_stage')])
+def test_conv2d_picks_its_patch_form_by_backend_and_window_width(monkeypatch, backend, channels, dtype, form):
     monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-    assert models.two_stage_patches_default() is two_stage
+    assert models.patch_form_default(channels, dtype) == form
     jaxpr = str(jax.make_jaxpr(lambda x, k: models.conv2d(x, k, None, 1, 'VALID'))(
-        jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 4))))
-    assert ('optimization_barrier' in jaxpr) is two_stage
+        jnp.zeros((1, 8, 8, channels), dtype), jnp.zeros((3, 3, channels, 4), dtype)))
+    # The two-stage build's barrier; the major-axis build's 5-D patches (B, H', W', kh, kw, Cin).
+    assert ('optimization_barrier' in jaxpr) is (form == 'two_stage')
+    assert (f'[1,6,6,3,3,{channels}]' in jaxpr) is (form == 'major_axis')
 
 
 def test_conv2d_adds_bias_per_output_channel():
@@ -279,6 +295,30 @@ def test_max_pool_2x2_splits_gradient_among_ties():
     x = jnp.ones((1, 2, 2, 1))
     np.testing.assert_allclose(jax.grad(lambda x: models.max_pool_2x2(x).sum())(x),
                                np.full((1, 2, 2, 1), 0.25))
+
+
+@pytest.mark.parametrize('vmapped', [False, True])
+def test_max_pool_2x2_gradient_is_the_cotangent_split_evenly_among_each_windows_maxima(vmapped):
+    # Windows with 1, 2, 3 and 4 tied maxima (small integers, so ties are exact), against a numpy
+    # loop: each maximum of a window gets the window's cotangent / the number of its maxima.
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, size=(3, 8, 9, 2)).astype(np.float32)  # odd width: the last column is cropped
+    x[0, :2, :2, 0] = [[1, 1], [1, 0]]  # a three-way tie
+    cotangent = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
+    expected = np.zeros_like(x)
+    counts = set()
+    for b, i, j, c in np.ndindex(cotangent.shape):
+        window = x[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+        maxima = window == window.max()
+        counts.add(int(maxima.sum()))
+        expected[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c] = maxima * cotangent[b, i, j, c] / maxima.sum()
+    assert counts == {1, 2, 3, 4}
+    vjp = lambda x, cotangent: jax.vjp(models.max_pool_2x2, x)[1](cotangent)[0]
+    if vmapped:
+        got = jax.jit(jax.vmap(lambda x, c: vjp(x[None], c[None])[0]))(x, cotangent)
+    else:
+        got = jax.jit(vjp)(x, cotangent)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('window', [2, 3])
