@@ -511,7 +511,7 @@ def test_vmapped_flax_conv_reference_lowers_to_grouped_convolutions():
 # XLA's count of a 10-step chunk by its steps although XLA counts a loop's body once: 4 MB per example
 # and training step. With the im2col patches built as a 4-D image this counts 8.6 MB: XLA charges
 # each of the 25 windows cut from their gradient the whole patch gradient. The bound is XLA:CPU's count
-# (3.60 MB here); another backend fuses, and counts, otherwise.
+# (3.50 MB here); another backend fuses, and counts, otherwise.
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason="the bound is set on XLA:CPU's count")
 def test_xla_counts_at_most_4_mb_per_example_for_the_vmapped_simple_cnn_gradient():
     stacked = jax.eval_shape(functools.partial(_stacked_trial_params, models.SimpleCNN()))
