@@ -85,30 +85,29 @@ def kernel_windows(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
 
 # How im2col_patches can build its patch matrix (the same values every way; patch_form_default picks).
 PATCH_FORMS = ('one_stage', 'two_stage', 'major_axis')
-# XLA:CPU copies a concatenation on the minor axis operand by operand, row by row (its fusion pass
-# leaves such a concatenation unfused, and one of more than 8 operands too); below this many bytes
-# per operand row (a window's channels) the copies are tiny, and a CPU stacks the windows instead.
-NARROW_WINDOW_BYTES = 64
+# XLA:CPU's fusion pass (xla/service/cpu/cpu_instruction_fusion.cc) leaves a concatenation of more
+# than 8 operands, or one on the minor axis, unfused, and copies it operand by operand, row by row;
+# for windows of fewer channels than this the copies are tiny, and a CPU stacks them instead.
+NARROW_WINDOW_CHANNELS = 16
 
 
-def patch_form_default(in_features: int = 0, dtype=jnp.float32) -> str:
+def patch_form_default(in_features: int) -> str:
     """The form (PATCH_FORMS) in which conv2d builds the patches of an input with `in_features`
-    channels of `dtype` on the default backend.
+    channels on the default backend.
 
     GPU: 'two_stage'. On an H200 the one-stage build (a single concatenation of kh x kw windows, 25
     for a 5x5 kernel) wrote its patches at under 1 TB/s and took a third of the vmapped Simple-CNN
     chunk; the two stages trained that chunk 1.17x faster (benchmarks/conv_forms.py --forms
     two_stage, batch 64, N = 100).
-    CPU: 'major_axis' for windows narrower than NARROW_WINDOW_BYTES (Simple-CNN's first layer, one
-    channel: its single-trial step ran 1.05-1.11x faster, README "Performance"; ResNet-8's 3-channel
-    stem the same within noise), else 'one_stage': two stages ran 1.11x for Simple-CNN but
-    0.86-0.88x for ResNet-8's 3x3 convolutions in the engine's chunk, and stacking its wide windows
-    0.87-0.89x. TPU: 'one_stage'.
+    CPU: 'major_axis' below NARROW_WINDOW_CHANNELS (Simple-CNN's one-channel first layer: its
+    single-trial step ran 1.07-1.09x faster; ResNet-8's 3-channel stem: the same within noise), else
+    'one_stage' (stacking ResNet-8's 16-64-channel windows ran its chunk 0.87-0.90x, Simple-CNN's
+    32-channel conv2 0.96-0.98x; README, "Performance"; measured in float32). TPU: 'one_stage'.
     """
     backend = jax.default_backend()
     if backend == 'gpu':
         return 'two_stage'
-    if backend == 'cpu' and in_features * jnp.dtype(dtype).itemsize < NARROW_WINDOW_BYTES:
+    if backend == 'cpu' and in_features < NARROW_WINDOW_CHANNELS:
         return 'major_axis'
     return 'one_stage'
 
@@ -119,18 +118,18 @@ def im2col_patches(x: jax.Array, kernel_shape: Sequence[int], stride: Union[int,
     HWIO kernel of `kernel_shape`, in the row-major (i, j, channel) order in which the kernel
     flattens to (kh * kw * Cin, Cout), with TensorFlow padding semantics ('SAME' or 'VALID').
 
-    form (PATCH_FORMS; None: patch_form_default for x's channels and dtype):
+    form (PATCH_FORMS; None: patch_form_default for x's channels):
     'one_stage': all kh x kw windows, each flattened to (pixels, Cin), in one concatenation;
     'two_stage': the kw column shifts of every padded input row concatenated and materialized
     (B, H, W', kw * Cin), then its kh row shifts concatenated;
     'major_axis': the kw column shifts stacked on an axis before the channels (B, H, W', kw, Cin), then
-    its kh row shifts stacked the same way (B, H', W', kh, kw, Cin): concatenations on a major axis
-    of at most 8 operands, which XLA:CPU fuses with their slices.
+    its kh row shifts stacked the same way (B, H', W', kh, kw, Cin): concatenations on a major axis,
+    which XLA:CPU fuses with their slices when kh, kw <= 8.
     The patches are the same in every form.
     """
     kernel_h, kernel_w, in_features = kernel_shape[:3]
     if form is None:
-        form = patch_form_default(in_features, x.dtype)
+        form = patch_form_default(in_features)
     if form not in PATCH_FORMS:
         raise ValueError(f'form must be one of {PATCH_FORMS} (or None), got {form!r}')
     if form == 'one_stage':
@@ -222,6 +221,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 # single-trial step on XLA:CPU (README, "Performance").
 @max_pool_2x2.defjvp
 def _max_pool_2x2_jvp(primals, tangents):
+    """(pooled, tangent): each window's tangent is its tied maxima's tangents summed, over their count."""
     (x,), (x_tangent,) = primals, tangents
     pooled = max_pool_2x2(x)
     hits = [(corner == pooled).astype(x.dtype) for corner in _window_corners(x)]
