@@ -10,9 +10,9 @@
 #
 # benchmarks: im2col (two-stage patches on a GPU) against its one-stage patches and the patches of
 #   lax.conv_general_dilated_patches at batch 64, N = 100 (at most 90 s); the accelerator benchmark
-#   at batch 64, N = 100 with the real cell checked by im2col and by xla (at most 220 s); then the issue table's other chunks (batch 8 / 64 / 512 /
-#   4096), with bfloat16 at batch 4096, for what is left of PART_SECONDS (default 500): rows print
-#   as they are measured, so a cut run keeps them;
+#   at batch 64, N = 100 with the real cell checked by im2col and by xla (at most 220 s); then the
+#   issue table's other chunks (batch 8 / 64 / 512 / 4096), with bfloat16 at batch 4096, for what
+#   is left of PART_SECONDS (default 500): rows print as they are measured, so a cut run keeps them;
 # study: configs/fashion_mnist_gpu.py (about 7 minutes on an H100), cut at PART_SECONDS; further
 #   arguments go to launch.py (e.g. `study --config.convolution=pallas`);
 # pallas: config.convolution='pallas' against 'im2col' in one run: the GPU tests of the Triton

@@ -102,7 +102,7 @@ def patch_form_default(in_features: int) -> str:
     CPU: 'major_axis' below NARROW_WINDOW_CHANNELS (Simple-CNN's one-channel first layer: its
     single-trial step ran 1.07-1.09x faster; ResNet-8's 3-channel stem: the same within noise), else
     'one_stage' (stacking ResNet-8's 16-64-channel windows ran its chunk 0.87-0.90x, Simple-CNN's
-    32-channel conv2 0.96-0.98x; README, "Performance"; measured in float32). TPU: 'one_stage'.
+    32-channel conv2 0.96-0.99x; README, "Performance"; measured in float32). TPU: 'one_stage'.
     """
     backend = jax.default_backend()
     if backend == 'gpu':

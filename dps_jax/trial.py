@@ -66,16 +66,15 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     then treat the examples of a batch independently in training, as the built-in models do (a
     model that mixes examples without a mutable collection, e.g. its own normalization over the
     batch axis, would train differently in passes: config.batch_in_passes = False, or
-    per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole batch, whose patches and activations fall out of the caches at large
-    batches (the Simple-CNN step ran 1.28x faster at batch 512 in passes of 32; README,
-    "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
+    per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole
+    batch, whose patches and activations fall out of the caches at large batches (the Simple-CNN
+    step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
     network with BatchNorm statistics must see the whole batch at once.
     """
     backend = backend or jax.default_backend()
     if backend != 'cpu' or network_lib.as_network(network).has_state or batch_size <= CPU_EXAMPLES_PER_PASS:
         return batch_size
-    divisor = next(size for size in range(CPU_EXAMPLES_PER_PASS, 0, -1) if batch_size % size == 0)
-    return divisor if divisor >= 8 else batch_size
+    return next((size for size in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % size == 0), batch_size)
 
 
 def configured_per_pass(config: Any) -> int | None:
