@@ -17,8 +17,9 @@
    figure with those charged what they move, and the chunk's heaviest instructions;
 6. (--checks, alone) one whole-validation check (6,000 synthetic examples) of N trials by the study's
    evaluate program (trials in turn on a CPU) with the evaluation chunk engine.eval_chunk_size picks
-   on this backend, against N vmapped trials at 1,600 rows per program (the CPU rule before
-   2026-11-27), for Simple-CNN at N = 1 / 4 / 16 and ResNet-8 at N = 2.
+   on this backend, convolving by XLA's own convolution (the default) against im2col at that chunk
+   and at 12 examples per trial (the CPU's checks before), for Simple-CNN at N = 1 / 4 / 16 and
+   ResNet-8 at N = 2.
 
     python benchmarks/engine.py [--real_cell] [--quick] [--bytes] [--checks]
 """
@@ -196,24 +197,30 @@ def memory_traffic(num_trials: int = 8):
 
 
 def check_chunks(num_examples: int = 6000):
-    """Seconds of one whole-validation check of N trials, best of 2: the study's evaluate program
-    (engine.evaluated_trials: in turn on a CPU) at this backend's chunk, against N vmapped trials at
-    1,600 rows (the program and chunk before 2026-11-27)."""
+    """Seconds of one whole-validation check of N trials, best of 2, by the study's evaluate program
+    (engine.evaluated_trials: in turn on a CPU) at this backend's chunk: convolving by XLA's own
+    convolution (config.eval_convolution 'auto', the default for the built-in models) and by im2col,
+    and by im2col at 12 examples per trial (the CPU's checks before 2026-11-27's 'auto')."""
     backend = jax.default_backend()
+    in_turn = engine.trials_stepped_in_turn()
+    chunk = engine.eval_chunk_size(1, num_examples, backend)
     for model_name, num_trials in (('simple_cnn', 1), ('simple_cnn', 4), ('simple_cnn', 16), ('resnet8', 2)):
         example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
         images, labels = common.synthetic_split(num_examples, example_shape=example_shape)
         model = models.get_model(model_name)
         trials = common.make_trials(model, optim.make_optimizer('sgd'), num_trials, images, labels)
-        net = network.from_module(model, example_shape)
-        timed = []  # (chunk per trial, seconds): this backend's, then 1,600 rows
-        for chunk, in_turn in ((engine.eval_chunk_size(num_trials, num_examples, backend), engine.trials_stepped_in_turn()),
-                               (engine.eval_chunk_of_1600_rows(num_trials), False)):
-            evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, chunk), in_turn))
-            timed.append((chunk, seconds(lambda: evaluate(trials, jnp.ones(num_trials, bool), images, labels))))
-        (chosen, fast), (rows_1600, slow) = timed
-        print(f'  {model_name:10s} N={num_trials:>2d}: chunk {chosen} per trial {fast:.2f} s, '
-              f'vmapped at 1,600 rows ({rows_1600} per trial) {slow:.2f} s: {slow / fast:.2f}x faster', flush=True)
+        timed, counts = {}, {}
+        for convolution, examples in (('xla', chunk), ('im2col', chunk), ('im2col', 12)):
+            net = network.from_module(models.get_model(model_name, convolution=convolution), example_shape)
+            evaluate = jax.jit(engine.evaluated_trials(trial.make_val_error_count(net, examples), in_turn))
+            run = lambda: evaluate(trials, jnp.ones(num_trials, bool), images, labels)
+            counts[convolution, examples] = np.asarray(run()).tolist()
+            timed[convolution, examples] = seconds(run)
+        same = 'the same' if len({tuple(count) for count in counts.values()}) == 1 else f'DIFFERENT {counts}'
+        print(f'  {model_name:10s} N={num_trials:>2d}: by xla at {chunk} per trial {timed["xla", chunk]:.2f} s, by im2col '
+              f'{timed["im2col", chunk]:.2f} s, by im2col at 12 {timed["im2col", 12]:.2f} s: xla '
+              f'{timed["im2col", chunk] / timed["xla", chunk]:.2f}x / {timed["im2col", 12] / timed["xla", chunk]:.2f}x '
+              f'faster; {same} errors', flush=True)
 
 
 def memory_check(num_trials=64, batch_size=4096):
@@ -256,7 +263,8 @@ def main():
         memory_traffic()
         return
     if args.checks:
-        print('6. one whole-validation check (6,000 examples), the evaluation chunk chosen here against 1,600 rows:')
+        print('6. one whole-validation check (6,000 examples) at the evaluation chunk chosen here, by XLA\'s convolution '
+              '(the default) and by im2col:')
         check_chunks()
         return
     if args.memory_check:

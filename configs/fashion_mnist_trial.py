@@ -33,11 +33,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.check_every = 100              # steps between validation checks
     config.eval_chunk_size = 0            # examples per evaluation chunk (speed and memory, not results); 0 = the
                                           # engine.eval_chunk_size of one trial without a memory
-                                          # estimate: 12 on CPU, 1000 on an accelerator
+                                          # estimate: 48 on CPU, 1000 on an accelerator
     config.compute_dtype = 'float32'      # 'float32' | 'bfloat16' (training and evaluation; float32 master weights)
     config.batch_in_passes = True         # on a CPU, batches in passes of <= 32 examples; False: whole (README)
     config.convolution = 'im2col'         # 'im2col' | 'pallas' (Triton kernels, GPU only) | 'xla' (README, "Performance")
-    config.eval_convolution = ''          # the validation checks': '' (as convolution) | 'im2col' | 'pallas' | 'xla'
+    config.eval_convolution = 'auto'      # the validation checks': 'auto' (built-in models 'xla', else as convolution)
+                                          # | '' (as convolution) | 'im2col' | 'pallas' | 'xla'
     config.matmul_precision = 'default'   # 'default' (TF32 on NVIDIA GPUs) | 'high' | 'highest' (full float32)
     config.compilation_cache_dir = 'auto'  # JAX's persistent compilation cache: 'auto' = ~/.cache/dps_jax/...; '' = off
     # Seeds.

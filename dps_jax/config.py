@@ -147,7 +147,7 @@ def _validate_workload(config: Any) -> None:
         require_choice(config, 'convolution', models.CONVOLUTIONS)
     if 'eval_convolution' in config:  # optional: a config written before the field checks as it trains
         from dps_jax import models
-        require_choice(config, 'eval_convolution', ('', *models.CONVOLUTIONS))
+        require_choice(config, 'eval_convolution', ('auto', '', *models.CONVOLUTIONS))
     if 'batch_in_passes' in config and not isinstance(config.batch_in_passes, bool):  # optional: older configs
         raise ConfigError(f'config.batch_in_passes={config.batch_in_passes!r} must be True or False')
 
@@ -179,6 +179,10 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
         _require_snip_examples(config, num_train_examples)
     _require_cache_dir(config)
 
+
+# What a config written before a field existed ran with, where that is not the field's default now:
+# a stored config that lacks the field is compared with this value, not the default.
+VALUES_BEFORE_THE_FIELD = {'eval_convolution': ''}
 
 # Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
 RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
@@ -262,7 +266,7 @@ def base_study_config():
     config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
     config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
     config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
-    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 12, the trials
+    config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 48, the trials
                                         # checked in turn (small programs keep a forward pass in cache), on an accelerator
                                         # as many as memory_fraction of its memory holds for every trial at once,
                                         # up to the whole split
@@ -299,12 +303,15 @@ def base_study_config():
                                         # GPUs; much slower than im2col on XLA:CPU); README, "Performance". The
                                         # same values up to the order of float32 sums (TF32 on NVIDIA GPUs at
                                         # matmul_precision 'default')
-    config.eval_convolution = ''        # how the validation checks' forward passes convolve: '' (as
-                                        # config.convolution) | 'im2col' | 'pallas' (GPU only) | 'xla' (cuDNN on
-                                        # NVIDIA GPUs; slow on XLA:CPU): pallas and xla write no im2col patches
-                                        # (pallas for the layers its kernels cover), and on an H200 either made a
-                                        # real cell 1.25x faster than im2col checks: use 'xla' on a GPU (README,
-                                        # "Performance"); the same errors up to float32 rounding
+    config.eval_convolution = 'auto'    # how the validation checks' forward passes convolve: 'auto' (the built-in
+                                        # models by 'xla', a model of one's own as it trains) | '' (as
+                                        # config.convolution; the default before 2026-11-27) | 'im2col' | 'pallas'
+                                        # (GPU only) | 'xla' (XLA's own convolution, cuDNN on NVIDIA GPUs). xla and
+                                        # pallas write no im2col patches: checks by xla ran 1.9-2.2x faster than
+                                        # by im2col on a 2-core CPU, and a real cell 1.25x faster on an H200
+                                        # (README, "Performance"); the same errors up to float32 rounding. On a
+                                        # CPU mesh of several devices checks are vmapped, where im2col (set '')
+                                        # is faster. Part of the study's identity ('auto' = 'xla' there)
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

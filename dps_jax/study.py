@@ -93,16 +93,16 @@ def make_plan(config: ml_collections.ConfigDict) -> dict:
 def _comparable(config_dict: dict) -> dict:
     """The fields of a config (as a dict) that make a study what it is, as JSON would give them back."""
     normalized = json.loads(json.dumps(config_dict))
-    if normalized.get('eval_convolution') == '':  # '' checks by config.convolution: the same study
-        normalized['eval_convolution'] = normalized.get('convolution', 'im2col')
+    # What the checks convolve by ('' and 'auto' resolved), so that two names for the same checks are one study.
+    normalized['eval_convolution'] = workload.eval_convolution(normalized)
     return {key: value for key, value in normalized.items() if key not in config_lib.RUN_FIELDS}
 
 
 def _with_defaults(config_dict: dict, model_digest: str = '') -> dict:
     """A stored config as this version compares it: a field it lacks was added to dps_jax later, and
-    the study ran with that field's default; one without a model digest (written by plan_only, or
+    the study ran with that field's default then (config.VALUES_BEFORE_THE_FIELD, else today's); one without a model digest (written by plan_only, or
     before the field existed) takes `model_digest`, the study's."""
-    merged = {**config_lib.base_study_config().to_dict(), **config_dict}
+    merged = {**config_lib.base_study_config().to_dict(), **config_lib.VALUES_BEFORE_THE_FIELD, **config_dict}
     merged['model_digest'] = merged['model_digest'] or model_digest
     return _comparable(merged)
 

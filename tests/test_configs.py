@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dps_jax import config as config_lib
-from dps_jax import study
+from dps_jax import study, workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -270,26 +270,51 @@ def test_a_config_json_without_search_space_is_the_reference_space(tmp_path):
                               write=False)
 
 
-def test_checks_by_the_training_convolution_are_one_study_however_written(tmp_path):
-    """eval_convolution '' follows config.convolution: '' and 'im2col' are the same study; 'xla' is another."""
-    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None)
+def test_checks_by_the_same_convolution_are_one_study_however_written(tmp_path):
+    """eval_convolution '' follows config.convolution ('' and 'im2col' are one study) and 'auto' is 'xla'
+    for a built-in model (the default and 'xla' are one study, another than im2col's checks); for a
+    model of one's own 'auto' checks as it trains; a stored config without the field checked as it trained."""
+    as_training = config_lib.base_study_config()
+    as_training.eval_convolution = ''
+    study.prepare_workdir(as_training, str(tmp_path / 'im2col'), log=lambda line: None)
     explicit = config_lib.base_study_config()
     explicit.eval_convolution = 'im2col'
-    study.prepare_workdir(explicit, str(tmp_path), log=lambda line: None, write=False)
-    explicit.eval_convolution = 'xla'
+    study.prepare_workdir(explicit, str(tmp_path / 'im2col'), log=lambda line: None, write=False)
+    for checks in ('auto', 'xla'):
+        explicit.eval_convolution = checks
+        with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: eval_convolution)')):
+            study.prepare_workdir(explicit, str(tmp_path / 'im2col'), log=lambda line: None, write=False)
+    assert config_lib.base_study_config().eval_convolution == 'auto'
+    study.prepare_workdir(config_lib.base_study_config(), str(tmp_path / 'xla'), log=lambda line: None)
+    study.prepare_workdir(explicit, str(tmp_path / 'xla'), log=lambda line: None, write=False)  # 'xla'
+
+    stored = json.loads((tmp_path / 'im2col' / 'config.json').read_text())
+    del stored['eval_convolution']  # written before the field existed: checked by im2col
+    (tmp_path / 'older').mkdir()
+    (tmp_path / 'older' / 'config.json').write_text(json.dumps(stored))
+    study.prepare_workdir(as_training, str(tmp_path / 'older'), log=lambda line: None, write=False)
     with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: eval_convolution)')):
-        study.prepare_workdir(explicit, str(tmp_path), log=lambda line: None, write=False)
+        study.prepare_workdir(config_lib.base_study_config(), str(tmp_path / 'older'), log=lambda line: None,
+                              write=False)
+
+    mine = config_lib.base_study_config()
+    mine.model = 'my_models.py:Net'
+    assert workload.eval_convolution(mine) == 'im2col' and workload.eval_convolution(config_lib.base_study_config()) == 'xla'
+    assert study._comparable(mine.to_dict()) == study._comparable({**mine.to_dict(), 'eval_convolution': ''})
 
 
 def test_a_mid_cell_checkpoint_written_before_a_field_existed_is_this_setup(tmp_path):
     """A checkpoint identity whose config lacks fields added since (convolution, eval_convolution)
     matches the identity this version writes for the same study, and not another study's."""
     config = config_lib.base_study_config()
-    config.checkpoint_every = 1
+    config.checkpoint_every, config.eval_convolution = 1, ''  # before the field, checks convolved as training
     saved = study.cell_checkpoints(config, str(tmp_path), 0.5, 64, log=lambda line: None)
     older = json.loads(json.dumps(saved.identity))
     del older['config']['convolution'], older['config']['eval_convolution']
     assert older != saved.identity
     assert study._checkpoint_identity(older) == study._checkpoint_identity(saved.identity)
+    config.eval_convolution = 'auto'  # today's default checks by 'xla': another setup
+    checked_by_xla = study.cell_checkpoints(config, str(tmp_path / 'xla'), 0.5, 64, log=lambda line: None)
+    assert study._checkpoint_identity(older) != study._checkpoint_identity(checked_by_xla.identity)
     older['config']['learning_rate_high'] = 1.0  # no such field: another version's other study
     assert study._checkpoint_identity(older) != study._checkpoint_identity(saved.identity)

@@ -205,7 +205,7 @@ def test_checks_can_convolve_with_pallas_while_training_convolves_by_im2col(monk
     config.num_trials, config.trials_per_group, config.eval_chunk_size = 2, 2, 8
     config.eval_convolution = 'pallas'
     work = workload.load_workload(config, dataset=dataset)
-    assert workload.describe_convolutions(config) == 'convolutions: training im2col, checks pallas'
+    assert 'convolutions: training im2col, checks pallas' in workload.describe(config, work)
     context = study.cell_context(config, work, [0.0])
     state = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[1], context.params),
                                   jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), context.params),
@@ -221,7 +221,6 @@ def test_checks_can_convolve_with_pallas_while_training_convolves_by_im2col(monk
 
 def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_and_on_a_mesh(monkeypatch):
     config = config_lib.base_study_config()
-    assert workload.describe_convolutions(config) is None  # the default logs nothing
     config.eval_convolution = 'pallas'
     if jax.default_backend() != 'gpu':
         with pytest.raises(config_lib.ConfigError, match=re.escape("config.eval_convolution='pallas' runs Triton")):
@@ -241,5 +240,5 @@ def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_an
         study.study_mesh(config)
     config.eval_convolution = 'cudnn'
     with pytest.raises(config_lib.ConfigError, match=re.escape(
-            "config.eval_convolution='cudnn' is not accepted; choose one of: '', im2col, pallas, xla")):
+            "config.eval_convolution='cudnn' is not accepted; choose one of: auto, '', im2col, pallas, xla")):
         config_lib.validate_study_config(config)
