@@ -307,7 +307,7 @@ def base_study_config():
                                         # models by 'xla', a model of one's own as it trains) | '' (as
                                         # config.convolution; the default before 2026-11-27) | 'im2col' | 'pallas'
                                         # (GPU only) | 'xla' (XLA's own convolution, cuDNN on NVIDIA GPUs). xla and
-                                        # pallas write no im2col patches: checks by xla ran 1.9-2.2x faster than
+                                        # pallas write no im2col patches: checks by xla ran 2.1-2.3x faster than
                                         # by im2col on a 2-core CPU, and a real cell 1.25x faster on an H200
                                         # (README, "Performance"); the same errors up to float32 rounding. On a
                                         # CPU mesh of several devices checks are vmapped, where im2col (set '')

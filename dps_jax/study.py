@@ -100,8 +100,9 @@ def _comparable(config_dict: dict) -> dict:
 
 def _with_defaults(config_dict: dict, model_digest: str = '') -> dict:
     """A stored config as this version compares it: a field it lacks was added to dps_jax later, and
-    the study ran with that field's default then (config.VALUES_BEFORE_THE_FIELD, else today's); one without a model digest (written by plan_only, or
-    before the field existed) takes `model_digest`, the study's."""
+    the study ran as that field's config.VALUES_BEFORE_THE_FIELD value says, else as its default; one
+    without a model digest (written by plan_only, or before the field existed) takes `model_digest`,
+    the study's."""
     merged = {**config_lib.base_study_config().to_dict(), **config_lib.VALUES_BEFORE_THE_FIELD, **config_dict}
     merged['model_digest'] = merged['model_digest'] or model_digest
     return _comparable(merged)

@@ -63,7 +63,7 @@ def convolution(config: ml_collections.ConfigDict) -> str:
 
 # How the built-in models' checks convolve under config.eval_convolution = 'auto': XLA's own convolution,
 # which writes no im2col patches. A check is a forward pass only; checked by it, trials in turn on a
-# 2-core Intel Xeon counted the same errors 1.9-2.2x faster than by im2col, and on an H200 (vmapped, cuDNN)
+# 2-core Intel Xeon counted the same errors 2.1-2.3x faster than by im2col, and on an H200 (vmapped, cuDNN)
 # a real cell ran 1.25x faster end to end (README, "Checks on a CPU" and "Checks on an accelerator").
 AUTO_EVAL_CONVOLUTION = 'xla'
 
