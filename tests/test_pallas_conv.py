@@ -14,7 +14,6 @@ from jax import lax
 
 from dps_jax import config as config_lib
 from dps_jax import data, models, network, pallas_conv, precision, study, trial, workload
-from tests.test_models import ReferenceSimpleCNN
 
 pytestmark = pytest.mark.matmul_precision('highest')
 
@@ -192,31 +191,6 @@ def test_a_kernel_gradient_split_over_programs_sums_to_the_whole(monkeypatch):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
     text = jax.jit(jax.grad(lambda k: jnp.sum(conv2d(x, k, None, 1, 'VALID') ** 2))).lower(kernel).as_text()
     assert 'tensor<3x3x3x16x16xf32>' in text  # (parts, kh, kw, C, F)
-
-
-def test_checks_can_convolve_with_pallas_while_training_convolves_by_im2col(monkeypatch):
-    """config.eval_convolution='pallas': a study's validation checks run the Pallas kernels and its
-    training step im2col; the checks count the errors that flax's own nn.Conv Simple-CNN counts."""
-    monkeypatch.setattr(workload, 'require_backend', lambda config: None)  # interpret mode on a CPU
-    rng = np.random.default_rng(0)
-    dataset = data.from_arrays(rng.normal(size=(200, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 200),
-                               num_classes=10)
-    config = config_lib.base_study_config()
-    config.num_trials, config.trials_per_group, config.eval_chunk_size = 2, 2, 8
-    config.eval_convolution = 'pallas'
-    work = workload.load_workload(config, dataset=dataset)
-    assert 'convolutions: training im2col, checks pallas' in workload.describe(config, work)
-    context = study.cell_context(config, work, [0.0])
-    state = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[1], context.params),
-                                  jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), context.params),
-                                  work.optimizer, {name: column[1] for name, column in context.values.items()},
-                                  {}, context.dropout_keys[1])
-    batch = (work.train_images[:8], work.train_labels[:8])
-    assert 'pallas_call' in str(jax.make_jaxpr(context.val_error)(state, work.val_images, work.val_labels))
-    assert 'pallas_call' not in str(jax.make_jaxpr(context.train_step)(state, batch))
-    logits = ReferenceSimpleCNN().apply({'params': state.params}, work.val_images)  # unpruned: mask all True
-    errors = int(np.sum(np.argmax(np.asarray(logits), axis=-1) != np.asarray(work.val_labels)))
-    assert int(jax.jit(context.val_error)(state, work.val_images, work.val_labels)) == errors
 
 
 def test_eval_convolution_is_refused_by_name_off_a_gpu_for_models_of_ones_own_and_on_a_mesh(monkeypatch):

@@ -476,28 +476,37 @@ def test_a_checkpoint_saved_before_model_digests_takes_the_studys():
     assert study._checkpoint_identity(other, model_digest='abc') != current
 
 
-def test_a_study_checks_a_built_in_model_by_xla_and_a_model_of_ones_own_as_it_trains():
-    """config.eval_convolution 'auto' (the default): a built-in model's checks convolve by XLA's own
-    convolution and count the errors flax's nn.Conv Simple-CNN counts, while its training convolves by
-    im2col; a model of one's own is checked by its training network."""
+@pytest.mark.parametrize('eval_convolution, check_operation', [('auto', 'conv_general_dilated'),
+                                                                ('pallas', 'pallas_call')])
+def test_a_study_checks_by_its_eval_convolution_while_it_trains_by_im2col(monkeypatch, eval_convolution,
+                                                                          check_operation):
+    """config.eval_convolution: by default ('auto') a built-in model's checks convolve by XLA's own
+    convolution, with 'pallas' by the Pallas kernels (interpret mode on a CPU); its training step by
+    im2col either way; the checks count the errors flax's own nn.Conv Simple-CNN counts. A model of
+    one's own is checked by its training network under 'auto'."""
+    monkeypatch.setattr(workload, 'require_backend', lambda config: None)  # pallas: interpret mode on a CPU
     rng = np.random.default_rng(0)
     dataset = data.from_arrays(rng.normal(size=(200, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 200),
                                num_classes=10)
     config = config_lib.base_study_config()
     config.num_trials, config.trials_per_group = 2, 2
+    config.eval_convolution = eval_convolution
     work = workload.load_workload(config, dataset=dataset)
-    assert work.eval_convolution == 'xla' and 'convolutions: training im2col, checks xla' in workload.describe(config, work)
+    checks = 'xla' if eval_convolution == 'auto' else eval_convolution
+    assert work.eval_convolution == checks
+    assert f'convolutions: training im2col, checks {checks}' in workload.describe(config, work)
     context = study.cell_context(config, work, [0.0])
     state = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[1], context.params),
                                   jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), context.params),
                                   work.optimizer, {name: column[1] for name, column in context.values.items()},
                                   {}, context.dropout_keys[1])
     batch = (work.train_images[:8], work.train_labels[:8])
-    assert 'conv_general_dilated' in str(jax.make_jaxpr(context.val_error)(state, work.val_images, work.val_labels))
-    assert 'conv_general_dilated' not in str(jax.make_jaxpr(context.train_step)(state, batch))
+    assert check_operation in str(jax.make_jaxpr(context.val_error)(state, work.val_images, work.val_labels))
+    assert check_operation not in str(jax.make_jaxpr(context.train_step)(state, batch))
     logits = ReferenceSimpleCNN().apply({'params': state.params}, work.val_images)  # unpruned: mask all True
     errors = int(np.sum(np.argmax(np.asarray(logits), axis=-1) != np.asarray(work.val_labels)))
     assert int(jax.jit(context.val_error)(state, work.val_images, work.val_labels)) == errors
 
-    mine = workload.load_workload(config, model=models.SimpleCNN(), dataset=dataset)
-    assert mine.eval_convolution == 'im2col' and mine.eval_network is mine.network
+    if eval_convolution == 'auto':
+        mine = workload.load_workload(config, model=models.SimpleCNN(), dataset=dataset)
+        assert mine.eval_convolution == 'im2col' and mine.eval_network is mine.network
