@@ -203,8 +203,8 @@ def check_chunks(num_examples: int = 6000):
     and by im2col at 12 examples per trial (the CPU's checks before 2026-11-27's 'auto')."""
     backend = jax.default_backend()
     in_turn = engine.trials_stepped_in_turn()
-    chunk = engine.eval_chunk_size(1, num_examples, backend)
     for model_name, num_trials in (('simple_cnn', 1), ('simple_cnn', 4), ('simple_cnn', 16), ('resnet8', 2)):
+        chunk = engine.eval_chunk_size(num_trials, num_examples, backend)  # without a memory estimate off a CPU
         example_shape = (28, 28, 1) if model_name == 'simple_cnn' else (32, 32, 3)
         images, labels = common.synthetic_split(num_examples, example_shape=example_shape)
         model = models.get_model(model_name)

@@ -23,6 +23,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
     cache = compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     work = workload.load_workload(config)
+    config = workload.with_resolved_checks(config, work)  # trial.json records what the checks ran
     config_lib.validate_trial_config(config, work.num_train_examples)
     log(compilation_cache.describe(cache))
     log(workload.describe(config, work))

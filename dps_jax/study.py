@@ -144,10 +144,13 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             changed_code = (f'; the file of config.model={config.model!r} changed since the study began (digest '
                             f'{previous["model_digest"]}, now {digest}): restore it, or, if the change leaves the '
                             f'model as it was, put the new digest in {path};' if 'model_digest' in differing else ';')
+            older_checks = ("; if the study was begun before eval_convolution's default became 'auto' (2026-11-27), "
+                            "its checks convolved as it trains: resume it with --config.eval_convolution=''"
+                            if 'eval_convolution' in differing and previous.get('eval_convolution') == 'im2col' else '')
             if not config.overwrite:
                 raise config_lib.ConfigError(
                     f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)})'
-                    f'{changed_code} use another --workdir, or --config.overwrite=True to reuse it')
+                    f'{older_checks}{changed_code} use another --workdir, or --config.overwrite=True to reuse it')
             if not write:
                 return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
@@ -336,7 +339,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         work = workload.load_workload(config, model, dataset)
         config_lib.validate_study_config(config, work.num_train_examples)
         check_measurable(config, work)
-        config = with_model_digest(config)
+        # The checks' convolution as resolved for the model actually loaded (a Module given as model= is one's own).
+        config = with_model_digest(workload.with_resolved_checks(config, work))
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
         runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,

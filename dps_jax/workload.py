@@ -84,6 +84,16 @@ def eval_convolution(config: ml_collections.ConfigDict, built_in: bool | None = 
     return chosen or convolution(config)
 
 
+def with_resolved_checks(config: ml_collections.ConfigDict, work: Workload) -> ml_collections.ConfigDict:
+    """config, or a copy whose eval_convolution names the convolution its checks run (work.eval_convolution):
+    what 'auto' or '' resolved to, recorded in the results and compared on resume."""
+    if config.get('eval_convolution') == work.eval_convolution:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval_convolution = work.eval_convolution
+    return config
+
+
 def describe_convolutions(training: str, checks: str) -> str | None:
     """A log line naming training's and the checks' convolutions; None when both are im2col."""
     if training == checks == 'im2col':

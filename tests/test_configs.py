@@ -293,7 +293,9 @@ def test_checks_by_the_same_convolution_are_one_study_however_written(tmp_path):
     (tmp_path / 'older').mkdir()
     (tmp_path / 'older' / 'config.json').write_text(json.dumps(stored))
     study.prepare_workdir(as_training, str(tmp_path / 'older'), log=lambda line: None, write=False)
-    with pytest.raises(config_lib.ConfigError, match=re.escape('(fields differ: eval_convolution)')):
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            "(fields differ: eval_convolution); if the study was begun before eval_convolution's default became "
+            "'auto' (2026-11-27), its checks convolved as it trains: resume it with --config.eval_convolution=''")):
         study.prepare_workdir(config_lib.base_study_config(), str(tmp_path / 'older'), log=lambda line: None,
                               write=False)
 

@@ -57,8 +57,9 @@ def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_pa
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert 'snip mask at sparsity 0.9 (5400 examples) in' in completed.stdout
     assert 'steps-to-result:' in completed.stdout
+    assert 'convolutions: training im2col, checks xla' in completed.stdout  # eval_convolution 'auto'
     result = json.loads((tmp_path / 'trial.json').read_text())
-    assert result['status'] == 'reached'
+    assert result['status'] == 'reached' and result['config']['eval_convolution'] == 'xla'
     assert result['steps_to_result'] % 100 == 0 and result['steps_to_result'] >= 200
     assert result['history'][-1]['val_error'] <= 0.2
     assert all(check['val_error'] > 0.2 for check in result['history'][:-1])

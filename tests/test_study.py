@@ -510,3 +510,19 @@ def test_a_study_checks_by_its_eval_convolution_while_it_trains_by_im2col(monkey
     if eval_convolution == 'auto':
         mine = workload.load_workload(config, model=models.SimpleCNN(), dataset=dataset)
         assert mine.eval_convolution == 'im2col' and mine.eval_network is mine.network
+
+
+def test_a_study_records_the_convolution_its_checks_ran_so_a_resume_that_checks_otherwise_is_refused(tmp_path):
+    """study.run(model=Module) with config.model still naming a built-in model: the Module is one's own, so
+    'auto' checks by its training network; config.json records that (eval_convolution 'im2col'), and a run
+    that would check the built-in model by XLA's convolution is refused as another study."""
+    rng = np.random.default_rng(0)
+    dataset = dps_jax.from_arrays(rng.normal(size=(64, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, size=64),
+                                  name='checks')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(16,), num_trials=1, pruning='random', check_every=5,
+                         max_steps=5, snip_examples=0)
+    assert config.model == 'simple_cnn' and config.eval_convolution == 'auto'
+    study.run(config, str(tmp_path), log=lambda line: None, model=_TwoLayerNet(), dataset=dataset)
+    assert json.loads((tmp_path / 'config.json').read_text())['eval_convolution'] == 'im2col'
+    with pytest.raises(config_lib.ConfigError, match=r"fields differ: eval_convolution\).*--config.eval_convolution=''"):
+        study.prepare_workdir(config, str(tmp_path), log=lambda line: None, write=False)
