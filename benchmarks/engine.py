@@ -217,8 +217,8 @@ def check_chunks(num_examples: int = 6000):
             counts[convolution, examples] = np.asarray(run()).tolist()
             timed[convolution, examples] = seconds(run)
         same = 'the same' if len({tuple(count) for count in counts.values()}) == 1 else f'DIFFERENT {counts}'
-        print(f'  {model_name:10s} N={num_trials:>2d}: by xla at {chunk} per trial {timed["xla", chunk]:.2f} s, by im2col '
-              f'{timed["im2col", chunk]:.2f} s, by im2col at 12 {timed["im2col", 12]:.2f} s: xla '
+        print(f'  {model_name:10s} N={num_trials:>2d}: by xla at {chunk} per trial {timed["xla", chunk]:.2f} s, '
+              f'by im2col {timed["im2col", chunk]:.2f} s, by im2col at 12 {timed["im2col", 12]:.2f} s: xla '
               f'{timed["im2col", chunk] / timed["xla", chunk]:.2f}x / {timed["im2col", 12] / timed["xla", chunk]:.2f}x '
               f'faster; {same} errors', flush=True)
 
@@ -263,8 +263,8 @@ def main():
         memory_traffic()
         return
     if args.checks:
-        print('6. one whole-validation check (6,000 examples) at the evaluation chunk chosen here, by XLA\'s convolution '
-              '(the default) and by im2col:')
+        print('6. one whole-validation check (6,000 examples) at the evaluation chunk chosen here, '
+              'by XLA\'s convolution (the default) and by im2col:')
         check_chunks()
         return
     if args.memory_check:

@@ -301,7 +301,8 @@ def test_checks_by_the_same_convolution_are_one_study_however_written(tmp_path):
 
     mine = config_lib.base_study_config()
     mine.model = 'my_models.py:Net'
-    assert workload.eval_convolution(mine) == 'im2col' and workload.eval_convolution(config_lib.base_study_config()) == 'xla'
+    assert workload.eval_convolution(mine) == 'im2col'
+    assert workload.eval_convolution(config_lib.base_study_config()) == 'xla'
     assert study._comparable(mine.to_dict()) == study._comparable({**mine.to_dict(), 'eval_convolution': ''})
 
 

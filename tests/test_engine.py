@@ -422,7 +422,8 @@ def test_dispatching_ahead_with_measurements_and_checkpoints_resumes_to_the_same
 def test_the_eval_chunk_is_cpu_tuned_on_cpu_and_sized_from_memory_on_accelerators():
     # On CPU 48 examples per trial (checked in turn), whatever the trials and the memory.
     assert engine.eval_chunk_size(1, 6000, 'cpu') == 48 and engine.eval_chunk_size(2, 6000, 'cpu', 1e6, 1 << 30) == 48
-    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 48 and engine.eval_chunk_size(100, 6000, 'cpu') == 48
+    assert engine.eval_chunk_size(16, 6000, 'cpu', 1e6, 1 << 30) == 48
+    assert engine.eval_chunk_size(100, 6000, 'cpu') == 48
     # 100 trials x 2 KB per example in 40 MB: 200 examples per chunk; more memory: the whole split.
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 40_000_000) == 200
     assert engine.eval_chunk_size(100, 6000, 'gpu', 2000.0, 80 << 30) == 6000

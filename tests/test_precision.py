@@ -96,6 +96,16 @@ def test_a_workload_trains_at_its_config_precision():
     # The training pass of the workload's network, too.
     train_pass = lambda params, images: work.network.train_apply(params, {}, images, None)[0]
     assert set(dot_precisions(train_pass, PARAMS, IMAGES)) == {'HIGHEST'}
+    # And its checks' network, which by default convolves by XLA's own convolution: at the same precision,
+    # in the config's compute dtype.
+    assert work.eval_convolution == 'xla'
+    check_pass = lambda params, images: work.eval_network.eval_apply(params, {}, images)
+    assert set(dot_precisions(check_pass, PARAMS, IMAGES)) == {'HIGHEST'}
+    assert 'stablehlo.convolution' in jax.jit(check_pass).lower(PARAMS, IMAGES).as_text()
+    config.compute_dtype = 'bfloat16'
+    low = workload.load_workload(config)
+    assert set(dot_operand_types(lambda params, images: low.eval_network.eval_apply(params, {}, images), PARAMS,
+                                 IMAGES)) == {'bf16'}
 
 
 # --- config.compute_dtype ---------------------------------------------------------------------
