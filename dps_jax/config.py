@@ -308,11 +308,11 @@ def base_study_config():
                                         # config.convolution; the default before 2026-11-27) | 'im2col' | 'pallas'
                                         # (GPU only) | 'xla' (XLA's own convolution, cuDNN on NVIDIA GPUs). xla and
                                         # pallas write no im2col patches: checks by xla ran 2.1-2.3x faster than
-                                        # by im2col on a 2-core CPU, and a real cell 1.25x faster on an H200
-                                        # (README, "Performance"); the same errors up to float32 rounding. On a
-                                        # CPU mesh of several devices checks are vmapped, where im2col (set '')
-                                        # is faster. Part of the study's identity: config.json records the
-                                        # resolved name
+                                        # by im2col on a 2-core CPU, and a real cell 1.25x faster on an H200 (an
+                                        # earlier session's run; README, "Performance"); the same errors up to
+                                        # float32 rounding. On a CPU mesh of several devices checks are vmapped,
+                                        # where im2col (set '') is faster. Part of the study's identity:
+                                        # config.json records the resolved name
     config.matmul_precision = 'default'  # float32 matmuls and convolutions of training, evaluation and SNIP:
                                          # 'default' (TF32 on NVIDIA GPUs: ~3e-4 relative error, fastest) |
                                          # 'high' | 'highest' (full float32 everywhere); XLA:CPU is float32 at

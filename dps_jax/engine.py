@@ -174,15 +174,9 @@ def eval_chunk_size(num_trials: int, num_val_examples: int, backend: str, bytes_
     if backend == 'cpu':
         return CPU_EVAL_EXAMPLES
     if not bytes_per_example or not memory_bytes:
-        return eval_chunk_of_1600_rows(num_trials)
+        return int(np.clip(1600 // num_trials, 25, 1000))
     fits = int(memory_bytes // (num_trials * bytes_per_example))
     return int(np.clip(fits, 25, num_val_examples))
-
-
-def eval_chunk_of_1600_rows(num_trials: int) -> int:
-    """1,600 // trials examples per trial, in [25, 1000]: the chunk without a memory estimate (and on
-    CPU before 2026-11-27)."""
-    return int(np.clip(1600 // num_trials, 25, 1000))
 
 
 def default_memory_bytes(fraction: float = 0.5) -> int:

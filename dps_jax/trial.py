@@ -68,8 +68,9 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     batch axis, would train differently in passes: config.batch_in_passes = False, or
     per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole
     batch, whose patches and activations fall out of the caches at large batches (the Simple-CNN
-    step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). Elsewhere the whole batch: an accelerator fills the chip with it, and a
-    network with BatchNorm statistics must see the whole batch at once.
+    step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). Elsewhere the whole
+    batch: an accelerator fills the chip with it, and a network with BatchNorm statistics must see
+    the whole batch at once.
     """
     backend = backend or jax.default_backend()
     if backend != 'cpu' or network_lib.as_network(network).has_state or batch_size <= CPU_EXAMPLES_PER_PASS:

@@ -63,8 +63,9 @@ def convolution(config: ml_collections.ConfigDict) -> str:
 
 # How the built-in models' checks convolve under config.eval_convolution = 'auto': XLA's own convolution,
 # which writes no im2col patches. A check is a forward pass only; checked by it, trials in turn on a
-# 2-core Intel Xeon counted the same errors 2.1-2.3x faster than by im2col, and on an H200 (vmapped, cuDNN)
-# a real cell ran 1.25x faster end to end (README, "Checks on a CPU" and "Checks on an accelerator").
+# 2-core Intel Xeon counted the same errors 2.1-2.3x faster than by im2col, and on an H200 (vmapped, cuDNN;
+# an earlier session's run) a real cell ran 1.25x faster end to end (README, "Checks on a CPU" and "Checks
+# on an accelerator").
 AUTO_EVAL_CONVOLUTION = 'xla'
 
 
@@ -79,9 +80,11 @@ def eval_convolution(config: ml_collections.ConfigDict, built_in: bool | None = 
     (and a config written before the field) is config.convolution. built_in: whether the model is
     built in (None: is_built_in(config))."""
     chosen = config.get('eval_convolution', '')
-    if chosen == 'auto':
-        return AUTO_EVAL_CONVOLUTION if (is_built_in(config) if built_in is None else built_in) else convolution(config)
-    return chosen or convolution(config)
+    if chosen != 'auto':
+        return chosen or convolution(config)
+    if built_in is None:
+        built_in = is_built_in(config)
+    return AUTO_EVAL_CONVOLUTION if built_in else convolution(config)
 
 
 def with_resolved_checks(config: ml_collections.ConfigDict, work: Workload) -> ml_collections.ConfigDict:
