@@ -15,10 +15,13 @@
 
     python benchmarks/accelerator.py [--quick] [--skip_real_cell] [--batch_sizes 64 ...] [--cases 64x100 ...]
         [--convolutions im2col pallas] [--eval_convolutions pallas xla] [--skip_dtype] [--real_cell_modes first all ...]
+        [--stopping_checks]
 
 --convolutions times parts 2 and 5 once per config.convolution value (part 2's rows with their
 ratio to the first; part 3 runs at the first only); --eval_convolutions adds, for each, a real cell that
-trains by the first and checks by that one (config.eval_convolution).
+trains by the first and checks by that one (config.eval_convolution); --stopping_checks runs each
+real cell a second time with checks that stop counting a trial above the goal (config.exact_val_errors
+= False: the same steps-to-result, fewer forward passes).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -26,6 +29,7 @@ Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smo
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -79,9 +83,11 @@ def flax_conv_rate(num_trials: int, batch_size: int, steps: int) -> float:
 
 
 def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: float, convolution: str = 'im2col',
-              modes=tuple(REAL_CELL_MODES), eval_convolution: str | None = None) -> None:
+              modes=tuple(REAL_CELL_MODES), eval_convolution: str | None = None,
+              stopping_checks: bool = False) -> None:
     """Times the real cell, training by `convolution` and checking by `eval_convolution` (None: the
-    same); `bare_rate` is the bare chunk's trial-steps/s at `convolution`."""
+    same); `bare_rate` is the bare chunk's trial-steps/s at `convolution`. With `stopping_checks`,
+    each mode runs a second time with checks that stop counting above the goal (exact_val_errors False)."""
     from dps_jax import data
     dataset = data.load('fashion_mnist')
     model, optimizer = models.SimpleCNN(convolution=convolution), optim.make_optimizer('sgd')
@@ -108,8 +114,11 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
                                         engine.train_bytes_per_example(train_step, one, (28, 28, 1)),
                                         engine.default_memory_bytes())
     print(f'  evaluation chunk: {eval_chunk} validation examples per trial', flush=True)
-    val_error = trial.make_val_error_count(eval_apply_fn, eval_chunk)
-    for until, ahead in (REAL_CELL_MODES[mode] for mode in modes):
+    checks = [('', trial.make_val_error_count(eval_apply_fn, eval_chunk))]
+    if stopping_checks:
+        checks.append((', checks stop above the goal', trial.make_val_error_count(
+            eval_apply_fn, eval_chunk, trial.max_errors_at_goal(int(val_images.shape[0]), 0.15))))
+    for (until, ahead), (counting, val_error) in itertools.product((REAL_CELL_MODES[mode] for mode in modes), checks):
         run = lambda: engine.run_cell(
             trials, train_step=train_step, val_error=val_error,
             train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
@@ -120,7 +129,7 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
         rate = result.trial_steps_computed / result.wall_seconds
         bare = result.trial_steps_computed / bare_rate
         mode = 'default' if ahead is None else ('on' if ahead else 'off')
-        print(f'| real cell, {label}, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
+        print(f'| real cell, {label}{counting}, until={until!r}, dispatch ahead {mode} | {result.wall_seconds:.1f} s | '
               f'{rate:,.0f} trial-steps/s | steps-to-result {result.min_steps_to_result} | '
               f'{result.trial_steps_computed:,d} trial-steps | '
               f'not bare chunks: {max(0.0, 1 - bare / result.wall_seconds):.0%} of the wall time |', flush=True)
@@ -151,6 +160,9 @@ def main():
     parser.add_argument('--skip_dtype', action='store_true', help='skip part 3 (bfloat16 against float32)')
     parser.add_argument('--real_cell_modes', nargs='+', choices=tuple(REAL_CELL_MODES), default=list(REAL_CELL_MODES),
                         help="part 5's runs: until='first', until='all', until='all' without dispatch ahead")
+    parser.add_argument('--stopping_checks', action='store_true',
+                        help='part 5 also runs each mode with checks that stop counting a trial above the goal '
+                        '(config.exact_val_errors=False)')
     args = parser.parse_args()
     cases = QUICK_CASES if args.quick else CHUNK_CASES
     if args.cases:
@@ -224,7 +236,7 @@ def main():
         for convolution, eval_convolution in runs:
             if (64, cell_trials, convolution) in rates:
                 real_cell(*sizes, rates[64, cell_trials, convolution], convolution, args.real_cell_modes,
-                          eval_convolution)
+                          eval_convolution, args.stopping_checks)
 
 if __name__ == '__main__':
     main()

@@ -150,6 +150,8 @@ def _validate_workload(config: Any) -> None:
         require_choice(config, 'eval_convolution', ('auto', '', *models.CONVOLUTIONS))
     if 'batch_in_passes' in config and not isinstance(config.batch_in_passes, bool):  # optional: older configs
         raise ConfigError(f'config.batch_in_passes={config.batch_in_passes!r} must be True or False')
+    if 'exact_val_errors' in config and not isinstance(config.exact_val_errors, bool):  # optional: older configs
+        raise ConfigError(f'config.exact_val_errors={config.exact_val_errors!r} must be True or False')
 
 
 def _require_cache_dir(config: Any) -> None:
@@ -260,6 +262,12 @@ def base_study_config():
                                         # (decided from the error count as the reference: 720 / 6,000 misses 0.12)
     config.max_steps = 40000            # budget per trial in steps; a multiple of check_every
     config.check_every = 100            # steps between whole-validation-split checks
+    config.exact_val_errors = True      # True: every check counts the whole validation split (the reference).
+                                        # False: a check stops counting a trial once its errors exceed what the
+                                        # goal allows (between evaluation chunks): the same statuses and
+                                        # steps-to-result, fewer forward passes, but the errors recorded for
+                                        # a check that missed the goal (best/last_val_error, a trial's history)
+                                        # are then lower bounds above the goal (README, "Checks that stop early")
     # --- How the engine runs a cell.
     config.until = 'first'              # 'first': stop a cell at the first check where any trial reaches the
                                         # goal (that step is the cell's minimum); 'all': every trial to its end

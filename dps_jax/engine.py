@@ -608,8 +608,10 @@ class CellCheckpointer:
 class _Progress:
     """A progress line every `every_seconds`, and at the check that ends the cell."""
 
-    def __init__(self, log: Callable[[str], None] | None, every_seconds: float, max_steps: int, started: float):
+    def __init__(self, log: Callable[[str], None] | None, every_seconds: float, max_steps: int, started: float,
+                 bounds: bool = False):
         self.log, self.every_seconds, self.max_steps, self.started = log, every_seconds, max_steps, started
+        self.bounds = bounds  # errors above the goal may be lower bounds (trial.errors_may_be_bounds)
         self.last = time.perf_counter()
 
     def after_check(self, cell: CellState, ending: bool) -> None:
@@ -618,9 +620,10 @@ class _Progress:
             return
         self.last = now
         status = cell.ledger.status
+        at_least = '>= ' if self.bounds and not (status == REACHED).any() else ''
         self.log(f'  step {cell.step:>7d}/{self.max_steps}  live {int((status == RUNNING).sum()):>4d}/{len(status)}'
                  f'  reached {int((status == REACHED).sum()):>4d}  diverged {int((status == DIVERGED).sum()):>4d}'
-                 f'  best val error {np.nanmin(cell.ledger.best_val_error):.4f}'
+                 f'  best val error {at_least}{np.nanmin(cell.ledger.best_val_error):.4f}'
                  f'  {cell.computed / (now - self.started):,.0f} trial-steps/s')
 
 
@@ -636,7 +639,8 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
 
     val_error(state, images, labels) is one trial's validation result: an integer error
     count over the split (trial.make_val_error_count; the goal is decided as the reference does)
-    or a float error value compared with goal_error directly.
+    or a float error value compared with goal_error directly. One that may stop counting above the
+    goal (stop_above) decides alike; the errors recorded for missed checks are then lower bounds.
 
     until='first' ends at the first check where any trial reaches the goal (that step is the
     minimum over trials, as they run in lockstep); 'all' runs every trial to its own end.
@@ -686,7 +690,8 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
         log(f'  resumed from checkpoint at step {restored[0].step} ({restored[0].checks} checks)')
     cell, elapsed_before = restored or (fresh_cell(stacked, shared_order, spec, measuring), 0.0)
     started -= elapsed_before
-    progress, final_states = _Progress(log, log_every_seconds, max_steps, started), {}
+    progress = _Progress(log, log_every_seconds, max_steps, started, trial.errors_may_be_bounds(val_error))
+    final_states = {}
 
     flight = None  # the check whose device work is queued and not yet read
     while flight is not None or (cell.step < max_steps and cell.ledger.running.any()):

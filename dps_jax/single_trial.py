@@ -44,8 +44,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     result = trial.run_trial(
         state=state, train_step=trial.make_train_step(network, optimizer, trial.configured_per_pass(config)),
-        val_error=trial.make_val_error_count(work.eval_network, config.eval_chunk_size or engine.eval_chunk_size(
-            1, int(work.val_images.shape[0]), jax.default_backend())),
+        val_error=trial.make_val_error_count(
+            work.eval_network,
+            config.eval_chunk_size or engine.eval_chunk_size(1, int(work.val_images.shape[0]), jax.default_backend()),
+            trial.configured_stop_above(config, int(work.val_images.shape[0]))),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,
         val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,

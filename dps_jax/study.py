@@ -433,7 +433,8 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     eval_chunk = config.eval_chunk_size or engine.eval_chunk_size(
         num_trials, int(work.val_images.shape[0]), backend, per_example,
         engine.default_memory_bytes(config.memory_fraction))
-    val_error = trial.make_val_error_count(work.eval_network, eval_chunk)
+    val_error = trial.make_val_error_count(
+        work.eval_network, eval_chunk, trial.configured_stop_above(config, int(work.val_images.shape[0])))
     scores = None
     if any(sparsity > 0 for sparsity in sparsities):
         started = time.perf_counter()

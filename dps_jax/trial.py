@@ -143,13 +143,27 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
     return train_step
 
 
-def make_val_error_count(network: NetworkLike, chunk_size: int = 1000
+def configured_stop_above(config: Any, num_val_examples: int) -> int | None:
+    """make_val_error_count's stop_above for a config: None (count the whole split) unless
+    config.exact_val_errors is False (absent from older configs: True)."""
+    if config.get('exact_val_errors', True):
+        return None
+    return max_errors_at_goal(num_val_examples, config.goal_error)
+
+
+def make_val_error_count(network: NetworkLike, chunk_size: int = 1000, stop_above: int | None = None
                          ) -> Callable[[TrainState, jax.Array, jax.Array], jax.Array]:
     """val_error_count(state, images, labels) -> misclassified examples (int32) of the WHOLE split.
 
     The network runs in evaluation mode on the trial's masked weights and model state. Evaluated
-    in chunks of `chunk_size` examples (a lax.map, then the remainder). The count, not a rate,
-    goes to the host, where `reached_goal` decides as the reference does.
+    in chunks of `chunk_size` examples (a loop over the chunks, then the remainder). The count, not
+    a rate, goes to the host, where `reached_goal` decides as the reference does.
+
+    stop_above: None counts every example. With a count (the most errors at which a trial still
+    reaches the goal, max_errors_at_goal), counting stops after the first chunk that takes a trial
+    above it: the goal decision is the same, and the count returned is then a lower bound that
+    exceeds `stop_above` (config.exact_val_errors). The function returned carries `stop_above` as
+    an attribute, so that logs can mark such errors as bounds.
     """
     if chunk_size < 1:
         raise ValueError(f'eval chunk_size must be >= 1, got {chunk_size}')
@@ -157,21 +171,42 @@ def make_val_error_count(network: NetworkLike, chunk_size: int = 1000
 
     def val_error_count(state: TrainState, images, labels):
         masked = apply_mask(state.params, state.mask)
-        logits_of = lambda chunk: network.eval_apply(masked, state.model_state, chunk)
+
+        def count(chunk_images, chunk_labels):
+            return losses.error_count(network.eval_apply(masked, state.model_state, chunk_images), chunk_labels)
+
         num_examples = images.shape[0]
         num_full = num_examples // chunk_size
+
+        def counting(carry):
+            chunks_done, errors = carry
+            more = chunks_done < num_full
+            return more if stop_above is None else more & (errors <= stop_above)
+
+        def next_chunk(carry):
+            chunks_done, errors = carry
+            start = chunks_done * chunk_size
+            return chunks_done + 1, errors + count(jax.lax.dynamic_slice_in_dim(images, start, chunk_size),
+                                                   jax.lax.dynamic_slice_in_dim(labels, start, chunk_size))
+
         errors = jnp.zeros((), jnp.int32)
         if num_full:
-            chunks = (images[:num_full * chunk_size].reshape((num_full, chunk_size) + images.shape[1:]),
-                      labels[:num_full * chunk_size].reshape((num_full, chunk_size)))
-            per_chunk = jax.lax.map(lambda chunk: losses.error_count(logits_of(chunk[0]), chunk[1]), chunks)
-            errors = errors + per_chunk.sum()
+            _, errors = jax.lax.while_loop(counting, next_chunk, (jnp.zeros((), jnp.int32), errors))
         if num_examples % chunk_size:
             rest = slice(num_full * chunk_size, num_examples)
-            errors = errors + losses.error_count(logits_of(images[rest]), labels[rest])
+            with_rest = lambda: errors + count(images[rest], labels[rest])
+            errors = (with_rest() if stop_above is None
+                      else jax.lax.cond(errors <= stop_above, with_rest, lambda: errors))
         return errors
 
+    val_error_count.stop_above = stop_above
     return val_error_count
+
+
+def errors_may_be_bounds(val_error: Callable) -> bool:
+    """Whether `val_error` may stop counting above the goal (make_val_error_count's stop_above), so
+    that an error recorded for a check that missed the goal is a lower bound."""
+    return getattr(val_error, 'stop_above', None) is not None
 
 
 class DataOrder(NamedTuple):
@@ -374,7 +409,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
     train_chunk = jax.jit(make_train_chunk(train_step, batch_size, check_every))
     evaluate = jax.jit(val_error)
     rule, ledger, only = Rule(goal_error, int(val_images.shape[0]), max_steps), Ledger.new(1), np.zeros(1, np.int64)
-    history, steps = [], 0
+    history, steps, bounds = [], 0, errors_may_be_bounds(val_error)
     while steps < max_steps and ledger.running[0]:
         state, order, metrics = train_chunk(state, order, train_images, train_labels)
         steps += check_every
@@ -387,7 +422,8 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
         error, last_loss = float(ledger.last_val_error[0]), float(last_loss)
         history.append((steps, error, last_loss))
         if log is not None:
-            log(f'step {steps:>7d}  val error {error:.4f}  train loss {last_loss:.4f}  '
+            at_least = '>= ' if bounds and ledger.steps_to_result[0] < 0 else ''
+            log(f'step {steps:>7d}  val error {at_least}{error:.4f}  train loss {last_loss:.4f}  '
                 f'({time.perf_counter() - started:.1f} s)')
     status = int(ledger.status[0])
     return TrialResult(STATUSES[status] if status != RUNNING else 'exhausted',  # running: a budget of 0 steps

@@ -215,6 +215,38 @@ def test_evaluated_trials_count_each_trials_own_errors(in_turn):
     assert int(counts[2]) == 0  # an inactive slot is not counted
 
 
+# Oracle: the same cell with every check counting the whole split.
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('until', ['all', 'first'])
+@STEPPED
+def test_checks_that_stop_counting_above_the_goal_decide_every_trial_alike(monkeypatch, in_turn, until):
+    step_trials(monkeypatch, in_turn)
+    trials, tx, _, _ = cell_setup()
+    allowed = trial.max_errors_at_goal(int(VAL_IMAGES.shape[0]), 0.14)
+    exact_lines, lines = [], []
+    exact = run(trials, tx, until=until, log=exact_lines.append, log_every_seconds=0.0)
+    stopping = run(trials, tx, until=until, val_error=trial.make_val_error_count(APPLY, 16, stop_above=allowed),
+                   log=lines.append, log_every_seconds=0.0)
+    np.testing.assert_array_equal(stopping.status, exact.status)
+    np.testing.assert_array_equal(stopping.steps_to_result, exact.steps_to_result)
+    np.testing.assert_array_equal(stopping.steps, exact.steps)
+    assert stopping.trial_steps_computed == exact.trial_steps_computed and stopping.checks == exact.checks
+    reached = exact.status == engine.REACHED
+    assert reached.any() and (~reached).any()
+    # A trial that reached is recorded exactly (its earlier checks missed the goal, so they are above it).
+    np.testing.assert_array_equal(stopping.best_val_error[reached], exact.best_val_error[reached])
+    # The others' last errors are lower bounds above the goal, and some counts did stop early.
+    checked = ~reached & np.isfinite(exact.last_val_error)
+    assert np.all(stopping.last_val_error[checked] <= exact.last_val_error[checked])
+    assert np.all(stopping.last_val_error[checked] * VAL_IMAGES.shape[0] > allowed)
+    assert np.any(stopping.last_val_error[checked] < exact.last_val_error[checked])
+    # Progress lines mark the best error as a bound until a trial reaches the goal.
+    first_hit = int(exact.steps_to_result[reached].min()) // 10
+    assert [' best val error >= ' in line for line in lines] == [True] * (first_hit - 1) + [False] * (
+        len(lines) - first_hit + 1)
+    assert not any('>=' in line for line in exact_lines)
+
+
 class _Mesh:
     def __init__(self, size):
         self.size = size

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -339,6 +340,26 @@ def test_batch_in_passes_says_how_the_studys_training_step_takes_its_batch(monke
                             network, optimizer, per_pass))
     dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
     assert built[0] == per_pass and set(built[1:]) <= {per_pass, trial.WHOLE_BATCH}  # and the memory estimate's
+
+
+@pytest.mark.parametrize('exact_val_errors', [True, False])
+def test_exact_val_errors_says_whether_a_studys_checks_may_stop_counting(monkeypatch, exact_val_errors):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=300)
+    dataset = dps_jax.from_arrays(rng.normal(size=(300, 6, 6, 1)).astype(np.float32), labels, name='stopping')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(16,), num_trials=1, pruning='random', check_every=5,
+                         max_steps=5, snip_examples=0, goal_error=0.3, exact_val_errors=exact_val_errors)
+    built = []
+    make_val_error_count = trial.make_val_error_count
+    monkeypatch.setattr(trial, 'make_val_error_count', lambda network, chunk_size, stop_above=None: built.append(
+        stop_above) or make_val_error_count(network, chunk_size, stop_above))
+    dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
+    # from_arrays keeps 30 of the 300 for validation. By hand, as the reference decides: 9 errors give
+    # 1 - float32(21 / 30) = 0.300000012 > 0.3, a miss; 8 give 0.27, a hit. So a count may stop above 8.
+    assert built == [None if exact_val_errors else 8]
+    with pytest.raises(config_lib.ConfigError, match=re.escape("config.exact_val_errors='no' must be True or False")):
+        config_lib.validate_study_config(
+            ml_collections.ConfigDict({**tiny_config().to_dict(), 'exact_val_errors': 'no'}))
 
 
 def test_a_study_split_into_groups_by_its_memory_estimate_gives_every_trial_the_same_numbers(monkeypatch):

@@ -90,6 +90,30 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
     assert got.dtype == jnp.int32 and int(got) == expected
 
 
+# Oracle: numpy's running count of wrong float64 argmaxes, chunk by chunk.
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('chunk_size', [1, 50, 333, 1037])
+def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk_size):
+    state, _ = make_state()
+    images = jnp.asarray(RNG.normal(size=(1037, 5)), jnp.float32)
+    labels = jnp.asarray(RNG.integers(0, 3, size=1037))
+    logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
+        state.params['dense']['bias'], np.float64)
+    wrong = logits.argmax(1) != np.asarray(labels)
+    total = int(wrong.sum())
+    # Where each chunk (and the remainder) ends, and the count up to there.
+    ends = [*range(chunk_size, 1037 + 1, chunk_size), *([1037] if 1037 % chunk_size else [])]
+    running = [int(wrong[:end].sum()) for end in ends]
+    for stop_above in (0, 7, total // 3, total - 1, total, total + 5):
+        count = jax.jit(trial.make_val_error_count(linear_apply, chunk_size, stop_above))
+        got = int(count(state, images, labels))
+        expected = next((errors for errors in running if errors > stop_above), total)
+        assert got == expected, stop_above
+        # The goal decision is the whole count's: at most stop_above errors exactly when the whole split has.
+        assert (got <= stop_above) == (total <= stop_above)
+    assert 0 < total // 3 and total > 7
+
+
 # Oracle: numpy argmax of float64 logits.
 @pytest.mark.matmul_precision('highest')
 def test_val_error_uses_the_masked_network():
@@ -242,16 +266,17 @@ def separable_problem(num_examples=600):
     return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
-def run(learning_rate, goal_error=0.05, random_val_labels=False):
-    state, tx = make_state('sgd', {'learning_rate': learning_rate})
-    images, labels = separable_problem()
+def run(learning_rate, goal_error=0.05, random_val_labels=False, val_error=None, log=None, problem=None,
+        state_and_optimizer=None):
+    state, tx = state_and_optimizer or make_state('sgd', {'learning_rate': learning_rate})
+    images, labels = problem or separable_problem()
     if random_val_labels:  # nothing can be learned about these: the goal is out of reach
         labels = labels.at[500:].set(jnp.asarray(RNG.integers(0, 3, size=100)))
     return trial.run_trial(
         state=state, train_step=trial.make_train_step(linear_apply, tx),
-        val_error=trial.make_val_error_count(linear_apply, 100), train_images=images[:500],
+        val_error=val_error or trial.make_val_error_count(linear_apply, 100), train_images=images[:500],
         train_labels=labels[:500], val_images=images[500:], val_labels=labels[500:], batch_size=10,
-        goal_error=goal_error, max_steps=200, check_every=10, data_seed=0)
+        goal_error=goal_error, max_steps=200, check_every=10, data_seed=0, log=log)
 
 
 def test_a_trial_reports_the_first_check_at_or_below_the_goal():
@@ -260,6 +285,24 @@ def test_a_trial_reports_the_first_check_at_or_below_the_goal():
     errors = [error for _, error, _ in result.history]
     assert errors[-1] <= 0.05 and all(error > 0.05 for error in errors[:-1])
     assert result.steps_to_result == result.history[-1][0] and result.steps_to_result % 10 == 0
+
+
+# Oracle: the same trial with every check counting the whole split.
+def test_a_trial_whose_checks_stop_counting_above_the_goal_reaches_it_alike_and_logs_its_bounds():
+    problem, state_and_optimizer = separable_problem(), make_state('sgd', {'learning_rate': 0.02})
+    exact = run(0.02, problem=problem, state_and_optimizer=state_and_optimizer)
+    lines = []
+    # 5 of 100 validation examples is the goal (1 - float32(0.95) = 0.0500000119 misses 0.05, so at most 4).
+    stopping = run(0.02, problem=problem, state_and_optimizer=state_and_optimizer, log=lines.append,
+                   val_error=trial.make_val_error_count(linear_apply, 10, stop_above=4))
+    assert (stopping.status, stopping.steps_to_result, stopping.steps) == (exact.status, exact.steps_to_result,
+                                                                           exact.steps)
+    assert exact.status == 'reached' and len(exact.history) > 2
+    (*missed, reached), (*exact_missed, exact_reached) = stopping.history, exact.history
+    assert reached == exact_reached
+    assert all(4 < round(error * 100) and error <= exact_error for (_, error, _), (_, exact_error, _) in zip(missed, exact_missed))
+    assert any(error < exact_error for (_, error, _), (_, exact_error, _) in zip(missed, exact_missed))
+    assert [' val error >= ' in line for line in lines] == [True] * len(missed) + [False]
 
 
 def test_a_huge_learning_rate_diverges_at_the_first_check():
