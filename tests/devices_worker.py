@@ -61,6 +61,14 @@ def passes_on_a_data_axis(batch_size=512):
             'example_rows': sorted({int(rows) for rows in re.findall(r'f32\[(\d+),5\]', hlo)})}
 
 
+def stopping_count():
+    """The cells' error count, stopping once a trial has missed their goal (0.14 of the split)."""
+    from dps_jax import trial
+    from tests.test_engine import APPLY, VAL_IMAGES
+
+    return trial.make_val_error_count(APPLY, 16, trial.max_errors_at_goal(int(VAL_IMAGES.shape[0]), 0.14))
+
+
 def meshes():
     import jax
 
@@ -73,6 +81,7 @@ def meshes():
         'data_2_trial_4': cell(parallel.make_mesh(trial=4, data=2)),
         'one_device_5': cell(None, num_trials=5),
         'trial_8_5': cell(parallel.make_mesh(trial=8), num_trials=5),
+        'trial_8_stopping': cell(parallel.make_mesh(trial=8), keep_final_state=False, val_error=stopping_count()),
         'trial_8_devices': [str(device) for device in devices],
         'passes_on_a_data_axis': passes_on_a_data_axis(),
     }

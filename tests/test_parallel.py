@@ -51,6 +51,19 @@ def test_eight_devices_on_the_trial_axis_give_the_one_device_results(runs):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group('mesh_runs')
+def test_checks_that_stop_counting_decide_alike_with_trials_sharded_over_devices(runs):
+    # The vmapped count runs until every trial on every device is decided: an all-reduce of the
+    # loop's condition. Oracle: the one-device cell counting whole splits.
+    got, want = runs['trial_8_stopping'], runs['one_device']
+    for field in ('status', 'steps_to_result', 'steps'):
+        assert got[field] == want[field], field
+    missed = [index for index, steps in enumerate(want['steps_to_result']) if steps < 0]
+    assert missed and all(got['last_val_error'][i] <= want['last_val_error'][i] + 1e-12 for i in missed
+                          if np.isfinite(want['last_val_error'][i]))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group('mesh_runs')
 def test_a_step_in_passes_keeps_a_data_sharded_batch_on_its_devices(runs):
     # Pass i takes examples i, i + P, ...: each device runs its half of every pass, and the gradients
     # are summed across devices, instead of gathering the whole batch onto each device.
