@@ -19,9 +19,9 @@
 
 --convolutions times parts 2 and 5 once per config.convolution value (part 2's rows with their
 ratio to the first; part 3 runs at the first only); --eval_convolutions adds, for each, a real cell that
-trains by the first and checks by that one (config.eval_convolution); --stopping_checks runs each
-real cell a second time with checks that stop counting a trial above the goal (config.exact_val_errors
-= False: the same steps-to-result, fewer forward passes).
+trains by the first and checks by that one (config.eval_convolution); --stopping_checks runs each of
+those cells' modes a second time with checks that stop counting a trial above the goal
+(config.exact_val_errors = False: the same steps-to-result, fewer forward passes).
 
 Sized to finish in about 6 minutes on an H100; --quick shrinks every part (a smoke test on a CPU).
 """
@@ -59,6 +59,7 @@ def matmul_tflops(size: int) -> float:
     return 2 * size ** 3 / common.seconds(lambda: matmul(a, a), repeats=3) / 1e12
 
 
+REAL_CELL_GOAL = 0.15  # part 5's goal validation error
 # Part 5's runs: (until, dispatch_ahead); None is the engine's default (on for accelerators).
 REAL_CELL_MODES = {'first': ('first', None), 'all': ('all', None), 'all_serial': ('all', False)}
 
@@ -117,12 +118,12 @@ def real_cell(num_trials: int, max_steps: int, snip_examples: int, bare_rate: fl
     checks = [('', trial.make_val_error_count(eval_apply_fn, eval_chunk))]
     if stopping_checks:
         checks.append((', checks stop above the goal', trial.make_val_error_count(
-            eval_apply_fn, eval_chunk, trial.max_errors_at_goal(int(val_images.shape[0]), 0.15))))
+            eval_apply_fn, eval_chunk, trial.max_errors_at_goal(int(val_images.shape[0]), REAL_CELL_GOAL))))
     for (until, ahead), (counting, val_error) in itertools.product((REAL_CELL_MODES[mode] for mode in modes), checks):
         run = lambda: engine.run_cell(
             trials, train_step=train_step, val_error=val_error,
             train_images=train_images, train_labels=train_labels, val_images=val_images, val_labels=val_labels,
-            batch_size=64, goal_error=0.15, max_steps=max_steps, check_every=100, until=until,
+            batch_size=64, goal_error=REAL_CELL_GOAL, max_steps=max_steps, check_every=100, until=until,
             dispatch_ahead=ahead)
         run()  # compiles every bucket's programs
         result = run()
@@ -161,8 +162,8 @@ def main():
     parser.add_argument('--real_cell_modes', nargs='+', choices=tuple(REAL_CELL_MODES), default=list(REAL_CELL_MODES),
                         help="part 5's runs: until='first', until='all', until='all' without dispatch ahead")
     parser.add_argument('--stopping_checks', action='store_true',
-                        help='part 5 also runs each mode with checks that stop counting a trial above the goal '
-                        '(config.exact_val_errors=False)')
+                        help='part 5 also runs each mode of each --eval_convolutions cell with checks that stop '
+                        'counting a trial above the goal (config.exact_val_errors=False)')
     args = parser.parse_args()
     cases = QUICK_CASES if args.quick else CHUNK_CASES
     if args.cases:
@@ -236,7 +237,7 @@ def main():
         for convolution, eval_convolution in runs:
             if (64, cell_trials, convolution) in rates:
                 real_cell(*sizes, rates[64, cell_trials, convolution], convolution, args.real_cell_modes,
-                          eval_convolution, args.stopping_checks)
+                          eval_convolution, args.stopping_checks and eval_convolution is not None)
 
 if __name__ == '__main__':
     main()

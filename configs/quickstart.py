@@ -27,7 +27,7 @@ def get_config():
     config.max_steps = 5000
     config.check_every = 20
     config.exact_val_errors = False         # checks stop counting a trial once it has missed the goal: the same
-                                            # table, 1.17x faster here (errors above 0.25 in trials.jsonl are
+                                            # table, 1.12-1.17x faster here (errors above 0.25 in trials.jsonl are
                                             # lower bounds; README, "Checks that stop early")
     config.until = 'first'
     return config

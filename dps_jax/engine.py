@@ -243,6 +243,10 @@ def evaluated_trials(val_error: Callable, in_turn: bool) -> Callable:
                                 state, images, labels)
         return lambda states, active, images, labels: jax.lax.map(
             lambda args: one(*args, images, labels), (states, active))
+    if isinstance(val_error, trial.ValErrorCount):
+        # One chunk index for every trial: vmapping the per-trial loop would give a count that may
+        # stop a chunk index per trial, and a gather of each trial's own chunk.
+        return val_error.stacked
     vmapped = jax.vmap(val_error, in_axes=(0, None, None))
     return lambda states, active, images, labels: jnp.where(active, vmapped(states, images, labels), 0)
 
@@ -639,8 +643,9 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
 
     val_error(state, images, labels) is one trial's validation result: an integer error
     count over the split (trial.make_val_error_count; the goal is decided as the reference does)
-    or a float error value compared with goal_error directly. One that may stop counting above the
-    goal (stop_above) decides alike; the errors recorded for missed checks are then lower bounds.
+    or a float error value compared with goal_error directly. A trial.ValErrorCount that stops
+    counting above the goal (stop_above, which must be goal_error's) decides alike; the errors
+    recorded for missed checks are then lower bounds.
 
     until='first' ends at the first check where any trial reaches the goal (that step is the
     minimum over trials, as they run in lockstep); 'all' runs every trial to its own end.
@@ -682,6 +687,7 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     data = Splits(*parallel.place_replicated((train_images, train_labels, val_images, val_labels), mesh))
     measuring = Measuring.of(spec.measurements, data)
     rule = Rule(goal_error, int(val_images.shape[0]), max_steps)
+    trial.require_goal_limit(val_error, rule.num_val_examples, goal_error)
     stacked, shared_order = _with_data_orders(trials, spec, num_examples)
 
     checkpointer = None if checkpoints is None else CellCheckpointer(checkpoints, spec)

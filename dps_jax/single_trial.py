@@ -56,8 +56,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log(f'steps-to-result: {result.steps_to_result} (validation error <= {config.goal_error:g}) '
             f'in {result.wall_seconds:.1f} s')
     else:
+        at_least = '>= ' if config.get('exact_val_errors', True) is False else ''
         log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
-            f'(best validation error {result.best_val_error:.4f})')
+            f'(best validation error {at_least}{result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
         'config': config.to_dict(),
         'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config)),

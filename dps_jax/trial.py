@@ -8,6 +8,7 @@ Both judge a check with the same ledger (dps_jax.ledger: the reference's goal de
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, NamedTuple, Union
 
@@ -151,62 +152,115 @@ def configured_stop_above(config: Any, num_val_examples: int) -> int | None:
     return max_errors_at_goal(num_val_examples, config.goal_error)
 
 
-def make_val_error_count(network: NetworkLike, chunk_size: int = 1000, stop_above: int | None = None
-                         ) -> Callable[[TrainState, jax.Array, jax.Array], jax.Array]:
-    """val_error_count(state, images, labels) -> misclassified examples (int32) of the WHOLE split.
+def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_size: int,
+                     stop_above: int | None, counting: jax.Array | None = None) -> jax.Array:
+    """`errors` plus count(chunk_images, chunk_labels) over the split's chunks, then its remainder.
 
-    The network runs in evaluation mode on the trial's masked weights and model state. Evaluated
-    in chunks of `chunk_size` examples (a loop over the chunks, then the remainder). The count, not
-    a rate, goes to the host, where `reached_goal` decides as the reference does.
-
-    stop_above: None counts every example. With a count (the most errors at which a trial still
-    reaches the goal, max_errors_at_goal), counting stops after the first chunk that takes a trial
-    above it: the goal decision is the same, and the count returned is then a lower bound that
-    exceeds `stop_above` (config.exact_val_errors). The function returned carries `stop_above` as
-    an attribute, so that logs can mark such errors as bounds.
+    errors: int32 () for one trial or (N,) for stacked trials, the shape `count` returns. With
+    stop_above, an entry stops growing after the chunk that takes it above stop_above, and the loop
+    ends once no entry of `counting` (bool like errors; None: every entry) can still grow. The
+    chunk index is shared by every entry, so stacked trials evaluate one common chunk per iteration.
     """
-    if chunk_size < 1:
-        raise ValueError(f'eval chunk_size must be >= 1, got {chunk_size}')
-    network = network_lib.as_network(network)
+    def growing(errors):
+        undecided = errors <= stop_above
+        return undecided if counting is None else undecided & counting
 
-    def val_error_count(state: TrainState, images, labels):
-        masked = apply_mask(state.params, state.mask)
+    def added(errors, chunk_images, chunk_labels):
+        more = count(chunk_images, chunk_labels)
+        return errors + (more if stop_above is None else jnp.where(growing(errors), more, 0))
 
-        def count(chunk_images, chunk_labels):
-            return losses.error_count(network.eval_apply(masked, state.model_state, chunk_images), chunk_labels)
-
-        num_examples = images.shape[0]
-        num_full = num_examples // chunk_size
-
-        def counting(carry):
+    num_examples = images.shape[0]
+    num_full = num_examples // chunk_size
+    if num_full:
+        def going_on(carry):
             chunks_done, errors = carry
-            more = chunks_done < num_full
-            return more if stop_above is None else more & (errors <= stop_above)
+            left = chunks_done < num_full
+            return left if stop_above is None else left & jnp.any(growing(errors))
 
         def next_chunk(carry):
             chunks_done, errors = carry
             start = chunks_done * chunk_size
-            return chunks_done + 1, errors + count(jax.lax.dynamic_slice_in_dim(images, start, chunk_size),
-                                                   jax.lax.dynamic_slice_in_dim(labels, start, chunk_size))
+            return chunks_done + 1, added(errors, jax.lax.dynamic_slice_in_dim(images, start, chunk_size),
+                                          jax.lax.dynamic_slice_in_dim(labels, start, chunk_size))
 
-        errors = jnp.zeros((), jnp.int32)
-        if num_full:
-            _, errors = jax.lax.while_loop(counting, next_chunk, (jnp.zeros((), jnp.int32), errors))
-        if num_examples % chunk_size:
-            rest = slice(num_full * chunk_size, num_examples)
-            with_rest = lambda: errors + count(images[rest], labels[rest])
-            errors = (with_rest() if stop_above is None
-                      else jax.lax.cond(errors <= stop_above, with_rest, lambda: errors))
-        return errors
+        _, errors = jax.lax.while_loop(going_on, next_chunk, (jnp.zeros((), jnp.int32), errors))
+    if num_examples % chunk_size:
+        rest = slice(num_full * chunk_size, num_examples)
+        if stop_above is None:
+            errors = added(errors, images[rest], labels[rest])
+        else:
+            errors = jax.lax.cond(jnp.any(growing(errors)), lambda e: added(e, images[rest], labels[rest]),
+                                  lambda e: e, errors)
+    return errors
 
-    val_error_count.stop_above = stop_above
-    return val_error_count
+
+@dataclasses.dataclass(frozen=True)
+class ValErrorCount:
+    """val_error(state, images, labels) -> misclassified examples (int32) of the WHOLE split, one trial.
+
+    The network runs in evaluation mode on the trial's masked weights and model state, over chunks
+    of `chunk_size` examples (a loop over the chunks, then the remainder). The count, not a rate,
+    goes to the host, where `reached_goal` decides as the reference does. `stacked` counts a leading
+    axis of trials at once (the engine's vmapped check).
+
+    stop_above: None counts every example. With a count (the most errors at which a trial still
+    reaches the goal: max_errors_at_goal), a trial's counting stops after the chunk that takes it
+    above that: the goal decision is the same, and the count is then a lower bound above the goal
+    (config.exact_val_errors = False). The engine and run_trial check it against their goal.
+    """
+    network: network_lib.Network
+    chunk_size: int = 1000
+    stop_above: int | None = None
+
+    def __post_init__(self):
+        if self.chunk_size < 1:
+            raise ValueError(f'eval chunk_size must be >= 1, got {self.chunk_size}')
+        if self.stop_above is not None and self.stop_above < 0:
+            raise ValueError(f'stop_above must be None or >= 0 (errors a trial may make and still reach the goal), '
+                             f'got {self.stop_above}')
+
+    def _count(self, params, model_state, images, labels) -> jax.Array:
+        return losses.error_count(self.network.eval_apply(params, model_state, images), labels)
+
+    def __call__(self, state: TrainState, images, labels) -> jax.Array:
+        masked = apply_mask(state.params, state.mask)
+        return _count_in_chunks(lambda chunk_images, chunk_labels: self._count(
+            masked, state.model_state, chunk_images, chunk_labels), jnp.zeros((), jnp.int32), images, labels,
+            self.chunk_size, self.stop_above)
+
+    def stacked(self, states: TrainState, active: jax.Array, images, labels) -> jax.Array:
+        """Error counts (trials,) of stacked `states`, 0 where not `active`; an inactive slot never
+        keeps a check that stops counting going."""
+        masked = jax.vmap(apply_mask)(states.params, states.mask)
+        count = jax.vmap(self._count, in_axes=(0, 0, None, None))
+        errors = _count_in_chunks(lambda chunk_images, chunk_labels: count(
+            masked, states.model_state, chunk_images, chunk_labels), jnp.zeros(active.shape, jnp.int32), images,
+            labels, self.chunk_size, self.stop_above, counting=active)
+        return jnp.where(active, errors, 0)
+
+
+def make_val_error_count(network: NetworkLike, chunk_size: int = 1000, stop_above: int | None = None
+                         ) -> ValErrorCount:
+    """The whole-split error count of one trial (ValErrorCount) for a Network or a plain apply function."""
+    return ValErrorCount(network_lib.as_network(network), chunk_size, stop_above)
 
 
 def errors_may_be_bounds(val_error: Callable) -> bool:
-    """Whether `val_error` may stop counting above the goal (make_val_error_count's stop_above), so
-    that an error recorded for a check that missed the goal is a lower bound."""
-    return getattr(val_error, 'stop_above', None) is not None
+    """Whether `val_error` may stop counting above the goal (ValErrorCount.stop_above), so that an
+    error recorded for a check that missed the goal is a lower bound."""
+    return isinstance(val_error, ValErrorCount) and val_error.stop_above is not None
+
+
+def require_goal_limit(val_error: Callable, num_val_examples: int, goal_error: float) -> None:
+    """ValueError when `val_error` stops counting at another limit than `goal_error` allows: it would
+    decide the goal wrongly."""
+    if not errors_may_be_bounds(val_error):
+        return
+    allowed = max_errors_at_goal(num_val_examples, goal_error)
+    if val_error.stop_above != allowed:
+        raise ValueError(f'val_error stops counting above {val_error.stop_above} errors, but goal_error={goal_error:g} '
+                         f'of {num_val_examples} validation examples allows {allowed}: build it with '
+                         f'stop_above=max_errors_at_goal({num_val_examples}, {goal_error:g})')
 
 
 class DataOrder(NamedTuple):
@@ -409,6 +463,7 @@ def run_trial(*, state: TrainState, train_step, val_error, train_images, train_l
     train_chunk = jax.jit(make_train_chunk(train_step, batch_size, check_every))
     evaluate = jax.jit(val_error)
     rule, ledger, only = Rule(goal_error, int(val_images.shape[0]), max_steps), Ledger.new(1), np.zeros(1, np.int64)
+    require_goal_limit(val_error, int(val_images.shape[0]), goal_error)
     history, steps, bounds = [], 0, errors_may_be_bounds(val_error)
     while steps < max_steps and ledger.running[0]:
         state, order, metrics = train_chunk(state, order, train_images, train_labels)

@@ -247,6 +247,33 @@ def test_checks_that_stop_counting_above_the_goal_decide_every_trial_alike(monke
     assert not any('>=' in line for line in exact_lines)
 
 
+# Oracle: each trial's own count (tests/test_trial.py checks it against numpy).
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('chunk_size', [16, 64, 500])
+def test_a_vmapped_count_that_may_stop_is_each_trials_own_count_over_one_shared_chunk(chunk_size):
+    trials, _, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01, 0.3]))
+    active = jnp.array([True, False, True, True])
+    exact = trial.make_val_error_count(APPLY, chunk_size)
+    totals = [int(exact(jax.tree.map(lambda leaf: leaf[i], trials), VAL_IMAGES, VAL_LABELS)) for i in range(4)]
+    for stop_above in sorted({0, min(totals) - 1, min(totals), max(totals) - 1, max(totals)}):
+        count = trial.make_val_error_count(APPLY, chunk_size, stop_above)
+        stacked = jax.jit(engine.evaluated_trials(count, in_turn=False))
+        got = np.asarray(stacked(trials, active, VAL_IMAGES, VAL_LABELS))
+        alone = [int(count(jax.tree.map(lambda leaf: leaf[i], trials), VAL_IMAGES, VAL_LABELS)) for i in range(4)]
+        np.testing.assert_array_equal(got, np.where(active, alone, 0), err_msg=f'stop_above {stop_above}')
+        # One chunk for every trial: no gather of a chunk per trial (which a per-trial loop index needs).
+        assert 'gather' not in stacked.lower(trials, active, VAL_IMAGES, VAL_LABELS).as_text()
+    assert len(set(totals)) > 1
+
+
+def test_a_count_that_stops_at_another_goal_than_the_cells_is_refused():
+    trials, tx, _, _ = cell_setup(rates=np.array([0.1]))
+    wrong = trial.make_val_error_count(APPLY, 16, stop_above=trial.max_errors_at_goal(200, 0.14) + 20)
+    with pytest.raises(ValueError, match=r'stops counting above 48 errors, but goal_error=0.14 of 200 validation '
+                                         r'examples allows 28'):
+        run(trials, tx, val_error=wrong)
+
+
 class _Mesh:
     def __init__(self, size):
         self.size = size

@@ -64,3 +64,13 @@ def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_pa
     assert result['history'][-1]['val_error'] <= 0.2
     assert all(check['val_error'] > 0.2 for check in result['history'][:-1])
     assert 'total             6,235 /    62,346   10.00%' in completed.stdout
+    # Oracle for checks that stop counting above the goal: the exact run above.
+    stopping = launch(tmp_path / 'stopping', '--config.goal_error=0.2', '--config.snip_examples=5400',
+                      '--config.exact_val_errors=False')
+    assert stopping.returncode == 0, stopping.stderr[-2000:]
+    stopped = json.loads((tmp_path / 'stopping' / 'trial.json').read_text())
+    assert (stopped['status'], stopped['steps_to_result']) == (result['status'], result['steps_to_result'])
+    assert stopped['history'][-1] == result['history'][-1]
+    assert all(0.2 < check['val_error'] <= exact['val_error']
+               for check, exact in zip(stopped['history'][:-1], result['history'][:-1]))
+    assert stopping.stdout.count(' val error >= ') == len(result['history']) - 1

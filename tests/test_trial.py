@@ -92,7 +92,7 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
 
 # Oracle: numpy's running count of wrong float64 argmaxes, chunk by chunk.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('chunk_size', [1, 50, 333, 1037])
+@pytest.mark.parametrize('chunk_size', [1, 50, 333, 1037, 5000])
 def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk_size):
     state, _ = make_state()
     images = jnp.asarray(RNG.normal(size=(1037, 5)), jnp.float32)
@@ -104,7 +104,9 @@ def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk
     # Where each chunk (and the remainder) ends, and the count up to there.
     ends = [*range(chunk_size, 1037 + 1, chunk_size), *([1037] if 1037 % chunk_size else [])]
     running = [int(wrong[:end].sum()) for end in ends]
-    for stop_above in (0, 7, total // 3, total - 1, total, total + 5):
+    # Also the limits at the last whole chunk's count, where the remainder is counted or not.
+    at_remainder = {running[-2], running[-2] - 1} if 1037 % chunk_size and len(running) > 1 else set()
+    for stop_above in sorted({0, 7, total // 3, total - 1, total, total + 5} | at_remainder):
         count = jax.jit(trial.make_val_error_count(linear_apply, chunk_size, stop_above))
         got = int(count(state, images, labels))
         expected = next((errors for errors in running if errors > stop_above), total)
@@ -112,6 +114,8 @@ def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk
         # The goal decision is the whole count's: at most stop_above errors exactly when the whole split has.
         assert (got <= stop_above) == (total <= stop_above)
     assert 0 < total // 3 and total > 7
+    with pytest.raises(ValueError, match='stop_above must be None or >= 0'):
+        trial.make_val_error_count(linear_apply, chunk_size, -1)
 
 
 # Oracle: numpy argmax of float64 logits.
