@@ -156,26 +156,33 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
                      stop_above: int | None, counting: jax.Array | None = None) -> jax.Array:
     """`errors` plus count(chunk_images, chunk_labels) over the split's chunks, then its remainder.
 
-    errors: int32 () for one trial or (N,) for stacked trials, the shape `count` returns. With
-    stop_above, an entry stops growing after the chunk that takes it above stop_above, and the loop
-    ends once no entry of `counting` (bool like errors; None: every entry) can still grow. The
-    chunk index is shared by every entry, so stacked trials evaluate one common chunk per iteration.
+    errors: int32 () for one trial or (N,) for stacked trials, the shape `count` returns. Without
+    stop_above, a map over every chunk. With it, a while loop: an entry stops growing after the
+    chunk that takes it above stop_above, and the loop ends once no entry of `counting` (bool like
+    errors; None: every entry) can still grow. The chunk index is shared by every entry either way,
+    so stacked trials evaluate one common chunk per iteration.
     """
     def growing(errors):
         undecided = errors <= stop_above
         return undecided if counting is None else undecided & counting
 
     def added(errors, chunk_images, chunk_labels):
-        more = count(chunk_images, chunk_labels)
-        return errors + (more if stop_above is None else jnp.where(growing(errors), more, 0))
+        return errors + jnp.where(growing(errors), count(chunk_images, chunk_labels), 0)
 
     num_examples = images.shape[0]
     num_full = num_examples // chunk_size
+    if stop_above is None:  # every chunk: a map over them, the program every check ran before stop_above
+        if num_full:
+            chunks = (images[:num_full * chunk_size].reshape((num_full, chunk_size) + images.shape[1:]),
+                      labels[:num_full * chunk_size].reshape((num_full, chunk_size) + labels.shape[1:]))
+            errors = errors + jax.lax.map(lambda chunk: count(*chunk), chunks).sum(axis=0, dtype=jnp.int32)
+        if num_examples % chunk_size:
+            errors = errors + count(images[num_full * chunk_size:], labels[num_full * chunk_size:])
+        return errors
     if num_full:
         def going_on(carry):
             chunks_done, errors = carry
-            left = chunks_done < num_full
-            return left if stop_above is None else left & jnp.any(growing(errors))
+            return (chunks_done < num_full) & jnp.any(growing(errors))
 
         def next_chunk(carry):
             chunks_done, errors = carry
@@ -186,11 +193,8 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
         _, errors = jax.lax.while_loop(going_on, next_chunk, (jnp.zeros((), jnp.int32), errors))
     if num_examples % chunk_size:
         rest = slice(num_full * chunk_size, num_examples)
-        if stop_above is None:
-            errors = added(errors, images[rest], labels[rest])
-        else:
-            errors = jax.lax.cond(jnp.any(growing(errors)), lambda e: added(e, images[rest], labels[rest]),
-                                  lambda e: e, errors)
+        errors = jax.lax.cond(jnp.any(growing(errors)), lambda e: added(e, images[rest], labels[rest]),
+                              lambda e: e, errors)
     return errors
 
 
