@@ -76,16 +76,22 @@ def test_pruned_weights_stay_exactly_zero_under_momentum():
         assert np.all(np.asarray(param)[np.asarray(keep)] != 0.0)
 
 
+def split_with_numpy_errors(num_examples=1037):
+    """A state, a random split, and which of its examples numpy's float64 argmax gets wrong."""
+    state, _ = make_state()
+    images = jnp.asarray(RNG.normal(size=(num_examples, 5)), jnp.float32)
+    labels = jnp.asarray(RNG.integers(0, 3, size=num_examples))
+    logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
+        state.params['dense']['bias'], np.float64)
+    return state, images, labels, logits.argmax(1) != np.asarray(labels)
+
+
 # Oracle: numpy argmax of float64 logits; TF32 could flip a near tie.
 @pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('chunk_size', [1, 3, 12, 100, 333, 1037, 5000])
 def test_val_error_counts_every_example_of_the_split(chunk_size):
-    state, _ = make_state()
-    images = jnp.asarray(RNG.normal(size=(1037, 5)), jnp.float32)
-    labels = jnp.asarray(RNG.integers(0, 3, size=1037))
-    logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
-        state.params['dense']['bias'], np.float64)
-    expected = np.sum(logits.argmax(1) != np.asarray(labels))
+    state, images, labels, wrong = split_with_numpy_errors()
+    expected = wrong.sum()
     got = jax.jit(trial.make_val_error_count(linear_apply, chunk_size))(state, images, labels)
     assert got.dtype == jnp.int32 and int(got) == expected
 
@@ -94,12 +100,7 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
 @pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('chunk_size', [1, 50, 333, 1037, 5000])
 def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk_size):
-    state, _ = make_state()
-    images = jnp.asarray(RNG.normal(size=(1037, 5)), jnp.float32)
-    labels = jnp.asarray(RNG.integers(0, 3, size=1037))
-    logits = np.asarray(images, np.float64) @ np.asarray(state.params['dense']['kernel'], np.float64) + np.asarray(
-        state.params['dense']['bias'], np.float64)
-    wrong = logits.argmax(1) != np.asarray(labels)
+    state, images, labels, wrong = split_with_numpy_errors()
     total = int(wrong.sum())
     # Where each chunk (and the remainder) ends, and the count up to there.
     ends = [*range(chunk_size, 1037 + 1, chunk_size), *([1037] if 1037 % chunk_size else [])]
