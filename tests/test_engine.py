@@ -266,6 +266,32 @@ def test_a_vmapped_count_that_may_stop_is_each_trials_own_count_over_one_shared_
     assert len(set(totals)) > 1
 
 
+# Oracle: each active trial's running count (numpy) says after which chunk it passes the limit.
+@pytest.mark.matmul_precision('highest')
+def test_a_vmapped_count_that_may_stop_ends_with_its_last_undecided_active_trial():
+    from tests.test_trial import counting_chunks
+    trials, _, _, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01, 0.3]))
+    network, chunks = counting_chunks(APPLY)
+    ends = [*range(16, 200 + 1, 16), 200]  # 12 chunks of 16 and a remainder of 8
+    running = []
+    for index in range(4):
+        state = jax.tree.map(lambda leaf: leaf[index], trials)
+        logits = np.asarray(APPLY(trial.apply_mask(state.params, state.mask), VAL_IMAGES))
+        wrong = logits.argmax(axis=1) != np.asarray(VAL_LABELS)
+        running.append([int(wrong[:end].sum()) for end in ends])
+    stop_above = 90  # about half of each untrained trial's errors
+    passes_after = [next((chunk + 1 for chunk, errors in enumerate(counts) if errors > stop_above), len(ends))
+                    for counts in running]
+    last = int(np.argmax(passes_after))
+    active = np.arange(4) != last  # the trial that would keep counting longest: inactive, it must not hold the loop
+    needed = max(passes_after[index] for index in np.flatnonzero(active))
+    assert needed < passes_after[last]
+    stacked = jax.jit(engine.evaluated_trials(trial.make_val_error_count(network, 16, stop_above), in_turn=False))
+    jax.block_until_ready(stacked(trials, jnp.asarray(active), VAL_IMAGES, VAL_LABELS))
+    jax.effects_barrier()
+    assert len(chunks) == needed
+
+
 def test_a_count_that_stops_at_another_goal_than_the_cells_is_refused():
     trials, tx, _, _ = cell_setup(rates=np.array([0.1]))
     wrong = trial.make_val_error_count(APPLY, 16, stop_above=trial.max_errors_at_goal(200, 0.14) + 20)

@@ -119,6 +119,35 @@ def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk
         trial.make_val_error_count(linear_apply, chunk_size, -1)
 
 
+def counting_chunks(apply_fn):
+    """A Network whose evaluation records each chunk it runs (a host callback), and that record."""
+    from dps_jax import network as network_lib
+    chunks = []
+
+    def eval_apply(params, model_state, images):
+        jax.debug.callback(lambda: chunks.append(1))
+        return apply_fn(params, images)
+
+    return network_lib.Network(init=None, train_apply=None, eval_apply=eval_apply, collections=()), chunks
+
+
+# Oracle: numpy's running count says after which chunk the count passes its limit.
+@pytest.mark.matmul_precision('highest')
+@pytest.mark.parametrize('chunk_size', [50, 333])
+def test_a_count_that_may_stop_evaluates_no_chunk_after_the_one_that_passes_its_limit(chunk_size):
+    state, images, labels, wrong = split_with_numpy_errors()
+    ends = [*range(chunk_size, 1037 + 1, chunk_size), 1037]  # 1037 is no multiple: a remainder
+    running = [int(wrong[:end].sum()) for end in ends]
+    network, chunks = counting_chunks(linear_apply)
+    for stop_above in sorted({0, running[0], running[-2] - 1, running[-2], running[-1]}):
+        chunks.clear()
+        jax.block_until_ready(jax.jit(trial.make_val_error_count(network, chunk_size, stop_above))(
+            state, images, labels))
+        jax.effects_barrier()
+        assert len(chunks) == next((index + 1 for index, errors in enumerate(running) if errors > stop_above),
+                                   len(ends)), stop_above
+
+
 # Oracle: numpy argmax of float64 logits.
 @pytest.mark.matmul_precision('highest')
 def test_val_error_uses_the_masked_network():
