@@ -42,12 +42,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'{time.perf_counter() - started:.1f} s:')
     log(masks.format_density_report(state.mask))
 
+    stop_above = trial.configured_stop_above(config, int(work.val_images.shape[0]))
     result = trial.run_trial(
         state=state, train_step=trial.make_train_step(network, optimizer, trial.configured_per_pass(config)),
         val_error=trial.make_val_error_count(
             work.eval_network,
             config.eval_chunk_size or engine.eval_chunk_size(1, int(work.val_images.shape[0]), jax.default_backend()),
-            trial.configured_stop_above(config, int(work.val_images.shape[0]))),
+            stop_above),
         train_images=train_images, train_labels=train_labels, val_images=work.val_images,
         val_labels=work.val_labels, batch_size=config.batch_size, goal_error=config.goal_error,
         max_steps=config.max_steps, check_every=config.check_every, data_seed=config.data_seed,
@@ -56,7 +57,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log(f'steps-to-result: {result.steps_to_result} (validation error <= {config.goal_error:g}) '
             f'in {result.wall_seconds:.1f} s')
     else:
-        at_least = '>= ' if config.get('exact_val_errors', True) is False else ''
+        at_least = '>= ' if stop_above is not None else ''  # a lower bound (config.exact_val_errors)
         log(f'goal {config.goal_error:g} not reached: {result.status} after {result.steps} steps '
             f'(best validation error {at_least}{result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {

@@ -334,7 +334,8 @@ def test_a_trial_whose_checks_stop_counting_above_the_goal_reaches_it_alike_and_
     assert exact.status == 'reached' and len(exact.history) > 2
     (*missed, reached), (*exact_missed, exact_reached) = stopping.history, exact.history
     assert reached == exact_reached
-    assert all(4 < round(error * 100) and error <= exact_error for (_, error, _), (_, exact_error, _) in zip(missed, exact_missed))
+    assert all(4 < round(error * 100) and error <= exact_error
+               for (_, error, _), (_, exact_error, _) in zip(missed, exact_missed))
     assert any(error < exact_error for (_, error, _), (_, exact_error, _) in zip(missed, exact_missed))
     assert [' val error >= ' in line for line in lines] == [True] * len(missed) + [False]
 
