@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import os
+import shlex
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -144,13 +145,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             changed_code = (f'; the file of config.model={config.model!r} changed since the study began (digest '
                             f'{previous["model_digest"]}, now {digest}): restore it, or, if the change leaves the '
                             f'model as it was, put the new digest in {path};' if 'model_digest' in differing else ';')
-            older_checks = ("; if the study was begun before eval_convolution's default became 'auto' (2026-11-27), "
-                            "its checks convolved as it trains: resume it with --config.eval_convolution=''"
-                            if 'eval_convolution' in differing and previous.get('eval_convolution') == 'im2col' else '')
             if not config.overwrite:
                 raise config_lib.ConfigError(
                     f'{workdir} holds a study made with a different config (fields differ: {", ".join(differing)})'
-                    f'{older_checks}{changed_code} use another --workdir, or --config.overwrite=True to reuse it')
+                    f'{_resume_flags(previous, differing)}{changed_code} use another --workdir, or '
+                    f'--config.overwrite=True to reuse it')
             if not write:
                 return
             aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
@@ -162,6 +161,17 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
             log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
     if write:
         store.atomic_write_json(path, {**config.to_dict(), 'model_digest': digest})
+
+
+def _resume_flags(previous: dict, differing: list[str]) -> str:
+    """'; to resume it as it was made: --config.FIELD=VALUE ...' when every differing config field held
+    a plain value (a default that changed since, or a config file that did: e.g. eval_convolution's
+    default, or the quickstart's exact_val_errors); else ''."""
+    fields = [field for field in differing if field != 'model_digest']
+    if not fields or not all(isinstance(previous.get(field), (bool, int, float, str)) for field in fields):
+        return ''
+    flags = ' '.join(f'--config.{field}={shlex.quote(str(previous[field]))}' for field in fields)
+    return f'; to resume it as it was made: {flags}'
 
 
 def with_model_digest(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

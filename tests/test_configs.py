@@ -259,6 +259,27 @@ def test_a_changed_range_is_refused_on_an_existing_workdir(tmp_path):
     study.prepare_workdir(config_lib.base_study_config(), str(tmp_path), log=lambda line: None)  # the same study
 
 
+def test_a_refusal_names_the_flags_that_resume_a_study_as_it_was_made(tmp_path):
+    # A quickstart workdir made before exact_val_errors existed: it counted whole splits.
+    quickstart = os.path.join(ROOT, 'configs', 'quickstart.py')
+    old = load(quickstart).to_dict()
+    del old['exact_val_errors']
+    (tmp_path / 'config.json').write_text(json.dumps(old))
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            '(fields differ: exact_val_errors); to resume it as it was made: --config.exact_val_errors=True;')):
+        study.prepare_workdir(load(quickstart), str(tmp_path), log=lambda line: None, write=False)
+    resumed = load(quickstart)
+    resumed.exact_val_errors = True
+    study.prepare_workdir(resumed, str(tmp_path), log=lambda line: None, write=False)
+    # A difference that no plain flag restores (a search range) gets no such line.
+    with pytest.raises(config_lib.ConfigError) as refused:
+        changed = load(quickstart)
+        changed.exact_val_errors = True
+        changed.search_space.learning_rate.high = 0.5
+        study.prepare_workdir(changed, str(tmp_path), log=lambda line: None, write=False)
+    assert '(fields differ: search_space)' in str(refused.value) and 'to resume it' not in str(refused.value)
+
+
 def test_a_config_json_without_search_space_is_the_reference_space(tmp_path):
     # A workdir made before config.search_space existed.
     old = config_lib.base_study_config().to_dict()
@@ -293,9 +314,9 @@ def test_checks_by_the_same_convolution_are_one_study_however_written(tmp_path):
     (tmp_path / 'older').mkdir()
     (tmp_path / 'older' / 'config.json').write_text(json.dumps(stored))
     study.prepare_workdir(as_training, str(tmp_path / 'older'), log=lambda line: None, write=False)
+    # How it checked, as the stored config resolves: the flag that resumes it (asserted just above with '').
     with pytest.raises(config_lib.ConfigError, match=re.escape(
-            "(fields differ: eval_convolution); if the study was begun before eval_convolution's default became "
-            "'auto' (2026-11-27), its checks convolved as it trains: resume it with --config.eval_convolution=''")):
+            '(fields differ: eval_convolution); to resume it as it was made: --config.eval_convolution=im2col')):
         study.prepare_workdir(config_lib.base_study_config(), str(tmp_path / 'older'), log=lambda line: None,
                               write=False)
 

@@ -546,5 +546,6 @@ def test_a_study_records_the_convolution_its_checks_ran_so_a_resume_that_checks_
     study.run(config, str(tmp_path), log=lambda line: None, model=_TwoLayerNet(), dataset=dataset)
     assert json.loads((tmp_path / 'config.json').read_text())['eval_convolution'] == 'im2col'
     with pytest.raises(config_lib.ConfigError,
-                       match=r"fields differ: eval_convolution\).*--config.eval_convolution=''"):
+                       match=r"fields differ: eval_convolution\); to resume it as it was made: "
+                             r"--config.eval_convolution=im2col;"):
         study.prepare_workdir(config, str(tmp_path), log=lambda line: None, write=False)
