@@ -162,13 +162,6 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
     errors; None: every entry) can still grow. The chunk index is shared by every entry either way,
     so stacked trials evaluate one common chunk per iteration.
     """
-    def growing(errors):
-        undecided = errors <= stop_above
-        return undecided if counting is None else undecided & counting
-
-    def added(errors, chunk_images, chunk_labels):
-        return errors + jnp.where(growing(errors), count(chunk_images, chunk_labels), 0)
-
     num_examples = images.shape[0]
     num_full = num_examples // chunk_size
     if stop_above is None:  # every chunk: a map over them, the program every check ran before stop_above
@@ -179,6 +172,14 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
         if num_examples % chunk_size:
             errors = errors + count(images[num_full * chunk_size:], labels[num_full * chunk_size:])
         return errors
+
+    def growing(errors):
+        undecided = errors <= stop_above
+        return undecided if counting is None else undecided & counting
+
+    def added(errors, chunk_images, chunk_labels):
+        return errors + jnp.where(growing(errors), count(chunk_images, chunk_labels), 0)
+
     if num_full:
         def going_on(carry):
             chunks_done, errors = carry

@@ -76,6 +76,12 @@ def test_pruned_weights_stay_exactly_zero_under_momentum():
         assert np.all(np.asarray(param)[np.asarray(keep)] != 0.0)
 
 
+def running_errors(wrong, chunk_size):
+    """Where each chunk (and the remainder) of a split ends, and numpy's count of `wrong` up to there."""
+    ends = [*range(chunk_size, len(wrong) + 1, chunk_size), *([len(wrong)] if len(wrong) % chunk_size else [])]
+    return ends, [int(wrong[:end].sum()) for end in ends]
+
+
 def split_with_numpy_errors(num_examples=1037):
     """A state, a random split, and which of its examples numpy's float64 argmax gets wrong."""
     state, _ = make_state()
@@ -102,9 +108,7 @@ def test_val_error_counts_every_example_of_the_split(chunk_size):
 def test_a_count_that_may_stop_stops_after_the_chunk_that_passes_its_limit(chunk_size):
     state, images, labels, wrong = split_with_numpy_errors()
     total = int(wrong.sum())
-    # Where each chunk (and the remainder) ends, and the count up to there.
-    ends = [*range(chunk_size, 1037 + 1, chunk_size), *([1037] if 1037 % chunk_size else [])]
-    running = [int(wrong[:end].sum()) for end in ends]
+    _, running = running_errors(wrong, chunk_size)
     # Also the limits at the last whole chunk's count, where the remainder is counted or not.
     at_remainder = {running[-2], running[-2] - 1} if 1037 % chunk_size and len(running) > 1 else set()
     for stop_above in sorted({0, 7, total // 3, total - 1, total, total + 5} | at_remainder):
@@ -136,8 +140,8 @@ def counting_chunks(apply_fn):
 @pytest.mark.parametrize('chunk_size', [50, 333])
 def test_a_count_that_may_stop_evaluates_no_chunk_after_the_one_that_passes_its_limit(chunk_size):
     state, images, labels, wrong = split_with_numpy_errors()
-    ends = [*range(chunk_size, 1037 + 1, chunk_size), 1037]  # 1037 is no multiple: a remainder
-    running = [int(wrong[:end].sum()) for end in ends]
+    ends, running = running_errors(wrong, chunk_size)
+    assert 1037 % chunk_size  # a remainder
     network, chunks = counting_chunks(linear_apply)
     for stop_above in sorted({0, running[0], running[-2] - 1, running[-2], running[-1]}):
         chunks.clear()
