@@ -174,17 +174,34 @@ def module_identity(module: nn.Module) -> str:
 
 def import_path_digest(model: Any) -> str:
     """A digest of the code an import-path `model` names ('' for any other model): the bytes of the
-    whole Python file the path names (for 'package.module:attribute', the module's file as imported),
-    so any edit to it counts, a comment included. The bytes, not a syntax tree: Python versions print
-    the same tree differently, and a study may resume under another Python."""
-    if not isinstance(model, str) or not is_import_path(model):
+    whole Python file the path names (for 'package.module:attribute', the module's file as imported,
+    or, before it is, as an import would find it), so any edit to it counts, a comment included. The
+    bytes, not a syntax tree: Python versions print the same tree differently, and a study may resume
+    under another Python. '' too when the file cannot be found (config.plan_only loads no model)."""
+    path = _import_path_file(model)
+    if not path or not os.path.isfile(path):
         return ''
-    where = model.rpartition(':')[0]
-    path = os.path.abspath(where) if where.endswith('.py') else getattr(sys.modules.get(where), '__file__', None)
-    if not path:
-        return ''  # a namespace package: no file of its own
     with open(path, 'rb') as file:
         return hashlib.sha1(file.read()).hexdigest()[:12]
+
+
+def _import_path_file(model: Any) -> str | None:
+    """The file an import-path `model` names, None for any other model or a namespace package. A
+    module not imported yet is found as an import would find it, without running it (its parent
+    packages are imported)."""
+    if not isinstance(model, str) or not is_import_path(model):
+        return None
+    where = model.rpartition(':')[0]
+    if where.endswith('.py'):
+        return os.path.abspath(where)
+    if where in sys.modules:
+        return getattr(sys.modules[where], '__file__', None)
+    try:
+        with _on_path(os.getcwd()):  # where _import looks
+            spec = importlib.util.find_spec(where)
+    except Exception:  # a parent package that is not there or fails to import: the load will say why
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
 
 
 def is_import_path(model: str) -> bool:

@@ -133,7 +133,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                 previous = None
         if previous is not None:
             stored_digest = previous.get('model_digest', '')
-            if stored_digest and not digest:  # plan_only: the model was not loaded
+            if stored_digest and not digest:  # plan_only, with the model's file not found
                 digest = stored_digest
             elif digest and not stored_digest:
                 log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
@@ -176,7 +176,7 @@ def _resume_flags(previous: dict, differing: list[str]) -> str:
 
 def with_model_digest(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """config, or a copy with model_digest set to the code of its import-path model
-    (network.import_path_digest; call it once the model is loaded). Refuses a config that names another."""
+    (network.import_path_digest). Refuses a config that names another."""
     digest = network_lib.import_path_digest(config.model)
     given = config.get('model_digest', '')
     if given and given != digest:
@@ -188,6 +188,18 @@ def with_model_digest(config: ml_collections.ConfigDict) -> ml_collections.Confi
     config = ml_collections.ConfigDict(config.to_dict())
     config.model_digest = digest
     return config
+
+
+def planned_config(config: ml_collections.ConfigDict, model: Any = None) -> ml_collections.ConfigDict:
+    """config.plan_only's config as a run would record it, without loading the model or the data: the
+    checks' convolution resolved ('auto', ''), and the digest of an import-path model whose file is
+    found (a model_digest pin it no longer matches is refused, as a run refuses it). model: the
+    Module given to dps_jax.run_study, if any."""
+    checks = workload.eval_convolution(config, built_in=model is None and workload.is_built_in(config))
+    if config.get('eval_convolution') != checks:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.eval_convolution = checks
+    return with_model_digest(config) if network_lib.import_path_digest(config.model) else config
 
 
 def study_mesh(config: ml_collections.ConfigDict):
@@ -351,6 +363,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         check_measurable(config, work)
         # The checks' convolution as resolved for the model actually loaded (a Module given as model= is one's own).
         config = with_model_digest(workload.with_resolved_checks(config, work))
+    else:
+        config = planned_config(config, model)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
         runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,

@@ -154,6 +154,10 @@ def test_plan_only_writes_the_plan_and_trains_nothing(tmp_path):
     assert [trial['learning_rate'] for trial in plan['trials']] == pytest.approx([0.01, 0.1, 0.001])
     assert plan['budget']['max_trial_steps'] == 4 * 3 * 60
     assert not (tmp_path / 'cells').exists()
+    # Recorded as a run records it: the built-in model's 'auto' checks by XLA's convolution.
+    recorded = json.loads((tmp_path / 'config.json').read_text())
+    assert recorded['eval_convolution'] == 'xla'
+    assert recorded['model_digest'] == ''
 
 
 def test_cells_selects_a_subset_and_rejects_unknown_names():
@@ -429,6 +433,13 @@ def test_an_import_path_model_is_digested_by_the_bytes_of_its_file(tmp_path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     network.resolve_module('user_models.nets:FileNet', 4)
     assert network.import_path_digest('user_models.nets:FileNet') == sha1_12(tmp_path / 'user_models' / 'nets.py')
+    # A module not imported yet (config.plan_only) is found as an import would find it, without running it.
+    (tmp_path / 'user_models' / 'unimported.py').write_text(MODEL_FILE + 'raise RuntimeError("ran")\n')
+    assert network.import_path_digest('user_models.unimported:FileNet') == sha1_12(
+        tmp_path / 'user_models' / 'unimported.py')
+    assert 'user_models.unimported' not in sys.modules
+    assert network.import_path_digest('user_models.absent:FileNet') == ''
+    assert network.import_path_digest(f'{tmp_path}/absent.py:FileNet') == ''
     monkeypatch.delitem(sys.modules, 'user_models.nets')
     monkeypatch.delitem(sys.modules, 'user_models')
     assert network.import_path_digest('simple_cnn') == ''
@@ -459,7 +470,7 @@ def test_a_study_resumes_only_with_the_model_file_it_began_with(tmp_path):
     run(config)
     begun = sha1_12(path)
     assert stored()['model_digest'] == begun and stored()['model'] == config.model and config.model_digest == ''
-    run(config, plan_only=True)  # does not load the model: keeps the study's digest
+    run(config, plan_only=True)  # loads no model, but digests its file as a run does
     assert stored()['model_digest'] == begun
     run(config, model_digest=begun)  # a pin that holds
     assert '1 cells, 1 already finished, 0 to run' in lines
@@ -474,6 +485,11 @@ def test_a_study_resumes_only_with_the_model_file_it_began_with(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=(
             f"config.model_digest='{begun}', but config.model=.* now digests to '{edited}': its code changed")):
         run(config, model_digest=begun)
+    with pytest.raises(config_lib.ConfigError, match=rf'fields differ: model_digest\); the file of .* \(digest {begun}, '
+                                                     rf'now {edited}\)'):
+        run(config, plan_only=True)
+    with pytest.raises(config_lib.ConfigError, match=f"config.model_digest='{begun}', but .* now digests to '{edited}'"):
+        run(config, plan_only=True, model_digest=begun)
     with pytest.raises(config_lib.ConfigError, match="config.model='simple_cnn' is not an import path"):
         study.with_model_digest(tiny_config(model_digest=begun))
     assert stored()['model_digest'] == begun  # nothing written by the refused runs
