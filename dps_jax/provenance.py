@@ -47,8 +47,9 @@ def git_commit(folder: str | None = None) -> str | None:
     return commit + ('+dirty' if changes else '') if commit else None
 
 
-def collect(matmul_precision: str | None = None, compute_dtype: str = 'float32') -> dict[str, Any]:
-    """This process's record: versions, backend, devices, numerics settings, time."""
+def collect(matmul_precision: str | None = None, compute_dtype: str = 'float32', **numerics: Any) -> dict[str, Any]:
+    """This process's record: versions, backend, devices, numerics settings, time. numerics: more
+    of what decides the arithmetic, as resolved for this run (workload.resolved_numerics)."""
     device = jax.devices()[0]
     return {
         'recorded_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
@@ -62,7 +63,7 @@ def collect(matmul_precision: str | None = None, compute_dtype: str = 'float32')
         'numerics': {'matmul_precision': matmul_precision, 'dtype': compute_dtype,
                      'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
                      'jax_enable_x64': bool(jax.config.jax_enable_x64),
-                     'xla_flags': os.environ.get('XLA_FLAGS', '')},
+                     'xla_flags': os.environ.get('XLA_FLAGS', ''), **numerics},
         'prng': {'default_prng_impl': str(jax.config.jax_default_prng_impl),
                  'threefry_partitionable': bool(jax.config.jax_threefry_partitionable)},
     }

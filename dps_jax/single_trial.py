@@ -62,7 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             f'(best validation error {at_least}{result.best_val_error:.4f})')
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
         'config': config.to_dict(),
-        'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config)),
+        'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config),
+                                         **workload.resolved_numerics(config, work, (config.batch_size,))),
         'status': result.status,
         'steps_to_result': result.steps_to_result, 'steps': result.steps,
         'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,

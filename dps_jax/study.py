@@ -367,8 +367,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         config = planned_config(config, model)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:
-        runs, current = provenance.read_runs(workdir), provenance.collect(config.matmul_precision,
-                                                                              workload.compute_dtype(config))
+        runs, current = provenance.read_runs(workdir), provenance.collect(
+            config.matmul_precision, workload.compute_dtype(config),
+            **workload.resolved_numerics(config, work, config.batch_sizes))
         note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
         if note:
             log(note)

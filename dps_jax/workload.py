@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import data, models, network as network_lib, optim, precision
+from dps_jax import data, models, network as network_lib, optim, precision, trial
 
 
 class Workload(NamedTuple):
@@ -95,6 +95,17 @@ def with_resolved_checks(config: ml_collections.ConfigDict, work: Workload) -> m
     config = ml_collections.ConfigDict(config.to_dict())
     config.eval_convolution = work.eval_convolution
     return config
+
+
+def resolved_numerics(config: ml_collections.ConfigDict, work: Workload, batch_sizes: Sequence[int]) -> dict:
+    """What decides a run's arithmetic as this backend resolves it, for its provenance: the
+    convolutions of training and checks, and the examples each forward and backward pass of a
+    training step takes at each batch size (trial.examples_per_pass: passes of at most 32 on a CPU,
+    the whole batch on an accelerator; a step's gradient is the mean of its passes')."""
+    per_pass = trial.configured_per_pass(config)
+    return {'convolution': convolution(config), 'eval_convolution': work.eval_convolution,
+            'examples_per_pass': {str(size): trial.examples_per_pass(size, work.network) if per_pass is None
+                                  else min(int(size), per_pass) for size in batch_sizes}}
 
 
 def describe_convolutions(training: str, checks: str) -> str | None:

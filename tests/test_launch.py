@@ -60,6 +60,9 @@ def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_pa
     assert 'convolutions: training im2col, checks xla' in completed.stdout  # eval_convolution 'auto'
     result = json.loads((tmp_path / 'trial.json').read_text())
     assert result['status'] == 'reached' and result['config']['eval_convolution'] == 'xla'
+    # Batch 64 on this CPU: two passes of 32 (trial.examples_per_pass).
+    assert {key: result['provenance']['numerics'][key] for key in ('convolution', 'eval_convolution',
+            'examples_per_pass')} == {'convolution': 'im2col', 'eval_convolution': 'xla', 'examples_per_pass': {'64': 32}}
     assert result['steps_to_result'] % 100 == 0 and result['steps_to_result'] >= 200
     assert result['history'][-1]['val_error'] <= 0.2
     assert all(check['val_error'] > 0.2 for check in result['history'][:-1])

@@ -41,6 +41,28 @@ def test_the_record_names_versions_backend_devices_and_precision():
     assert record['prng']['threefry_partitionable'] == bool(jax.config.jax_threefry_partitionable)
 
 
+def test_the_record_names_the_convolutions_and_training_passes_as_this_backend_resolves_them():
+    import types
+    from dps_jax import network as network_lib
+    from dps_jax import workload
+    stateless = network_lib.Network(init=None, train_apply=None, eval_apply=None, collections=())
+    work = types.SimpleNamespace(network=stateless, eval_convolution='xla')
+    config = config_lib.base_study_config()
+    numerics = workload.resolved_numerics(config, work, (8, 64, 100, 97))
+    # By hand: the largest divisor of the batch in [8, 32] on a CPU, else the whole batch.
+    by_hand = {'8': 8, '64': 32, '100': 25, '97': 97} if jax.default_backend() == 'cpu' else {
+        '8': 8, '64': 64, '100': 100, '97': 97}
+    assert numerics == {'convolution': 'im2col', 'eval_convolution': 'xla', 'examples_per_pass': by_hand}
+    config.batch_in_passes = False
+    assert workload.resolved_numerics(config, work, (64, 100))['examples_per_pass'] == {'64': 64, '100': 100}
+    stateful = types.SimpleNamespace(network=stateless._replace(collections=('batch_stats',)), eval_convolution='im2col')
+    config.batch_in_passes, config.convolution = True, 'xla'
+    assert workload.resolved_numerics(config, stateful, (64,)) == {
+        'convolution': 'xla', 'eval_convolution': 'im2col', 'examples_per_pass': {'64': 64}}
+    record = provenance.collect('default', 'float32', **numerics)
+    assert record['numerics'] == {**record['numerics'], **numerics, 'matmul_precision': 'default', 'dtype': 'float32'}
+
+
 def faked(record, **packages):
     return {**record, 'packages': {**record['packages'], **packages}}
 

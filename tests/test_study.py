@@ -288,6 +288,8 @@ def test_a_study_records_its_runs_and_refuses_a_resume_under_a_faked_jax_version
     assert len(recorded) == 1
     assert recorded[0]['packages']['jax'] == jax.__version__ and recorded[0]['backend'] == jax.default_backend()
     assert recorded[0]['numerics']['matmul_precision'] == 'default'
+    assert {key: recorded[0]['numerics'][key] for key in ('convolution', 'eval_convolution', 'examples_per_pass')} == {
+        'convolution': 'im2col', 'eval_convolution': 'xla', 'examples_per_pass': {'32': 32}}
     workdir = tmp_path / 'copy'
     shutil.copytree(uninterrupted_study.workdir, workdir)
     fake = {**recorded[0], 'packages': {**recorded[0]['packages'], 'jax': '0.4.1'}}
