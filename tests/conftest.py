@@ -47,3 +47,14 @@ def stated_matmul_precision(request):
         return
     with jax.default_matmul_precision(marker.args[0]):
         yield
+
+
+@pytest.fixture
+def step_trials(monkeypatch):
+    """step_trials(in_turn): makes the engine step and check its trials in turn (lax.map, as on one
+    CPU device) or vmapped (as on accelerators and meshes), whatever the backend, for one test."""
+    from dps_jax import engine
+
+    def step(in_turn: bool) -> None:
+        monkeypatch.setattr(engine, 'trials_stepped_in_turn', lambda mesh=None: in_turn)
+    return step

@@ -62,16 +62,11 @@ def run(trials, tx, **overrides):
 STEPPED = pytest.mark.parametrize('in_turn', [True, False], ids=['in_turn', 'vmapped'])
 
 
-def step_trials(monkeypatch, in_turn):
-    """Makes the engine step its trials in turn (lax.map) or vmapped, whatever the backend."""
-    monkeypatch.setattr(engine, 'trials_stepped_in_turn', lambda mesh=None: in_turn)
-
-
 # Batched vs single matmuls compared at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
 @STEPPED
-def test_the_engines_trials_match_each_trial_run_alone(monkeypatch, in_turn):
-    step_trials(monkeypatch, in_turn)
+def test_the_engines_trials_match_each_trial_run_alone(step_trials, in_turn):
+    step_trials(in_turn)
     trials, tx, init_trial, hyper = cell_setup()
     result = run(trials, tx, compaction=False, keep_final_state=True)
     for index, rate in enumerate(RATES):
@@ -89,8 +84,8 @@ def test_the_engines_trials_match_each_trial_run_alone(monkeypatch, in_turn):
 # Batched vs single matmuls compared at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
 @STEPPED
-def test_the_engines_final_params_equal_single_trial_params(monkeypatch, in_turn):
-    step_trials(monkeypatch, in_turn)
+def test_the_engines_final_params_equal_single_trial_params(step_trials, in_turn):
+    step_trials(in_turn)
     trials, tx, init_trial, _ = cell_setup(rates=np.array([0.05, 0.2, 0.01]))
     result = run(trials, tx, compaction=False, keep_final_state=True, goal_error=1e-6, max_steps=60)
     step = jax.jit(trial.make_train_chunk(trial.make_train_step(APPLY, tx), 16, 60))
@@ -137,8 +132,8 @@ def test_first_mode_gives_the_same_minimum_as_all_mode_for_less_compute():
 # Batched matmuls of different trial counts compared at 1e-6: full float32.
 @pytest.mark.matmul_precision('highest')
 @STEPPED
-def test_compaction_gives_identical_results_and_saves_compute(monkeypatch, in_turn):
-    step_trials(monkeypatch, in_turn)
+def test_compaction_gives_identical_results_and_saves_compute(step_trials, in_turn):
+    step_trials(in_turn)
     trials, tx, _, _ = cell_setup()
     compacted = run(trials, tx, compaction=True, keep_final_state=True)
     plain = run(trials, tx, compaction=False, keep_final_state=True)
@@ -153,8 +148,8 @@ def test_compaction_gives_identical_results_and_saves_compute(monkeypatch, in_tu
 # Batched matmuls of different trial counts: full float32.
 @pytest.mark.matmul_precision('highest')
 @STEPPED
-def test_groups_give_the_same_results_as_one_group(monkeypatch, in_turn):
-    step_trials(monkeypatch, in_turn)
+def test_groups_give_the_same_results_as_one_group(step_trials, in_turn):
+    step_trials(in_turn)
     trials, tx, _, _ = cell_setup()
     whole = run(trials, tx)
     grouped = run(trials, tx, group_size=3)
@@ -165,8 +160,8 @@ def test_groups_give_the_same_results_as_one_group(monkeypatch, in_turn):
 # Compared with a single-trial run at 1e-5: full float32.
 @pytest.mark.matmul_precision('highest')
 @STEPPED
-def test_per_trial_data_order_changes_the_batches_each_trial_sees(monkeypatch, in_turn):
-    step_trials(monkeypatch, in_turn)
+def test_per_trial_data_order_changes_the_batches_each_trial_sees(step_trials, in_turn):
+    step_trials(in_turn)
     rates = np.array([0.1, 0.1])
     trials, tx, _, _ = cell_setup(rates=rates)
     same_init = jax.tree.map(lambda leaf: jnp.stack([leaf[0], leaf[0]]), trials)
@@ -219,8 +214,8 @@ def test_evaluated_trials_count_each_trials_own_errors(in_turn):
 @pytest.mark.matmul_precision('highest')
 @pytest.mark.parametrize('until', ['all', 'first'])
 @STEPPED
-def test_checks_that_stop_counting_above_the_goal_decide_every_trial_alike(monkeypatch, in_turn, until):
-    step_trials(monkeypatch, in_turn)
+def test_checks_that_stop_counting_above_the_goal_decide_every_trial_alike(step_trials, in_turn, until):
+    step_trials(in_turn)
     trials, tx, _, _ = cell_setup()
     allowed = trial.max_errors_at_goal(int(VAL_IMAGES.shape[0]), 0.14)
     exact_lines, lines = [], []

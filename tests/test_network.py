@@ -241,8 +241,8 @@ def test_dropout_draws_from_the_trial_key_folded_with_the_step():
 @pytest.mark.matmul_precision('highest')
 # The engine steps trials in turn on a CPU and vmapped on accelerators: both, whatever the backend.
 @pytest.mark.parametrize('in_turn', [False, True], ids=['vmapped', 'in_turn'])
-def test_batchnorm_dropout_trials_of_the_engine_equal_each_trial_run_alone(monkeypatch, in_turn):
-    monkeypatch.setattr(engine, 'trials_stepped_in_turn', lambda mesh=None: in_turn)
+def test_batchnorm_dropout_trials_of_the_engine_equal_each_trial_run_alone(step_trials, in_turn):
+    step_trials(in_turn)
     net = network.from_module(BatchNormNet(dropout_rate=0.2), (6,))
     tx = optim.make_optimizer('momentum')
     rates = np.array([0.3, 1e30, 0.01])
