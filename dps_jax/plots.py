@@ -179,11 +179,15 @@ def plot_trial_scatter(cell: Cell, config: Mapping[str, Any], path_stem: str,
     return _save(figure, path_stem, formats)
 
 
-def _shown_trial(cell: Cell) -> tuple[dict | None, str]:
-    """The trial a cell's smoothness line follows: its best trial, else the lowest validation error."""
+def _shown_trial(cell: Cell, exact_errors: bool = True) -> tuple[dict | None, str]:
+    """The trial a cell's smoothness line follows: its best trial, else the lowest validation error;
+    none when no trial reached and the errors are lower bounds (exact_errors False: config.exact_val_errors),
+    which would make the lowest one an arbitrary pick."""
     best = analysis.best_trial(cell)
     if best is not None:
         return best, f'best trial {best["trial"]}'
+    if not exact_errors:
+        return None, ''
     measured = [trial for trial in cell.trials if trial.get('best_val_error') is not None]
     if not measured:
         return None, ''
@@ -198,12 +202,16 @@ def plot_lipschitz(study: Study, path_stem: str, formats: Sequence[str] = FORMAT
     rows = -(-len(batch_sizes) // columns)
     figure = _new_figure(5.0 * columns, 3.8 * rows)
     sparsities = sorted({s for s, _ in study.cells})
+    exact_errors = study.config.get('exact_val_errors', True) is not False
+    left_out = 0  # cells no trial reached, not drawn because their errors are lower bounds
     for panel, batch_size in enumerate(batch_sizes):
         axes = figure.add_subplot(rows, columns, panel + 1)
         for sparsity in sparsities:
             cell = study.cells.get((sparsity, batch_size))
-            trial, description = _shown_trial(cell) if cell is not None else (None, '')
+            trial, description = _shown_trial(cell, exact_errors) if cell is not None else (None, '')
             if trial is None or 'lipschitz' not in trial:
+                left_out += cell is not None and trial is None and not exact_errors and any(
+                    'lipschitz' in t for t in cell.trials)
                 continue
             steps = np.asarray(trial['lipschitz']['step'], dtype=np.float64)
             values = _as_float_array(trial['lipschitz']['value'])
@@ -216,7 +224,9 @@ def plot_lipschitz(study: Study, path_stem: str, formats: Sequence[str] = FORMAT
         axes.set_title(f'batch size {batch_size}')
         axes.grid(True, which='major', alpha=0.3)
         axes.legend(fontsize='small')
-    figure.suptitle(_study_title(study.config))
+    note = (f'\n{left_out} cell(s) no trial reached not drawn: their errors are lower bounds '
+            f'(exact_val_errors False)' if left_out else '')
+    figure.suptitle(_study_title(study.config) + note)
     return _save(figure, path_stem, formats)
 
 

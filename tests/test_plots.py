@@ -112,3 +112,31 @@ def test_no_smoothness_figures_without_measurements(tmp_path):
     workdir = write_store(str(tmp_path), ['learning_rate'])
     names = {os.path.basename(path) for path in plots.plot_all(workdir, formats=('png',))}
     assert 'lipschitz.png' not in names and 'noise_scale.png' not in names
+
+
+def test_an_unreached_cells_lipschitz_line_follows_its_lowest_error_only_when_errors_are_exact(tmp_path, monkeypatch):
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    study = analysis.load_study(workdir)
+    # At sparsity 0.9, batch 32 no trial reached; trial 2 has the lowest recorded error.
+    unreached = [{**trial(index, 'exhausted'), 'best_val_error': error}
+                 for index, error in enumerate((0.31, 0.17, 0.12, 0.25))]
+    cells = {key: cell._replace(trials=unreached if key == (0.9, 32) else cell.trials)
+             for key, cell in study.cells.items() if key[1] == 32}
+    for cell in cells.values():
+        for record in cell.trials:
+            record['lipschitz'] = {'step': [100, 200], 'value': [5.0, 6.0]}
+    figures = []
+    monkeypatch.setattr(plots, '_save', lambda figure, path_stem, formats: figures.append(figure) or [])
+    for exact, lines, shown in ((True, 2, 'trial 2, not reached'), (False, 1, None)):
+        config = {**study.config, 'exact_val_errors': exact}
+        picked, description = plots._shown_trial(cells[(0.9, 32)], exact_errors=exact)
+        assert (description or None) == shown and (picked is None) == (shown is None)
+        plots.plot_lipschitz(study._replace(config=config, cells=cells), str(tmp_path / 'lipschitz'))
+        axes = figures[-1].axes[0]
+        assert len(axes.get_lines()) == lines
+        labels = [line.get_label() for line in axes.get_lines()]
+        assert labels[0] == 'sparsity 0 (best trial 1)'
+        title = figures[-1]._suptitle.get_text()
+        assert ('1 cell(s) no trial reached not drawn: their errors are lower bounds' in title) is (not exact)
+    # A config written before the field: exact errors.
+    assert plots._shown_trial(cells[(0.9, 32)])[1] == 'trial 2, not reached'
