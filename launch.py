@@ -1,5 +1,6 @@
 """Entry point: python launch.py --config=configs/x.py --workdir=DIR [--config.field=value ...]"""
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -17,16 +18,31 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad --config override reported in one line, not a traceback."""
+    """absl's flag parsing, with a config file that cannot be read or a bad --config override
+    reported in one line, not a traceback."""
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()  # a config file that failed to load raises on any attribute access
+        return remaining
     except flags.Error as error:
         sys.exit(f'launch.py: error: {error}')
+    except OSError as error:
+        path = next((arg.split('=', 1)[1] for arg in argv[1:] if arg.startswith('--config=')), '')
+        reason = 'no such file' if path and not os.path.exists(path.split(':')[0]) else _one_line(error)
+        sys.exit(f'launch.py: error: cannot load --config={path}: {reason}')
     except (AttributeError, KeyError) as error:
         names = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--config.')]
-        sys.exit(f'launch.py: error: no such config field {error}; overrides given: {", ".join(names)}')
+        sys.exit(f'launch.py: error: no such config field {_one_line(error)}; overrides given: {", ".join(names)}')
     except (TypeError, ValueError) as error:
-        sys.exit(f'launch.py: error: bad --config override: {error}')
+        sys.exit(f'launch.py: error: bad --config override: {_one_line(error)}')
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line: a KeyError's own text, not its repr, and that of an
+    exception wrapped as the only argument of another (ml_collections' AttributeError(KeyError))."""
+    while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return ' '.join(str(error.args[0] if len(error.args) == 1 else error).split())
 
 
 def main(argv):

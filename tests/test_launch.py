@@ -31,7 +31,9 @@ def error_lines(completed):
     ('--config.goal_error=0', 'config.goal_error=0.0 is outside (0, 1)'),
     ('--config.max_steps=150', 'config.max_steps=150 must be a multiple of config.check_every=100'),
     ('--config.sparsity=abc', "could not convert string to float: 'abc'"),
-    ('--config.no_such_field=3', 'no such config field'),
+    ('--config.no_such_field=3', "no such config field 'no_such_field'; overrides given: --config.no_such_field"),
+    ('--config.sparsities=(0.5,)', 'no such config field \'sparsities\' Did you mean "sparsity" instead of '
+                                   '"sparsities"?; overrides given: --config.sparsities'),
 ])
 def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, named):
     completed = launch(tmp_path, override, timeout=120)
@@ -39,6 +41,13 @@ def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, nam
     lines = error_lines(completed)
     assert len(lines) == 1 and named in lines[0], completed.stderr
     assert not os.path.exists(tmp_path / 'trial.json')
+
+
+def test_a_config_file_that_is_not_there_is_one_line_naming_it(tmp_path):
+    completed = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), '--config=configs/no_such.py',
+                                f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert completed.returncode != 0
+    assert error_lines(completed) == ['launch.py: error: cannot load --config=configs/no_such.py: no such file']
 
 
 @needs_fashion_mnist
