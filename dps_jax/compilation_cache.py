@@ -7,6 +7,8 @@ import os
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from dps_jax import config as config_lib
+
 
 def default_directory() -> str:
     """$XDG_CACHE_HOME/dps_jax/jax_compilation_cache, else ~/.cache/dps_jax/jax_compilation_cache."""
@@ -26,7 +28,7 @@ def use_compilation_cache(setting: str) -> str | None:
 
     Every compiled program is stored, however fast it compiled: a study compiles dozens of small
     programs (initialization, masks, one chunk per bucket, evaluation) whose times add up.
-    Returns the folder in use, or None.
+    Returns the folder in use, or None; ConfigError when no file can be written in the folder.
     """
     directory = resolve(setting)
     if directory != jax.config.jax_compilation_cache_dir:
@@ -34,7 +36,7 @@ def use_compilation_cache(setting: str) -> str | None:
     if directory is None:
         jax.config.update('jax_enable_compilation_cache', False)
         return None
-    os.makedirs(directory, exist_ok=True)
+    config_lib.require_folder(directory, 'config.compilation_cache_dir')
     jax.config.update('jax_enable_compilation_cache', True)
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

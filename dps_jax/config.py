@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-import numbers
 import math
+import numbers
+import os
 from typing import Any, NamedTuple, Sequence
 
-from dps_jax import masks, optim, precision
+from dps_jax import masks, optim, precision, store
 
 
 class ConfigError(ValueError):
     """A config field has a wrong type or value; the message names the field and what is accepted."""
+
+
+def require_folder(path: str, name: str) -> str:
+    """Creates folder `path` if needed and returns it; ConfigError naming `name` (e.g. '--workdir')
+    when no file can be written there, before any work is done."""
+    try:
+        store.make_writable_folder(path)
+    except OSError as error:
+        reason = 'a file of that name exists' if os.path.isfile(path) else (error.strerror or str(error))
+        raise ConfigError(f'{name}={path} cannot hold files: {reason}') from None
+    return path
 
 
 def _get(config: Any, field: str) -> Any:

@@ -21,6 +21,7 @@ def trial_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = print) -> trial.TrialResult:
     """Runs the config's single trial, prints progress per check and writes workdir/trial.json."""
+    config_lib.require_folder(workdir, '--workdir')  # before the work that trial.json would record
     cache = compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     work = workload.load_workload(config)
     config = workload.with_resolved_checks(config, work)  # trial.json records what the checks ran

@@ -32,3 +32,12 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, value: Any) -> None:
     """`value` as indented JSON at `path`, atomically."""
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def make_writable_folder(path: str) -> None:
+    """Creates folder `path` (and its parents) if needed and checks that a file can be written in it;
+    OSError when not (a file of that name, no permission, a read-only filesystem)."""
+    os.makedirs(path, exist_ok=True)
+    handle, probe = tempfile.mkstemp(dir=path, prefix='.write-check.')
+    os.close(handle)
+    os.unlink(probe)

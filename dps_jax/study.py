@@ -118,29 +118,32 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                     write: bool = True) -> None:
     """Writes config.json, or checks that an existing one is the same study.
 
-    With config.overwrite and a different config, the old results (cells/, checkpoints/,
-    summary.csv, analysis.json, figures/) are moved aside to replaced-<time>/ so they cannot mix
-    with the new. write=False only checks (the other processes of a multi-host run, so that
+    A config.json that cannot be read, or results without one, is refused too: whose results they
+    are cannot be checked. With config.overwrite, in either case, the old results (RESULT_NAMES)
+    are moved aside to replaced-<time>/ so they cannot mix with the new. write=False only checks (the other processes of a multi-host run, so that
     they refuse a workdir together with process 0 instead of waiting for it).
     """
     path = os.path.join(workdir, 'config.json')
     digest = config.get('model_digest', '')
-    if os.path.exists(path):
-        with open(path) as file:
-            try:
-                previous = json.load(file)
-            except json.JSONDecodeError:
-                previous = None
-        if previous is not None:
-            stored_digest = previous.get('model_digest', '')
-            if stored_digest and not digest:  # plan_only, with the model's file not found
-                digest = stored_digest
-            elif digest and not stored_digest:
-                log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
-                    f'recording {digest} for {config.model}; cells finished before now are not checked against it')
-            previous = _with_defaults(previous, digest)
+    previous, unreadable = _stored_config(workdir)
+    if unreadable:
+        if not config.overwrite:
+            raise config_lib.ConfigError(
+                f'{unreadable}, so whether its results belong to this study cannot be checked; restore it, use '
+                f'another --workdir, or --config.overwrite=True to move the old results aside')
+        if not write:
+            return
+        log(f'{unreadable}: previous results moved to {_move_results_aside(workdir)}')
+    elif previous is not None:
+        stored_digest = previous.get('model_digest', '')
+        if stored_digest and not digest:  # plan_only, with the model's file not found
+            digest = stored_digest
+        elif digest and not stored_digest:
+            log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
+                f'recording {digest} for {config.model}; cells finished before now are not checked against it')
+        previous = _with_defaults(previous, digest)
         current = {**_comparable(config.to_dict()), 'model_digest': digest}
-        if previous is not None and previous != current:
+        if previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
             changed_code = (f'; the file of config.model={config.model!r} changed since the study began (digest '
                             f'{previous["model_digest"]}, now {digest}): restore it, or, if the change leaves the '
@@ -152,15 +155,42 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
                     f'--config.overwrite=True to reuse it')
             if not write:
                 return
-            aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
-            for name in ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json',
-                         provenance.FILE_NAME):
-                if os.path.exists(os.path.join(workdir, name)):
-                    os.makedirs(aside, exist_ok=True)
-                    os.replace(os.path.join(workdir, name), os.path.join(aside, name))
-            log(f'config differs ({", ".join(differing)}): previous results moved to {aside}')
+            log(f'config differs ({", ".join(differing)}): previous results moved to {_move_results_aside(workdir)}')
     if write:
         store.atomic_write_json(path, {**config.to_dict(), 'model_digest': digest})
+
+
+# What a study writes in its workdir: moved aside together when another study takes the workdir over.
+RESULT_NAMES = ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures', 'config.json', 'plan.json',
+                provenance.FILE_NAME)
+
+
+def _stored_config(workdir: str) -> tuple[dict | None, str | None]:
+    """(the config.json of `workdir` as stored, or None when there is none; why it cannot be trusted,
+    or None): a config.json that is not a JSON object, or results (cells/, checkpoints/) without one."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        if any(os.path.exists(os.path.join(workdir, name)) for name in ('cells', 'checkpoints')):
+            return None, f'{workdir} holds results (cells/ or checkpoints/) but no config.json'
+        return None, None
+    try:
+        with open(path) as file:
+            stored = json.load(file)
+    except (OSError, ValueError) as error:  # a JSONDecodeError is a ValueError
+        return None, f'{path} is damaged ({" ".join(str(error).split())})'
+    if not isinstance(stored, dict):
+        return None, f'{path} is damaged (not a JSON object)'
+    return stored, None
+
+
+def _move_results_aside(workdir: str) -> str:
+    """Moves what a study wrote in `workdir` (RESULT_NAMES) to workdir/replaced-<time>/; returns that folder."""
+    aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
+    for name in RESULT_NAMES:
+        if os.path.exists(os.path.join(workdir, name)):
+            os.makedirs(aside, exist_ok=True)
+            os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    return aside
 
 
 def _resume_flags(previous: dict, differing: list[str]) -> str:
@@ -352,6 +382,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     log = log if main else (lambda line: None)
     config_lib.validate_study_config(config)
     cells = grid_cells(config)
+    config_lib.require_folder(workdir, '--workdir')
     cache = None if config.plan_only else compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     mesh = study_mesh(config)
     work = None

@@ -50,6 +50,22 @@ def test_a_config_file_that_is_not_there_is_one_line_naming_it(tmp_path):
     assert error_lines(completed) == ['launch.py: error: cannot load --config=configs/no_such.py: no such file']
 
 
+@pytest.mark.parametrize('config_name', ['fashion_mnist_trial.py', 'quickstart.py'])
+def test_a_workdir_or_cache_folder_that_cannot_hold_files_is_one_line_before_any_work(tmp_path, config_name):
+    (tmp_path / 'a_file').write_text('')
+    for flags, named in (([f'--workdir={tmp_path}/a_file'], f'--workdir={tmp_path}/a_file'),
+                         ([f'--workdir={tmp_path}/a_file/below'], f'--workdir={tmp_path}/a_file/below'),
+                         ([f'--workdir={tmp_path}/run', f'--config.compilation_cache_dir={tmp_path}/a_file'],
+                          f'config.compilation_cache_dir={tmp_path}/a_file')):
+        completed = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                                    f'--config={os.path.join(ROOT, "configs", config_name)}', *flags],
+                                   capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert completed.returncode != 0
+        reason = 'Not a directory' if flags[0].endswith('below') else 'a file of that name exists'
+        assert error_lines(completed) == [f'launch.py: error: {named} cannot hold files: {reason}']
+        assert completed.stdout == ''  # before any work: nothing was loaded or trained
+
+
 @needs_fashion_mnist
 def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
     completed = launch(tmp_path, '--config.batch_size=54001', timeout=120)

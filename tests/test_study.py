@@ -147,6 +147,35 @@ def test_a_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
     assert json.loads((tmp_path / 'config.json').read_text())['goal_error'] == 0.3
 
 
+@pytest.mark.parametrize('damage, why', [
+    ('{"goal_error": 0.5,', 'config.json is damaged (Expecting property name'),
+    ('[]', 'config.json is damaged (not a JSON object)'),
+    (None, 'holds results (cells/ or checkpoints/) but no config.json'),
+])
+def test_a_workdir_whose_config_cannot_be_read_is_refused_unless_overwrite(tmp_path, damage, why):
+    study.prepare_workdir(tiny_config(), str(tmp_path), log=lambda line: None)
+    study.write_cell(str(tmp_path), [], study.cell_summary(fake_result(), 0.0, 32, 'all'))
+    if damage is None:
+        (tmp_path / 'config.json').unlink()
+    else:
+        (tmp_path / 'config.json').write_text(damage)
+    for config in (tiny_config(), tiny_config(goal_error=0.3)):  # the same study or another: it cannot tell
+        with pytest.raises(config_lib.ConfigError, match=re.escape(why) + '.*whether its results belong to this '
+                           'study cannot be checked; restore it, use another --workdir, or --config.overwrite=True'):
+            study.prepare_workdir(config, str(tmp_path))
+    assert study.is_finished(str(tmp_path), 0.0, 32)  # nothing moved by a refusal
+    lines = []
+    study.prepare_workdir(tiny_config(goal_error=0.3, overwrite=True), str(tmp_path), log=lines.append)
+    assert not study.is_finished(str(tmp_path), 0.0, 32)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith('replaced-')]
+    assert len(aside) == 1 and (aside[0] / 'cells' / '0_32' / 'summary.json').exists()
+    assert len(lines) == 1 and why.split(' (')[0] in lines[0]
+    assert lines[0].endswith(f': previous results moved to {aside[0]}')
+    assert json.loads((tmp_path / 'config.json').read_text())['goal_error'] == 0.3
+    # A new workdir, or one holding only a plan's files, is not refused.
+    study.prepare_workdir(tiny_config(), str(tmp_path / 'new'), log=lambda line: None)
+
+
 def test_plan_only_writes_the_plan_and_trains_nothing(tmp_path):
     study.run(tiny_config(plan_only=True), str(tmp_path), log=lambda line: None)
     plan = json.loads((tmp_path / 'plan.json').read_text())
