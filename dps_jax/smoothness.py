@@ -159,7 +159,7 @@ def noise_scale_estimate(example_losses: ExampleLosses, params: Any, mask: Any, 
         examples = jax.random.randint(key, (size,), 0, num_examples)
         positions, weights = layouts[size]
         sums = gradient_sums(example_losses, one_point, mask, images, labels, examples[positions], weights)
-        return _squared_norms(sums)[0] / size ** 2
+        return _squared_norms(sums)[0] / float(size) ** 2  # a float: size ** 2 passes int32 from 46,341
 
     def one_draw(key):
         small_key, big_key = jax.random.split(key)

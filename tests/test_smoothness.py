@@ -155,6 +155,17 @@ def test_noise_scale_averages_norms_before_dividing():
     assert abs(np.mean(per_draw) - trace / gradient_norm_squared) > 1e-2 * abs(trace / gradient_norm_squared)
 
 
+def test_a_big_batch_whose_square_passes_int32_is_averaged_right():
+    """46,341^2 > 2^31: the big batch's mean gradient replayed in numpy (draws are with replacement, so
+    the batch may exceed the 400 examples)."""
+    key, small, big = jax.random.PRNGKey(5), 8, 50_000
+    estimate = noise_scale(key, 1, small=small, big=big, chunk_size=10_000)
+    x, y, w = LSQ_X.astype(np.float64), LSQ_Y.astype(np.float64), np.asarray(LSQ_W['w'], np.float64)
+    rows = np.asarray(jax.random.randint(jax.random.split(jax.random.split(key, 1)[0])[1], (big,), 0, len(x)))
+    gradient = (x[rows] * (x[rows] @ w - y[rows])[:, None]).mean(axis=0)
+    np.testing.assert_allclose(float(estimate.big_norm_squared), gradient @ gradient, rtol=1e-4)
+
+
 def test_noise_scale_rejects_batch_sizes_out_of_order():
     with pytest.raises(ValueError, match='small batch < big batch'):
         noise_scale(jax.random.PRNGKey(0), 2, small=64, big=8)
