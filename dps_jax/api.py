@@ -16,7 +16,7 @@ with the same ones.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import ml_collections
@@ -29,21 +29,34 @@ Log = Callable[[str], None]
 
 
 def dataset_identity(dataset: data.Dataset) -> str:
-    """A text naming a Dataset object for a study's config: its name and a digest of every split."""
+    """A text naming a Dataset object for a study's config: its name and a digest of every split and
+    of its class count (the width of a built-in model's output)."""
     digest = hashlib.sha1()
+    largest_label = -1
     for split in (dataset.train, dataset.val, dataset.test):
         for array in (split.images, split.labels):
             array = np.ascontiguousarray(array)
             digest.update(f'{array.dtype}{array.shape}'.encode())
             digest.update(array.data)
+        largest_label = max(largest_label, int(split.labels.max()) if split.labels.size else -1)
+    if dataset.num_classes != largest_label + 1:
+        # Only a class count other than from_arrays' default enters the digest, so that a study begun
+        # before it did resumes under the digest it recorded.
+        digest.update(f'num_classes={dataset.num_classes}'.encode())
     return f'{config_lib.ARRAYS_PREFIX}{dataset.name}#{digest.hexdigest()[:12]}'
 
 
 def resolved_config(config: ml_collections.ConfigDict, model: Any = None,
                     dataset: data.Dataset | None = None) -> ml_collections.ConfigDict:
-    """A copy of `config` whose model and dataset fields name the objects given (when given); a
-    string model= is taken as config.model."""
-    config = ml_collections.ConfigDict(config.to_dict())
+    """A copy of `config` (a ConfigDict, or a dict of its fields) whose model and dataset fields name
+    the objects given (when given), with numpy numbers as Python's (a study stores its config as
+    JSON); a string model= is taken as config.model."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    elif not isinstance(config, Mapping):
+        raise config_lib.ConfigError(f'config must be an ml_collections.ConfigDict (e.g. dps_jax.base_study_config()) '
+                                     f'or a dict of its fields, got a {type(config).__name__}')
+    config = ml_collections.ConfigDict(_plain(dict(config)))
     if isinstance(model, str):
         config.model = model
     elif model is not None:
@@ -57,6 +70,19 @@ def resolved_config(config: ml_collections.ConfigDict, model: Any = None,
                                          f'got a {type(dataset).__name__}')
         config.dataset = dataset_identity(dataset)
     return config
+
+
+def _plain(value: Any) -> Any:
+    """A config value with numpy scalars and arrays as Python numbers and tuples, as launch.py gives them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return tuple(_plain(item) for item in value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str | None = None, *, model: Any = None,
@@ -97,8 +123,13 @@ def run_cell(config: ml_collections.ConfigDict, sparsity: float, batch_size: int
     """
     log = log or (lambda line: None)
     config = resolved_config(config, model, dataset)
-    config.sparsities, config.batch_sizes, config.cells = (float(sparsity),), (int(batch_size),), ''
-    config_lib.validate_study_config(config)
+    # Checked as the config's one cell, so that 8.9 or True is refused rather than run as batch 8 or 1.
+    config.sparsities, config.batch_sizes, config.cells = (_plain(sparsity),), (_plain(batch_size),), ''
+    try:
+        config_lib.validate_study_config(config)
+    except config_lib.ConfigError as error:
+        raise config_lib.ConfigError(f'run_cell(sparsity={sparsity!r}, batch_size={batch_size!r}): {error}') from None
+    sparsity, batch_size = config.sparsities[0], config.batch_sizes[0]
     context = _context(config, model, dataset, [float(sparsity)], log)
     return _run(context, float(sparsity), int(batch_size), log)
 

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.tiny_tfds import prepare_tiny_image_dataset
@@ -93,6 +94,48 @@ def test_the_python_api_refuses_what_it_cannot_record():
     config.plan_only = True
     with pytest.raises(dps_jax.ConfigError, match='give run_study a workdir'):
         dps_jax.run_study(config)
+
+
+def test_the_python_api_refuses_cell_arguments_it_would_have_to_coerce():
+    import dps_jax
+    config = dps_jax.base_study_config()
+    for sparsity, batch_size, problem in ((0.0, 8.9, 'config.batch_sizes[0]=8.9 must be an integer'),
+                                          (0.0, True, 'config.batch_sizes[0]=True must be an integer'),
+                                          ('x', 8, "config.sparsities[0]='x' must be a number"),
+                                          (1.0, 8, 'config.sparsities[0]=1.0 is outside [0, 1)')):
+        with pytest.raises(dps_jax.ConfigError) as refused:
+            dps_jax.run_cell(config, sparsity, batch_size)
+        assert str(refused.value) == f'run_cell(sparsity={sparsity!r}, batch_size={batch_size!r}): {problem}'
+    with pytest.raises(dps_jax.ConfigError, match='config must be an ml_collections.ConfigDict .* got a list'):
+        dps_jax.run_study([('sparsities', (0.0,))])
+
+
+def test_the_python_api_stores_numpy_numbers_in_a_config_as_plain_json(tmp_path):
+    import dps_jax
+    config = dps_jax.base_study_config()
+    config.batch_sizes, config.sparsities = tuple(2 ** np.arange(4, 7)), tuple(np.array([0.0, 0.5], np.float32))
+    config.num_trials, config.plan_only = 3, True  # (a ConfigDict itself refuses np.int64 for an int field)
+    for given in (config, config.to_dict()):  # a ConfigDict or a dict of its fields
+        dps_jax.run_study(given, str(tmp_path), log=lambda line: None)
+        stored = json.loads((tmp_path / 'config.json').read_text())
+        assert (stored['batch_sizes'], stored['sparsities'], stored['num_trials']) == ([16, 32, 64], [0.0, 0.5], 3)
+
+
+def test_a_datasets_identity_digests_its_arrays_and_a_class_count_other_than_its_labels():
+    import dps_jax
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(size=(40, 4, 4, 1)).astype(np.float32), np.arange(40) % 3
+    default = dps_jax.from_arrays(images, labels, name='mine')
+    # By hand: the digest of every split's dtype, shape and bytes, what a study begun earlier recorded.
+    by_hand = hashlib.sha1()
+    for split in (default.train, default.val, default.test):
+        for array in (split.images, split.labels):
+            by_hand.update(f'{array.dtype}{array.shape}'.encode() + np.ascontiguousarray(array).tobytes())
+    assert dps_jax.api.dataset_identity(default) == f'arrays:mine#{by_hand.hexdigest()[:12]}'
+    assert dps_jax.api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=3)) == (
+        dps_jax.api.dataset_identity(default))
+    wider = dps_jax.api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=7))
+    assert wider.startswith('arrays:mine#') and wider != dps_jax.api.dataset_identity(default)
 
 
 def test_a_bad_model_path_is_one_line(tiny_tfds_dir, tmp_path):
