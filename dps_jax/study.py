@@ -395,6 +395,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         # The checks' convolution as resolved for the model actually loaded (a Module given as model= is one's own).
         config = with_model_digest(workload.with_resolved_checks(config, work))
     else:
+        # No data is loaded, but a built-in dataset's (or a given Dataset's) training split size is
+        # known: a plan refuses what the run would.
+        config_lib.validate_study_config(config, data.known_train_examples(config.dataset) if dataset is None
+                                         else int(dataset.train.labels.shape[0]))
         config = planned_config(config, model)
     prepare_workdir(config, workdir, log, write=main)
     if not config.plan_only:

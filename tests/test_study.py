@@ -189,6 +189,20 @@ def test_plan_only_writes_the_plan_and_trains_nothing(tmp_path):
     assert recorded['model_digest'] == ''
 
 
+def test_plan_only_refuses_what_the_run_would_from_the_known_size_of_the_training_split(tmp_path):
+    assert [data.known_train_examples(name) for name in ('mnist', 'fashion_mnist', 'cifar10', 'tfds:mnist')] == [
+        54_000, 54_000, 45_000, None]
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            'config.batch_sizes[1]=60000 is larger than the training split (54000 examples)')):
+        study.run(tiny_config(plan_only=True, batch_sizes=(32, 60_000)), str(tmp_path), log=lambda line: None)
+    dataset = data.from_arrays(np.arange(640, dtype=np.float32).reshape(40, 4, 4, 1), np.arange(40) % 2)  # 36 to train
+    with pytest.raises(config_lib.ConfigError, match=re.escape('config.batch_sizes[0]=64 is larger than the '
+                                                               'training split (36 examples)')):
+        study.run(tiny_config(plan_only=True, batch_sizes=(64,), snip_examples=0), str(tmp_path),
+                  log=lambda line: None, dataset=dataset)
+    assert not (tmp_path / 'config.json').exists()
+
+
 def test_cells_selects_a_subset_and_rejects_unknown_names():
     assert study.grid_cells(tiny_config(cells='0.8_128, 0_32')) == [(0.8, 128), (0.0, 32)]
     with pytest.raises(config_lib.ConfigError, match='0.5_32, not in the grid'):

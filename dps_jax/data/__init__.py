@@ -36,8 +36,8 @@ __all__ = [
     'load', 'load_raw', 'load_raw_spec', 'from_arrays', 'check_dataset_name',
     'Dataset', 'Split', 'RawData', 'PixelStats', 'DataError', 'BuiltinSpec', 'RemoteFile', 'TfdsName',
     'DATASETS', 'SOURCES', 'DATA_DIR_ENV', 'DATA_URL_BASE_ENV', 'VALIDATION_SEED', 'VALIDATION_DIVISOR',
-    'describe', 'pixel_stats', 'validation_split_indices', 'standardize', 'standardize_and_split',
-    'remote_files', 'is_tfds_name', 'parse_tfds_name',
+    'describe', 'known_train_examples', 'pixel_stats', 'validation_split_indices', 'standardize',
+    'standardize_and_split', 'remote_files', 'is_tfds_name', 'parse_tfds_name',
     'core', 'files', 'download', 'tfds',
 ]
 
@@ -63,6 +63,13 @@ def load_raw_spec(spec: BuiltinSpec, data_dir: str | None = None, source: str = 
     if source == 'tfds':
         return tfds.read_builtin(spec, data_dir)
     return files.read_located(spec, download.locate_or_download(spec, data_dir))
+
+
+def known_train_examples(name: str) -> int | None:
+    """The training split's size of a built-in dataset, known without reading it (54,000 for the
+    MNIST-likes, 45,000 for CIFAR-10); None for any other name."""
+    spec = files.SPECS.get(name)
+    return None if spec is None else spec.num_train - spec.num_train // VALIDATION_DIVISOR
 
 
 def check_dataset_name(name: str) -> None:
