@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.matmul_precision = 'default'   # 'default' (TF32 on NVIDIA GPUs) | 'high' | 'highest' (full float32)
     config.compilation_cache_dir = 'auto'  # JAX's persistent compilation cache: 'auto' = ~/.cache/dps_jax/...; '' = off
     # Seeds.
-    config.seed = 0                       # initialization (and random-mask) seed: the trial index
-    config.data_seed = 0                  # data order seed (an endless stream, batches span epoch ends), as the reference
+    config.seed = 0                       # initialization (and random-mask) seed: the trial index; in [0, 2^32)
+    config.data_seed = 0                  # data order seed, in [0, 2^32) (an endless stream, batches span epoch
+                                          # ends), as the reference
     return config

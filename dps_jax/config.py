@@ -14,6 +14,10 @@ class ConfigError(ValueError):
     """A config field has a wrong type or value; the message names the field and what is accepted."""
 
 
+# The largest seed: a JAX key holds 32 bits of it, so a larger seed would repeat a smaller one's stream.
+MAX_SEED = 2 ** 32 - 1
+
+
 def require_folder(path: str, name: str) -> str:
     """Creates folder `path` if needed and returns it; ConfigError naming `name` (e.g. '--workdir')
     when no file can be written there, before any work is done."""
@@ -150,7 +154,7 @@ def _validate_workload(config: Any) -> None:
     max_steps = require_int(config, 'max_steps', minimum=1)
     if max_steps % check_every:
         raise ConfigError(f'config.max_steps={max_steps} must be a multiple of config.check_every={check_every}')
-    require_int(config, 'data_seed', minimum=0)
+    require_int(config, 'data_seed', minimum=0, maximum=MAX_SEED)
     require_choice(config, 'matmul_precision', precision.MATMUL_PRECISIONS)
     if 'compute_dtype' in config:  # optional: a config written before the field trains in float32
         require_choice(config, 'compute_dtype', precision.COMPUTE_DTYPES)
@@ -187,7 +191,7 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
     if num_train_examples is not None and batch_size > num_train_examples:
         raise ConfigError(f'config.batch_size={batch_size} is larger than the training split '
                           f'({num_train_examples} examples)')
-    require_int(config, 'seed', minimum=0)
+    require_int(config, 'seed', minimum=0, maximum=MAX_SEED)
     require_int(config, 'eval_chunk_size', minimum=0)
     if 'snip_examples' in config:  # optional: a config written before the field scores the whole split
         _require_snip_examples(config, num_train_examples)
@@ -297,8 +301,9 @@ def base_study_config():
                                         # as accelerators always do; needed by a model that mixes a batch's
                                         # examples without a mutable collection
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
-    config.data_seed = 0                # data order seed: an endless stream of per-epoch permutations, batches
-                                        # run across epoch ends (nothing dropped), as the reference
+    config.data_seed = 0                # data order seed, in [0, 2^32): an endless stream of per-epoch
+                                        # permutations, batches run across epoch ends (nothing dropped), as the
+                                        # reference
     # --- Smoothness and gradient noise scale of every live trial along training (dps_jax/smoothness.py).
     # Measured between training chunks on copies of the states: trajectories are the same on or off.
     config.lipschitz_every = 0          # steps between Lipschitz estimates; 0 = off; else a multiple of check_every
@@ -425,6 +430,9 @@ def validate_study_config(config: Any, num_train_examples: int | None = None) ->
     for field in ('compaction', 'per_trial_data_order', 'plan_only', 'overwrite', 'allow_environment_change'):
         if not isinstance(_get(config, field), bool):
             raise ConfigError(f'config.{field}={_get(config, field)!r} must be True or False')
+    if config.per_trial_data_order and config.data_seed + config.num_trials - 1 > MAX_SEED:
+        raise ConfigError(f'config.data_seed={config.data_seed} must be <= {MAX_SEED - config.num_trials + 1} with '
+                          f'config.per_trial_data_order: trial i takes seed data_seed + i, at most {MAX_SEED}')
     require_float(config, 'progress_every_seconds', 0.0, float('inf'), high_open=True)
     _validate_smoothness(config, num_train_examples)
     mesh = _get(config, 'mesh')

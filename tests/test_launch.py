@@ -31,6 +31,7 @@ def error_lines(completed):
     ('--config.goal_error=0', 'config.goal_error=0.0 is outside (0, 1)'),
     ('--config.max_steps=150', 'config.max_steps=150 must be a multiple of config.check_every=100'),
     ('--config.sparsity=abc', "could not convert string to float: 'abc'"),
+    ('--config.seed=4294967296', 'config.seed=4294967296 must be <= 4294967295'),
     ('--config.no_such_field=3', "no such config field 'no_such_field'; overrides given: --config.no_such_field"),
     ('--config.sparsities=(0.5,)', 'no such config field \'sparsities\' Did you mean "sparsity" instead of '
                                    '"sparsities"?; overrides given: --config.sparsities'),

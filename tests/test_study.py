@@ -220,6 +220,9 @@ def test_cells_selects_a_subset_and_rejects_unknown_names():
     ({'search_names': ()}, 'config.search_names is empty: nothing is searched'),
     ({'search_names': ('learning_rate', 'momentum')}, "searches 'momentum', which optimizer 'sgd'"),
     ({'cells': '0_32,0_32'}, 'names a cell twice'),
+    ({'data_seed': 2 ** 32}, 'config.data_seed=4294967296 must be <= 4294967295'),  # PRNGKey would wrap it to 0
+    ({'data_seed': 2 ** 32 - 2, 'per_trial_data_order': True},  # 3 trials: seeds up to data_seed + 2
+     r'config.data_seed=4294967294 must be <= 4294967293 with config.per_trial_data_order'),
     ({'lipschitz_every': 15}, 'config.lipschitz_every=15 must be 0 .off. or a multiple of config.check_every=10'),
     ({'noise_scale_every': -10}, 'config.noise_scale_every=-10 must be >= 0'),
     ({'noise_scale_batch_sizes': (256, 64)}, 'must be two batch sizes .small, big. with small < big'),
@@ -231,6 +234,11 @@ def test_bad_study_configs_are_refused_before_training(tmp_path, overrides, mess
     with pytest.raises(config_lib.ConfigError, match=message):
         study.run(tiny_config(**overrides), str(tmp_path), log=lambda line: None)
     assert not (tmp_path / 'config.json').exists()
+
+
+def test_the_largest_seeds_a_key_holds_are_accepted():
+    config_lib.validate_study_config(tiny_config(data_seed=2 ** 32 - 3, per_trial_data_order=True))  # 3 trials
+    config_lib.validate_study_config(tiny_config(data_seed=2 ** 32 - 1))
 
 
 def test_a_batch_size_larger_than_the_training_split_is_named():
