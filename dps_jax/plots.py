@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dps_jax import analysis
+from dps_jax import analysis, store
 from dps_jax.analysis import Cell, Study
 
 FORMATS = ('png', 'pdf')
@@ -31,13 +31,13 @@ def _new_figure(width: float = 6.4, height: float = 4.8) -> Figure:
 
 
 def _save(figure: Figure, path_stem: str, formats: Sequence[str]) -> list[str]:
-    """Writes `figure` to path_stem.<format> for each format; returns the paths."""
-    folder = os.path.dirname(os.path.abspath(path_stem))
-    os.makedirs(folder, exist_ok=True)
+    """Writes `figure` to path_stem.<format> for each format, atomically (a kill, or another job of
+    the same study drawing, never leaves half a figure); returns the paths."""
     paths = []
     for extension in formats:
         path = f'{path_stem}.{extension}'
-        figure.savefig(path, dpi=150, bbox_inches='tight')
+        store.atomic_write(path, lambda file: figure.savefig(file, format=extension, dpi=150, bbox_inches='tight'),
+                           binary=True)
         paths.append(path)
     return paths
 

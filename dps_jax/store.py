@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from typing import IO, Any, Callable
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` so that a reader (or a kill) sees the old file or the new, never half."""
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Calls write(file) on a temporary file beside `path`, then puts it at `path`, so that a reader
+    (or a kill) sees the old file or the new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
-        with os.fdopen(handle, 'w') as file:
-            file.write(text)
+        with os.fdopen(handle, 'wb' if binary else 'w') as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         # mkstemp makes the file private (0600); results should have the usual permissions.
@@ -27,6 +28,11 @@ def atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically (atomic_write)."""
+    atomic_write(path, lambda file: file.write(text))
 
 
 def atomic_write_json(path: str, value: Any) -> None:

@@ -140,3 +140,25 @@ def test_an_unreached_cells_lipschitz_line_follows_its_lowest_error_only_when_er
         assert ('1 cell(s) no trial reached not drawn: their errors are lower bounds' in title) is (not exact)
     # A config written before the field: exact errors.
     assert plots._shown_trial(cells[(0.9, 32)])[1] == 'trial 2, not reached'
+
+
+def test_a_figure_that_fails_mid_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    workdir = write_store(str(tmp_path), ['learning_rate'])
+    study = analysis.load_study(workdir)
+    stem = str(tmp_path / 'out' / 'scatter')
+    [path] = plots.plot_trial_scatter(study.cells[(0.9, 32)], study.config, stem, formats=('png',))
+    before = open(path, 'rb').read()
+
+    def broken_savefig(self, file, **options):
+        file.write(PNG_MAGIC + b'half a figure')
+        raise RuntimeError('killed mid-write')
+    monkeypatch.setattr(Figure, 'savefig', broken_savefig)
+    try:
+        plots.plot_trial_scatter(study.cells[(0.0, 32)], study.config, stem, formats=('png',))
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError('the broken write should have raised')
+    assert open(path, 'rb').read() == before
+    assert os.listdir(tmp_path / 'out') == ['scatter.png']  # no temporary file left behind
