@@ -54,6 +54,17 @@ def _read_json(path: str) -> Any:
             raise ValueError(f'{path} is not valid JSON: {error}') from error
 
 
+def _require_record(value: Any, where: str, fields: Mapping[str, type | tuple[type, ...]]) -> dict:
+    """`value` when it is a JSON object whose `fields` hold values of their types, else a ValueError
+    naming `where` (a results store written by hand or by another program)."""
+    if not isinstance(value, dict):
+        raise ValueError(f'{where} is not a JSON object, as dps_jax writes it')
+    for field, kind in fields.items():
+        if not isinstance(value.get(field), kind) or isinstance(value.get(field), bool):
+            raise ValueError(f'{where} has no {field!r} number, as dps_jax writes it (got {value.get(field)!r})')
+    return value
+
+
 def _read_trials(path: str) -> list[dict]:
     """Trials of one cell in trial order; a later line for the same trial replaces an earlier one."""
     if not os.path.exists(path):
@@ -67,7 +78,8 @@ def _read_trials(path: str) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f'{path}:{line_number} is not valid JSON: {error}') from error
-            by_trial[int(record['trial'])] = record
+            _require_record(record, f'{path}:{line_number}', {'trial': int})
+            by_trial[record['trial']] = record
     return [by_trial[index] for index in sorted(by_trial)]
 
 
@@ -76,7 +88,7 @@ def load_study(workdir: str) -> Study:
     config_path = os.path.join(workdir, 'config.json')
     if not os.path.isfile(config_path):
         raise ValueError(f'{workdir} is not a results store: {config_path} does not exist')
-    config = _read_json(config_path)
+    config = _require_record(_read_json(config_path), config_path, {})
     cells_folder = os.path.join(workdir, 'cells')
     cells: dict[CellKey, Cell] = {}
     if os.path.isdir(cells_folder):
@@ -84,7 +96,8 @@ def load_study(workdir: str) -> Study:
             summary_path = os.path.join(cells_folder, name, 'summary.json')
             if not os.path.isfile(summary_path):
                 continue
-            summary = _read_json(summary_path)
+            summary = _require_record(_read_json(summary_path), summary_path,
+                                      {'sparsity': (int, float), 'batch_size': int})
             # The summary, not the folder name, says which cell this is: '%g' loses nothing we key on.
             key = (float(summary['sparsity']), int(summary['batch_size']))
             trials = _read_trials(os.path.join(cells_folder, name, 'trials.jsonl'))

@@ -162,3 +162,21 @@ def test_a_figure_that_fails_mid_write_leaves_the_previous_one_whole(tmp_path, m
         raise AssertionError('the broken write should have raised')
     assert open(path, 'rb').read() == before
     assert os.listdir(tmp_path / 'out') == ['scatter.png']  # no temporary file left behind
+
+
+def test_command_line_on_a_malformed_store_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
+    cell = os.path.join('cells', '0.9_32')
+    for relative, text, problem in (
+            ('config.json', '[]', 'is not a JSON object'),
+            (os.path.join(cell, 'summary.json'), '[1, 2]', 'is not a JSON object'),
+            (os.path.join(cell, 'summary.json'), '{"batch_size": 32}', "has no 'sparsity' number"),
+            (os.path.join(cell, 'summary.json'), '{"sparsity": 0.9, "batch_size": "32"}', "has no 'batch_size'"),
+            (os.path.join(cell, 'trials.jsonl'), '{"status": "reached"}\n', "trials.jsonl:1 has no 'trial' number")):
+        workdir = write_store(str(tmp_path / str(len(os.listdir(tmp_path)))), ['learning_rate'])
+        with open(os.path.join(workdir, relative), 'w') as file:
+            file.write(text)
+        assert plots.main([workdir]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == '' and len(captured.err.strip().splitlines()) == 1
+        assert captured.err.startswith('dps_jax.plots: error: ') and problem in captured.err
+        assert os.path.basename(relative) in captured.err
