@@ -187,8 +187,15 @@ def test_describe_one_line(isolated):
     make_idx_dataset(isolated / 'd')
     text = data.describe(load_spec(SMALL_MNIST, str(isolated / 'd')))
     assert '\n' not in text
-    assert text.startswith('mnist') and 'train 45' in text and 'val 5' in text and 'test 12' in text
-    assert '28x28x1' in text
+    assert text.startswith(f'mnist (from {isolated / "d"}): ') and 'train 45' in text and 'val 5' in text
+    assert 'test 12' in text and '28x28x1' in text
+
+
+def test_a_data_dir_that_is_a_file_is_refused_rather_than_searched_past(isolated):
+    make_idx_dataset(isolated / 'system' / 'mnist')  # a copy the search would otherwise fall back to
+    (isolated / 'not_a_folder').write_text('')
+    with pytest.raises(data.DataError, match=r"data_dir='.*not_a_folder' is a file, not a folder"):
+        data.load('mnist', str(isolated / 'not_a_folder'))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ fix (name, source, missing, unprepared or corrupt data, bad arrays) raises DataE
 
 from __future__ import annotations
 
+import os
+
 from dps_jax.data import core, download, files, tfds
 from dps_jax.data.core import (VALIDATION_DIVISOR, VALIDATION_SEED, DataError, Dataset, PixelStats, RawData, Split,
                                describe, from_arrays, pixel_stats, standardize, standardize_and_split,
@@ -51,6 +53,8 @@ def load(name: str, data_dir: str | None = None, source: str = 'files') -> Datas
 def load_raw(name: str, data_dir: str | None = None, source: str = 'files') -> RawData:
     """The official train / test splits of `name`: images (n, H, W, C) uint8 (floating for a 'tfds:'
     dataset with floating images), labels int32 (n,). `source` applies to built-in names only."""
+    if data_dir and os.path.exists(os.path.expanduser(data_dir)) and not os.path.isdir(os.path.expanduser(data_dir)):
+        raise DataError(f'data_dir={data_dir!r} is a file, not a folder.')
     if is_tfds_name(name):
         _check_source(source)
         return tfds.load_raw_tfds(name, data_dir)

@@ -39,6 +39,7 @@ class Dataset(NamedTuple):
     val: Split
     test: Split
     num_classes: int
+    origin: str = ''  # where it was read from (RawData.origin); '' for arrays given in Python
 
 
 class RawData(NamedTuple):
@@ -50,6 +51,7 @@ class RawData(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    origin: str = ''  # where it was read from (a folder, an archive, a TFDS data dir); '' for arrays
 
 
 class PixelStats(NamedTuple):
@@ -144,13 +146,15 @@ def standardize_and_split(raw: RawData) -> Dataset:
         val=Split(standardize(raw.train_images, stats, val_indices), labels[val_indices]),
         test=Split(standardize(raw.test_images, stats), np.asarray(raw.test_labels, dtype=np.int32)),
         num_classes=raw.num_classes,
+        origin=raw.origin,
     )
 
 
 def describe(dataset: Dataset) -> str:
-    """One-line summary: name, split sizes, image shape (H x W x C) and class count."""
+    """One-line summary: name, where it was read from, split sizes, image shape (H x W x C) and class count."""
     shape = 'x'.join(str(d) for d in dataset.train.images.shape[1:])
-    return (f'{dataset.name}: train {dataset.train.labels.shape[0]}, val {dataset.val.labels.shape[0]}, '
+    origin = f' (from {dataset.origin})' if dataset.origin else ''
+    return (f'{dataset.name}{origin}: train {dataset.train.labels.shape[0]}, val {dataset.val.labels.shape[0]}, '
             f'test {dataset.test.labels.shape[0]}, images {shape} float32, {dataset.num_classes} classes')
 
 

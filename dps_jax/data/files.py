@@ -237,7 +237,8 @@ def _read_idx_dataset(spec: BuiltinSpec, located: Located) -> RawData:
     train_images_path, train_labels_path, test_images_path, test_labels_path = located.paths
     train_images, train_labels = _read_idx_split(train_images_path, train_labels_path, spec, spec.num_train)
     test_images, test_labels = _read_idx_split(test_images_path, test_labels_path, spec, spec.num_test)
-    return RawData(spec.name, train_images, train_labels, test_images, test_labels, spec.num_classes)
+    return RawData(spec.name, train_images, train_labels, test_images, test_labels, spec.num_classes,
+                   origin=str(train_images_path.parent))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,5 +333,5 @@ def _read_cifar_dataset(spec: BuiltinSpec, located: Located) -> RawData:
         start += labels.shape[0]
     test_images, test_labels = batches.pop(CIFAR_TEST_BATCH)
     return RawData(spec.name, train_images, train_labels, np.ascontiguousarray(test_images), test_labels,
-                   spec.num_classes)
+                   spec.num_classes, origin=str(path))
 

@@ -126,7 +126,8 @@ def load_raw_tfds(name: str, data_dir: str | None = None) -> RawData:
         # The study uses train and validation only; an empty test split keeps the Dataset's shape.
         test_images = np.zeros((0,) + features.image_shape, dtype=features.image_dtype)
         test_labels = np.zeros((0,), dtype=np.int32)
-    return RawData(name, train_images, train_labels, test_images, test_labels, features.num_classes)
+    return RawData(name, train_images, train_labels, test_images, test_labels, features.num_classes,
+                   origin=str(builder.data_dir))
 
 
 def prepared_builder(builder_name: str, data_dir: str | None, how_to_prepare: str = ''):
@@ -235,7 +236,8 @@ def read_builtin(spec: BuiltinSpec, data_dir: str | None) -> RawData:
                                "or use source='files'")
     train_images, train_labels = _read_builtin_split(builder, spec, 'train', spec.num_train)
     test_images, test_labels = _read_builtin_split(builder, spec, 'test', spec.num_test)
-    return RawData(spec.name, train_images, train_labels, test_images, test_labels, spec.num_classes)
+    return RawData(spec.name, train_images, train_labels, test_images, test_labels, spec.num_classes,
+                   origin=str(builder.data_dir))
 
 
 def _read_builtin_split(builder, spec: BuiltinSpec, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
