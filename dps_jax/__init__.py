@@ -7,7 +7,7 @@ The Python API (each name's docstring says more):
     load_results(workdir) -> Study            a results store written by run_study or launch.py
     base_study_config(), paper_study_config(**fields)   configs with every field documented
     from_arrays(train_images, train_labels, ...) -> Dataset   your own data
-    steps_table(study), analyze(study)        the steps-to-result table; fits, regimes, bands
+    steps_table(study), analyze(study)        the steps-to-result table; S(B) fits, the end of perfect scaling, bands
     plot_steps_vs_batch(study, analyze(study), path_stem), plot_trial_scatter(cell, config, path_stem)
 
 Names load on first use, so `import dps_jax.config` stays light.

@@ -61,12 +61,14 @@ def _require_record(value: Any, where: str, fields: Mapping[str, type | tuple[ty
         raise ValueError(f'{where} is not a JSON object, as dps_jax writes it')
     for field, kind in fields.items():
         if not isinstance(value.get(field), kind) or isinstance(value.get(field), bool):
-            raise ValueError(f'{where} has no {field!r} number, as dps_jax writes it (got {value.get(field)!r})')
+            what = 'a whole number' if kind is int else 'a number'
+            raise ValueError(f'{where}: {field!r} is {value.get(field)!r}, not {what} as dps_jax writes it')
     return value
 
 
-def _read_trials(path: str) -> list[dict]:
-    """Trials of one cell in trial order; a later line for the same trial replaces an earlier one."""
+def _read_trials(path: str, searched: Sequence[str] = ()) -> list[dict]:
+    """Trials of one cell in trial order; a later line for the same trial replaces an earlier one.
+    Each names its index and its `searched` metaparameters, and a reached one its steps-to-result."""
     if not os.path.exists(path):
         return []
     by_trial: dict[int, dict] = {}
@@ -78,7 +80,9 @@ def _read_trials(path: str) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f'{path}:{line_number} is not valid JSON: {error}') from error
-            _require_record(record, f'{path}:{line_number}', {'trial': int})
+            _require_record(record, f'{path}:{line_number}', {'trial': int, **{name: (int, float) for name in searched}})
+            if record.get('status') == 'reached':
+                _require_record(record, f'{path}:{line_number} (reached)', {'steps_to_result': int})
             by_trial[record['trial']] = record
     return [by_trial[index] for index in sorted(by_trial)]
 
@@ -100,7 +104,7 @@ def load_study(workdir: str) -> Study:
                                       {'sparsity': (int, float), 'batch_size': int})
             # The summary, not the folder name, says which cell this is: '%g' loses nothing we key on.
             key = (float(summary['sparsity']), int(summary['batch_size']))
-            trials = _read_trials(os.path.join(cells_folder, name, 'trials.jsonl'))
+            trials = _read_trials(os.path.join(cells_folder, name, 'trials.jsonl'), config.get('search_names', []))
             cells[key] = Cell(name=name, summary=summary, trials=trials)
     if not cells:
         raise ValueError(f'{workdir} has no finished cells (no {cells_folder}/<cell>/summary.json)')
@@ -246,6 +250,29 @@ def fit_steps_vs_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> 
                b_crit_std=float(b_crit * log_stds[1]))
 
 
+# A fit counts as finding B_crit when it explains the points better than S(B)'s limits by more than
+# this relative loss: the optimizer walking towards a limit stops within about this of it.
+LIMIT_TOLERANCE = 1e-6
+
+
+def b_crit_limit(batch_sizes: Sequence[float], steps: Sequence[float], fit: Fit) -> str | None:
+    """Where `fit` (of these points) has no finite B_crit: 'above' when S = c / B (B_crit -> inf:
+    perfect scaling at every batch size) fits the points as well as it does, 'below' when a constant
+    S (B_crit -> 0) does; its B_crit is then only a bound beyond the batch sizes measured, and its
+    value and S_min mean nothing. None when the fit finds B_crit."""
+    log_b = np.log(np.asarray(batch_sizes, dtype=np.float64))
+    log_s = np.log(np.asarray(steps, dtype=np.float64))
+    if not (0 < fit.s_min < math.inf and 0 < fit.b_crit < math.inf):  # over- or underflowed towards a limit
+        return 'above' if fit.b_crit >= np.exp(log_b).max() else 'below'
+    fitted = float(np.sum((_model_log_steps(np.exp(log_b), math.log(fit.s_min), math.log(fit.b_crit)) - log_s) ** 2))
+    limits = (('above', log_s + log_b), ('below', log_s))  # log c = log S + log B, or log S_min = log S, per point
+    for name, constant in limits:
+        loss = float(np.sum((constant - constant.mean()) ** 2))
+        if loss - fitted <= LIMIT_TOLERANCE * loss + 1e-12:
+            return name
+    return None
+
+
 def perfect_scaling_end(batch_sizes: Sequence[float], steps: Sequence[float | None],
                         tolerance: float = 0.25) -> int | None:
     """The largest batch size up to which the curve scales perfectly, within `tolerance`; None if nothing reached.
@@ -320,15 +347,23 @@ def _curve(study: Study, sparsity: float, flags: Mapping[CellKey, list[str]],
         # 'running' trials (first-hit mode) count as unreached although they might reach later.
         band_is_upper_bound.append(any(trial.get('status') == 'running' for trial in cell.trials))
     reached = [(b, s) for b, s in zip(batch_sizes, steps) if s is not None]
-    fit, fit_reason = None, None
+    fit, fit_reason, lower_bound, upper_bound = None, None, None, None
     if len(reached) < 3:
         fit_reason = f'needs >= 3 batch sizes that reached the goal, has {len(reached)}'
     else:
+        points = [b for b, _ in reached], [s for _, s in reached]
         try:
-            fit = fit_steps_vs_batch([b for b, _ in reached], [s for _, s in reached])._asdict()
-            fit = {name: finite_or_none(value) for name, value in fit.items()}
+            found = fit_steps_vs_batch(*points)
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as error:
             fit_reason = f'fit failed: {error}'
+        else:
+            limit = b_crit_limit(*points, found)
+            if limit == 'above':
+                lower_bound, fit_reason = max(points[0]), 'the steps fall as 1/B over every reached batch size'
+            elif limit == 'below':
+                upper_bound, fit_reason = min(points[0]), 'the steps do not fall over the reached batch sizes'
+            else:
+                fit = {name: finite_or_none(value) for name, value in found._asdict().items()}
     best = [best_trial(cell) for cell in cells]
     return {
         'sparsity': sparsity,
@@ -341,6 +376,10 @@ def _curve(study: Study, sparsity: float, flags: Mapping[CellKey, list[str]],
         'bootstrap_is_upper_bound': band_is_upper_bound,
         'fit': fit,
         'fit_reason': fit_reason,
+        # Where S(B) has no finite best fit (b_crit_limit): B_crit > the largest reached batch size, or <
+        # the smallest.
+        'b_crit_lower_bound': lower_bound,
+        'b_crit_upper_bound': upper_bound,
         'perfect_scaling_end': perfect_scaling_end(batch_sizes, steps, tolerance),
         'edge_flags': [flags[(sparsity, b)] for b in batch_sizes],
     }
@@ -443,6 +482,7 @@ def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) ->
             'lipschitz_measurements': len(reached_l),
             'b_simple_initial': initial, 'b_simple_training': along,
             'b_crit': fit.get('b_crit'), 'b_crit_std': fit.get('b_crit_std'),
+            'b_crit_lower_bound': curve.get('b_crit_lower_bound'), 'b_crit_upper_bound': curve.get('b_crit_upper_bound'),
         })
     return rows
 
@@ -455,9 +495,14 @@ def describe_smoothness(result: Mapping[str, Any]) -> str:
     show = lambda value, spec: '-' if value is None else format(value, spec)
     lines = [f'{"sparsity":>8}  {"L mean":>8}  {"L max":>8}  {"B_simple@0":>10}  {"B_simple":>9}  {"B_crit":>7}']
     for row in rows:
+        b_crit = show(row['b_crit'], '.0f')
+        if row.get('b_crit_lower_bound'):  # no finite fit (b_crit_limit)
+            b_crit = f'>{row["b_crit_lower_bound"]}'
+        elif row.get('b_crit_upper_bound'):
+            b_crit = f'<{row["b_crit_upper_bound"]}'
         lines.append(f'{row["sparsity"]:>8g}  {show(row["lipschitz_best_mean"], ".3g"):>8}  '
                      f'{show(row["lipschitz_best_max"], ".3g"):>8}  {show(row["b_simple_initial"], ".3g"):>10}  '
-                     f'{show(row["b_simple_training"], ".3g"):>9}  {show(row["b_crit"], ".0f"):>7}')
+                     f'{show(row["b_simple_training"], ".3g"):>9}  {b_crit:>7}')
     return ('smoothness (L of the best trial over training; B_simple at step 0 and along training; '
             'fitted B_crit):\n' + '\n'.join(lines))
 
@@ -474,9 +519,15 @@ def describe_curves(result: Mapping[str, Any]) -> str:
     lines = []
     for curve in result['curves']:
         fit = curve['fit']
-        fitted = (f'S_min {fit["s_min"]:.0f} steps, B_crit {fit["b_crit"]:.0f}'
-                  + ('' if fit['b_crit_std'] is None else f' +- {fit["b_crit_std"]:.0f}')
-                  if fit else f'no S(B) fit ({curve["fit_reason"]})')
+        if fit:
+            fitted = (f'S_min {fit["s_min"]:.0f} steps, B_crit {fit["b_crit"]:.0f}'
+                      + ('' if fit['b_crit_std'] is None else f' +- {fit["b_crit_std"]:.0f}'))
+        elif curve.get('b_crit_lower_bound') or curve.get('b_crit_upper_bound'):
+            bound = (f'> {curve["b_crit_lower_bound"]}' if curve.get('b_crit_lower_bound')
+                     else f'< {curve["b_crit_upper_bound"]}')
+            fitted = f'B_crit {bound} ({curve["fit_reason"]}: S(B) has no finite best fit)'
+        else:
+            fitted = f'no S(B) fit ({curve["fit_reason"]})'
         end = curve['perfect_scaling_end']
         lines.append(f'sparsity {curve["sparsity"]:g}: {fitted}; perfect scaling up to batch '
                      f'{end if end is not None else "-"}')

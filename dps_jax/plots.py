@@ -106,7 +106,8 @@ def plot_steps_vs_batch(study: Study, analysis_result: Mapping[str, Any] | None,
     axes.set_xscale('log', base=2)
     axes.set_yscale('log', base=2)
     axes.set_xlabel('batch size')
-    axes.set_ylabel('steps to result / steps at smallest batch size' if normalized else 'steps to result')
+    axes.set_ylabel('steps to result / steps at its smallest reached batch size' if normalized
+                    else 'steps to result')
     axes.set_title(_study_title(study.config))
     axes.grid(True, which='major', alpha=0.3)
     if drew_anything:
@@ -242,11 +243,19 @@ def plot_noise_scale(analysis_result: Mapping[str, Any], config: Mapping[str, An
     axes.plot(sparsity, _as_float_array([row['b_simple_training'] for row in rows]), marker='s',
               label='B_simple along training (best trials)')
     b_crit = _as_float_array([row['b_crit'] for row in rows])
+    # A sparsity whose steps-vs-batch curve has no finite best fit shows the bound it gives instead.
+    bounds = [(key, marker, text) for key, marker, text in (
+        ('b_crit_lower_bound', '^', 'B_crit above (no finite fit: perfect scaling throughout)'),
+        ('b_crit_upper_bound', 'v', 'B_crit below (no finite fit: steps flat)'))
+        if any(row.get(key) for row in rows)]
     if np.isfinite(b_crit).any():
         error = _as_float_array([row['b_crit_std'] for row in rows])
         axes.errorbar(sparsity, b_crit, yerr=np.where(np.isfinite(error), error, 0.0), marker='D', capsize=3,
                       label='fitted B_crit of S(B) = S_min (1 + B_crit / B)')
-    else:
+    for key, marker, text in bounds:
+        axes.plot(sparsity, _as_float_array([row.get(key) for row in rows]), linestyle='none', marker=marker,
+                  markersize=9, color='C3', label=text)
+    if not np.isfinite(b_crit).any() and not bounds:
         axes.text(0.5, 0.05, 'no B_crit fit (needs >= 3 reached batch sizes per sparsity)',
                   transform=axes.transAxes, ha='center', fontsize='small')
     axes.set_yscale('log')

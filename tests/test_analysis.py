@@ -155,6 +155,38 @@ def test_fit_needs_three_positive_points():
         analysis.fit_steps_vs_batch([16, 32, 64], [100, 50, -1])
 
 
+@pytest.mark.parametrize('steps, bound, side', [
+    ([8000, 4000, 2000, 1000], 128, 'lower'),   # S = 128000 / B: perfect scaling at every batch size
+    ([8000, 4100, 2000, 1000], 128, 'lower'),   # the same with one point 2.5% off: still no bend
+    ([1000, 1000, 1010, 1000], 16, 'upper'),    # flat: no data parallelism to speak of
+])
+def test_a_curve_without_a_finite_best_fit_reports_only_a_bound_on_b_crit(tmp_path, monkeypatch, steps, bound, side):
+    """S(B) = S_min (1 + B_crit / B) approaches S = c / B as B_crit -> inf and a constant as B_crit -> 0:
+    points on (or nearly on) either limit have no finite least-squares B_crit, and the optimizer stops
+    at an arbitrary huge or tiny value with an infinite uncertainty."""
+    os.makedirs(tmp_path, exist_ok=True)
+    (tmp_path / 'config.json').write_text(json.dumps(CONFIG))
+    for batch_size, cell_steps in zip((16, 32, 64, 128), steps):
+        write_cell(str(tmp_path), 0.0, batch_size, [
+            with_series(trial(0, 'reached', cell_steps), [(100, 2.0)], [(0, 1.0, 40.0)])])
+    result = analysis.analyze(analysis.load_study(str(tmp_path)), num_resamples=10)
+    curve, = result['curves']
+    other = 'upper' if side == 'lower' else 'lower'
+    assert curve['fit'] is None and curve[f'b_crit_{side}_bound'] == bound and curve[f'b_crit_{other}_bound'] is None
+    line = analysis.describe_curves(result)
+    assert line.startswith(f'sparsity 0: B_crit {">" if side == "lower" else "<"} {bound} (')
+    assert 'S(B) has no finite best fit' in line
+    row, = result['smoothness']
+    assert row['b_crit'] is None and row[f'b_crit_{side}_bound'] == bound
+    assert analysis.describe_smoothness(result).splitlines()[-1].endswith(('>' if side == 'lower' else '<') + str(bound))
+    from dps_jax import plots  # the noise-scale figure marks the bound, not a made-up value
+    figures = []
+    monkeypatch.setattr(plots, '_save', lambda figure, path_stem, formats: figures.append(figure) or [])
+    plots.plot_noise_scale(result, CONFIG, str(tmp_path / 'noise_scale'))
+    marked = [line for line in figures[0].axes[0].get_lines() if line.get_marker() == ('^' if side == 'lower' else 'v')]
+    assert len(marked) == 1 and list(marked[0].get_ydata()) == [bound]
+
+
 def test_perfect_scaling_end_on_a_hand_curve():
     batch_sizes = [16, 32, 64, 128, 256]
     # Reference 1000, 500, 250, 125, 62.5: ratios 1, 1.04, 1.2, 1.6, 3.04 -> the 0.25 tolerance ends at 64.

@@ -169,9 +169,14 @@ def test_command_line_on_a_malformed_store_exits_2_with_one_line_naming_the_file
     for relative, text, problem in (
             ('config.json', '[]', 'is not a JSON object'),
             (os.path.join(cell, 'summary.json'), '[1, 2]', 'is not a JSON object'),
-            (os.path.join(cell, 'summary.json'), '{"batch_size": 32}', "has no 'sparsity' number"),
-            (os.path.join(cell, 'summary.json'), '{"sparsity": 0.9, "batch_size": "32"}', "has no 'batch_size'"),
-            (os.path.join(cell, 'trials.jsonl'), '{"status": "reached"}\n', "trials.jsonl:1 has no 'trial' number")):
+            (os.path.join(cell, 'summary.json'), '{"batch_size": 32}', "'sparsity' is None, not a number"),
+            (os.path.join(cell, 'summary.json'), '{"sparsity": 0.9, "batch_size": "32"}',
+             "'batch_size' is '32', not a whole number"),
+            (os.path.join(cell, 'trials.jsonl'), '{"status": "reached"}\n', "trials.jsonl:1: 'trial' is None"),
+            (os.path.join(cell, 'trials.jsonl'), '{"trial": 0, "learning_rate": 0.1, "status": "reached", '
+             '"steps_to_result": Infinity}\n', "trials.jsonl:1 (reached): 'steps_to_result' is inf, not a whole"),
+            (os.path.join(cell, 'trials.jsonl'), '{"trial": 0, "status": "exhausted"}\n',
+             "trials.jsonl:1: 'learning_rate' is None, not a number")):
         workdir = write_store(str(tmp_path / str(len(os.listdir(tmp_path)))), ['learning_rate'])
         with open(os.path.join(workdir, relative), 'w') as file:
             file.write(text)
