@@ -66,6 +66,9 @@ def main(argv):
                                             log=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, data.DataError) as error:
         sys.exit(f'launch.py: error: {error}')
+    except KeyboardInterrupt:
+        print('launch.py: interrupted; the same command resumes from the last checkpoint', file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == '__main__':

@@ -91,7 +91,7 @@ def read_runs(workdir: str) -> list[dict[str, Any]]:
     try:
         with open(path) as file:
             return list(json.load(file)['runs'])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError) as error:  # not JSON (a ValueError), not UTF-8, not its shape
         raise config_lib.ConfigError(f'{path} is damaged ({error}); move it aside to resume') from error
 
 

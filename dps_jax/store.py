@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
@@ -47,3 +49,23 @@ def make_writable_folder(path: str) -> None:
     handle, probe = tempfile.mkstemp(dir=path, prefix='.write-check.')
     os.close(handle)
     os.unlink(probe)
+
+
+@contextlib.contextmanager
+def locked(path: str, wait: bool = True) -> Iterator[bool]:
+    """Holds an exclusive advisory lock on the file `path` (created if needed) for the duration:
+    yields True, or, with wait=False, False at once when another process holds it. The operating
+    system releases the lock when its process ends, killed or not, so a crash leaves no stale lock.
+    (fcntl.flock: local filesystems and NFSv4; between the processes of one machine or, on NFSv4,
+    of several.)"""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a') as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

@@ -14,14 +14,17 @@ an unfinished one; a workdir made with a different config is refused unless conf
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
 import os
 import shlex
+import shutil
+import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +78,12 @@ def trial_metaparameters(config: ml_collections.ConfigDict) -> dict[str, np.ndar
 
 
 def make_plan(config: ml_collections.ConfigDict) -> dict:
-    """What a study will run, as JSON: cells, trials and their metaparameters, budget."""
+    """What a study will run, as JSON: cells, trials and their metaparameters, budget. The whole grid,
+    whatever config.cells, since the jobs of a split study each write it."""
     values = trial_metaparameters(config)
-    cells = grid_cells(config)
+    whole = ml_collections.ConfigDict(config.to_dict())
+    whole.cells = ''
+    cells = grid_cells(whole)
     space = search.study_space(config)
     return {
         'cells': [{'name': cell_name(*cell), 'sparsity': cell[0], 'batch_size': cell[1]} for cell in cells],
@@ -165,6 +171,45 @@ RESULT_NAMES = ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures
                 provenance.FILE_NAME)
 
 
+def workdir_lock(workdir: str) -> str:
+    """The lock file of a workdir's shared files (config.json, provenance.json, plan.json, summary.csv,
+    analysis.json, figures/, a cell's results): jobs that split a study change them one at a time."""
+    return os.path.join(workdir, '.locks', 'workdir.lock')
+
+
+@contextlib.contextmanager
+def claimed_cell(workdir: str, sparsity: float, batch_size: int) -> Iterator[bool]:
+    """True while this process holds the cell, False when another job of the study runs it (a
+    split study's jobs may list a cell twice). A multi-host run's processes run every cell together:
+    they claim nothing."""
+    if jax.process_count() > 1:
+        yield True
+        return
+    with store.locked(os.path.join(workdir, '.locks', f'{cell_name(sparsity, batch_size)}.lock'), wait=False) as held:
+        yield held
+
+
+def require_same_study(config: ml_collections.ConfigDict, workdir: str, cell: str) -> None:
+    """ConfigError when workdir/config.json no longer holds this study (another run took the workdir
+    over with config.overwrite while this one computed `cell`): its results must not join another study's."""
+    stored, unreadable = _stored_config(workdir)
+    digest = config.get('model_digest', '')
+    if unreadable or stored is None or _with_defaults(stored, digest) != {**_comparable(config.to_dict()),
+                                                                         'model_digest': digest}:
+        raise config_lib.ConfigError(
+            f'{workdir}/config.json changed while this run computed cell {cell} (another run with '
+            f'--config.overwrite=True?): its results are not written there')
+
+
+def remove_checkpoints_of_finished_cells(workdir: str, cells: Sequence[tuple[float, int]]) -> None:
+    """Deletes the mid-cell checkpoints left by a run killed between writing a cell's results and
+    deleting them."""
+    for cell in cells:
+        folder = os.path.join(workdir, 'checkpoints', cell_name(*cell))
+        if is_finished(workdir, *cell) and os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _stored_config(workdir: str) -> tuple[dict | None, str | None]:
     """(the config.json of `workdir` as stored, or None when there is none; why it cannot be trusted,
     or None): a config.json that is not a JSON object, or results (cells/, checkpoints/) without one."""
@@ -184,11 +229,11 @@ def _stored_config(workdir: str) -> tuple[dict | None, str | None]:
 
 
 def _move_results_aside(workdir: str) -> str:
-    """Moves what a study wrote in `workdir` (RESULT_NAMES) to workdir/replaced-<time>/; returns that folder."""
-    aside = os.path.join(workdir, time.strftime('replaced-%Y%m%d-%H%M%S'))
+    """Moves what a study wrote in `workdir` (RESULT_NAMES) to a new workdir/replaced-<time>-<suffix>/;
+    returns that folder."""
+    aside = tempfile.mkdtemp(prefix=time.strftime('replaced-%Y%m%d-%H%M%S-'), dir=workdir)
     for name in RESULT_NAMES:
         if os.path.exists(os.path.join(workdir, name)):
-            os.makedirs(aside, exist_ok=True)
             os.replace(os.path.join(workdir, name), os.path.join(aside, name))
     return aside
 
@@ -340,8 +385,12 @@ def read_summaries(workdir: str) -> list[dict]:
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         path = os.path.join(root, name, 'summary.json')
         if os.path.exists(path):
-            with open(path) as file:
-                summaries.append(json.load(file))
+            try:
+                with open(path) as file:
+                    summaries.append(json.load(file))
+            except ValueError as error:  # not JSON, or not UTF-8
+                raise config_lib.ConfigError(f'{path} is damaged ({" ".join(str(error).split())}); move its cell '
+                                             f'folder aside to run that cell again') from None
     return sorted(summaries, key=lambda summary: (summary['sparsity'], summary['batch_size']))
 
 
@@ -400,18 +449,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         config_lib.validate_study_config(config, data.known_train_examples(config.dataset) if dataset is None
                                          else int(dataset.train.labels.shape[0]))
         config = planned_config(config, model)
-    prepare_workdir(config, workdir, log, write=main)
-    if not config.plan_only:
-        runs, current = provenance.read_runs(workdir), provenance.collect(
-            config.matmul_precision, workload.compute_dtype(config),
-            **workload.resolved_numerics(config, work, config.batch_sizes))
-        note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
-        if note:
-            log(note)
+    # Jobs that split a study (config.cells) share the workdir: its files change one job at a time.
+    with store.locked(workdir_lock(workdir)):
+        prepare_workdir(config, workdir, log, write=main)
+        if not config.plan_only:
+            runs, current = provenance.read_runs(workdir), provenance.collect(
+                config.matmul_precision, workload.compute_dtype(config),
+                **workload.resolved_numerics(config, work, config.batch_sizes))
+            note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
+            if note:
+                log(note)
+            if main:
+                provenance.record_run(workdir, runs, current)
         if main:
-            provenance.record_run(workdir, runs, current)
-    if main:
-        store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
+            store.atomic_write_json(os.path.join(workdir, 'plan.json'), make_plan(config))
+            if not config.plan_only:
+                remove_checkpoints_of_finished_cells(workdir, cells)
     parallel.barrier('workdir prepared')  # the other processes read which cells are finished
     if config.plan_only:
         log(f'plan: {len(cells)} cells x {config.num_trials} trials, written to {os.path.join(workdir, "plan.json")}')
@@ -423,8 +476,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         log(compilation_cache.describe(cache))
         _run_cells(config, work, workdir, remaining, cells, log, mesh)
     if main:
-        write_summary_csv(workdir)
-        report(workdir, log)
+        with store.locked(workdir_lock(workdir)):
+            write_summary_csv(workdir)
+            report(workdir, log)
 
 
 def smoothness_measurements(config: ml_collections.ConfigDict, apply_fn) -> smoothness.Measurements | None:
@@ -588,16 +642,24 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, 
             f'of {sum(int(l[0].size) for l in jax.tree.leaves(mask)):,d} parameters')
         for batch_size in [b for s, b in remaining if s == sparsity]:
             position = cells.index((sparsity, batch_size)) + 1
-            log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size}, '
-                f'{num_trials} trials, until {config.until!r}')
-            saved = cell_checkpoints(config, workdir, sparsity, batch_size, log)
-            result = run_one_cell(context, sparsity, batch_size, mask, saved, log)
-            summary = cell_summary(result, sparsity, batch_size, config.until)
-            if parallel.is_main_process():
-                write_cell(workdir, trial_records(result, context.values), summary)
-                write_summary_csv(workdir)
-            if saved is not None:
-                saved.remove()  # after the results: a kill in between resumes, not restarts
+            with claimed_cell(workdir, sparsity, batch_size) as claimed:
+                if not claimed or is_finished(workdir, sparsity, batch_size):
+                    log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size} '
+                        f'{"is being run by another job" if not claimed else "was finished by another job"}: '
+                        f'skipped')
+                    continue
+                log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size}, '
+                    f'{num_trials} trials, until {config.until!r}')
+                saved = cell_checkpoints(config, workdir, sparsity, batch_size, log)
+                result = run_one_cell(context, sparsity, batch_size, mask, saved, log)
+                summary = cell_summary(result, sparsity, batch_size, config.until)
+                if parallel.is_main_process():
+                    with store.locked(workdir_lock(workdir)):
+                        require_same_study(config, workdir, cell_name(sparsity, batch_size))
+                        write_cell(workdir, trial_records(result, context.values), summary)
+                        write_summary_csv(workdir)
+                if saved is not None:
+                    saved.remove()  # after the results: a kill in between resumes, not restarts
             steps = summary['steps_to_result']
             outcome = f'{steps} (trial {summary["best_trial"]})' if steps is not None else 'not reached'
             log(f'  -> steps-to-result {outcome}, {summary["trial_steps_computed"]:,d} trial-steps '

@@ -1,5 +1,6 @@
 """Studies: the results store, resume, config checks, and a SIGKILL in the middle of a study."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -22,7 +23,7 @@ import pytest
 
 import dps_jax
 from dps_jax import config as config_lib
-from dps_jax import data, engine, models, store, study, trial, workload
+from dps_jax import data, engine, models, provenance, store, study, trial, workload
 from tests.real_data import needs_fashion_mnist
 from tests.test_models import ReferenceSimpleCNN
 
@@ -293,13 +294,26 @@ def cache_entries(folder):
     return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 
-def kill_when(victim, condition, deadline_seconds=900):
+def kill_when(victim, condition, deadline_seconds=900, signal_number=signal.SIGKILL):
     deadline = time.time() + deadline_seconds
     while not condition():
         assert victim.poll() is None and time.time() < deadline, 'the study ended before it could be killed'
         time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
+    victim.send_signal(signal_number)
     victim.wait()
+
+
+@pytest.mark.slow
+@needs_data
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
+    victim = launch(tmp_path)
+    checkpoints = tmp_path / 'checkpoints' / '0_32'
+    kill_when(victim, lambda: checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()),
+              signal_number=signal.SIGINT)
+    output = victim.stdout.read()
+    assert victim.returncode == 130, output[-3000:]
+    assert output.strip().splitlines()[-1] == 'launch.py: interrupted; the same command resumes from the last checkpoint'
+    assert 'Traceback' not in output
 
 
 def assert_same_store(got, want):
@@ -618,3 +632,104 @@ def test_a_study_records_the_convolution_its_checks_ran_so_a_resume_that_checks_
                        match=r"fields differ: eval_convolution\); to resume it as it was made: "
                              r"--config.eval_convolution=im2col;"):
         study.prepare_workdir(config, str(tmp_path), log=lambda line: None, write=False)
+
+
+# --- Jobs that split a study over one workdir (config.cells) ---------------------------------------
+
+def small_array_study(workdir, log, **overrides):
+    """Two cells of a model and data given in Python, a few steps each: seconds on a CPU."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), labels, name='jobs')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(8, 16), num_trials=2, pruning='random', check_every=5,
+                         max_steps=10, snip_examples=0, checkpoint_every=0, **overrides)
+    dps_jax.run_study(config, str(workdir), model=_TwoLayerNet(), dataset=dataset, log=log)
+
+
+def test_a_cell_another_job_holds_is_skipped_and_run_once_free(tmp_path):
+    lines = []
+    with store.locked(str(tmp_path / '.locks' / '0_16.lock')):  # as a job running that cell holds it
+        small_array_study(tmp_path, lines.append)
+    assert 'cell 2/2: sparsity 0, batch size 16 is being run by another job: skipped' in lines
+    assert study.is_finished(str(tmp_path), 0.0, 8) and not study.is_finished(str(tmp_path), 0.0, 16)
+    lines.clear()
+    small_array_study(tmp_path, lines.append)
+    assert '2 cells, 1 already finished, 1 to run' in lines and study.is_finished(str(tmp_path), 0.0, 16)
+
+
+def test_a_cell_another_job_finished_meanwhile_is_skipped(tmp_path, monkeypatch):
+    # The job found both cells unfinished at its start; another job finishes 0_16 before this one reaches it.
+    finished_by_other = []
+    real_claim = study.claimed_cell
+
+    @contextlib.contextmanager
+    def claim_after_the_other_job(workdir, sparsity, batch_size):
+        if batch_size == 16:
+            study.write_cell(workdir, [], study.cell_summary(fake_result(2), sparsity, batch_size, 'all'))
+            finished_by_other.append(batch_size)
+        with real_claim(workdir, sparsity, batch_size) as held:
+            yield held
+    monkeypatch.setattr(study, 'claimed_cell', claim_after_the_other_job)
+    lines = []
+    small_array_study(tmp_path, lines.append)
+    assert finished_by_other == [16]
+    assert 'cell 2/2: sparsity 0, batch size 16 was finished by another job: skipped' in lines
+    assert json.loads((tmp_path / 'cells' / '0_16' / 'summary.json').read_text())['trial_steps_computed'] == 150
+
+
+def test_a_job_waits_for_the_workdir_while_another_changes_its_files(tmp_path):
+    import threading
+    lines = []
+    with store.locked(study.workdir_lock(str(tmp_path))):  # another job recording its run, say
+        job = threading.Thread(target=small_array_study, args=(tmp_path, lines.append))
+        job.start()
+        job.join(timeout=3)
+        assert job.is_alive() and not (tmp_path / 'provenance.json').exists() and not (tmp_path / 'cells').exists()
+    job.join(timeout=600)
+    assert len(json.loads((tmp_path / 'provenance.json').read_text())['runs']) == 1
+    assert study.is_finished(str(tmp_path), 0.0, 16)
+
+
+def test_a_cells_results_are_not_written_into_a_study_that_took_the_workdir_over(tmp_path):
+    study.prepare_workdir(tiny_config(), str(tmp_path), log=lambda line: None)
+    study.require_same_study(tiny_config(cells='0_32', progress_every_seconds=5.0), str(tmp_path), '0_32')  # run fields
+    study.prepare_workdir(tiny_config(goal_error=0.3, overwrite=True), str(tmp_path), log=lambda line: None)
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            f'{tmp_path}/config.json changed while this run computed cell 0_32 (another run with '
+            f'--config.overwrite=True?): its results are not written there')):
+        study.require_same_study(tiny_config(), str(tmp_path), '0_32')
+
+
+def test_results_moved_aside_twice_in_one_second_go_to_two_folders(tmp_path):
+    for goal in (0.3, 0.2, 0.1):
+        study.prepare_workdir(tiny_config(goal_error=goal, overwrite=True), str(tmp_path), log=lambda line: None)
+    aside = sorted(p for p in tmp_path.iterdir() if p.name.startswith('replaced-'))
+    assert len(aside) == 2
+    assert sorted(json.loads((p / 'config.json').read_text())['goal_error'] for p in aside) == [0.2, 0.3]
+
+
+def test_a_resume_removes_the_checkpoints_a_finished_cell_left(tmp_path):
+    # A run killed between writing a cell's results and deleting its checkpoints.
+    study.prepare_workdir(tiny_config(), str(tmp_path), log=lambda line: None)
+    study.write_cell(str(tmp_path), [], study.cell_summary(fake_result(), 0.0, 32, 'all'))
+    for cell in ('0_32', '0_128'):
+        (tmp_path / 'checkpoints' / cell / '20').mkdir(parents=True)
+    study.remove_checkpoints_of_finished_cells(str(tmp_path), study.grid_cells(tiny_config()))
+    assert not (tmp_path / 'checkpoints' / '0_32').exists() and (tmp_path / 'checkpoints' / '0_128' / '20').is_dir()
+
+
+def test_the_plan_is_the_whole_grid_whichever_cells_a_job_runs(tmp_path):
+    study.run(tiny_config(plan_only=True, cells='0.8_128'), str(tmp_path), log=lambda line: None)
+    plan = json.loads((tmp_path / 'plan.json').read_text())
+    assert [cell['name'] for cell in plan['cells']] == ['0_32', '0_128', '0.8_32', '0.8_128']
+
+
+def test_a_damaged_cell_summary_or_provenance_is_one_line(tmp_path):
+    study.write_cell(str(tmp_path), [], study.cell_summary(fake_result(), 0.0, 32, 'all'))
+    (tmp_path / 'cells' / '0_32' / 'summary.json').write_text('{"sparsity": 0.0,')
+    with pytest.raises(config_lib.ConfigError, match=r'0_32/summary.json is damaged \(Expecting .*\); move its '
+                                                     r'cell folder aside to run that cell again$'):
+        study.write_summary_csv(str(tmp_path))
+    (tmp_path / 'provenance.json').write_bytes(b'\xff\xfe not utf-8')
+    with pytest.raises(config_lib.ConfigError, match=r'provenance.json is damaged \(.*utf-8.*\); move it aside'):
+        provenance.read_runs(str(tmp_path))
