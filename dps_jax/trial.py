@@ -160,7 +160,9 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
     stop_above, a map over every chunk. With it, a while loop: an entry stops growing after the
     chunk that takes it above stop_above, and the loop ends once no entry of `counting` (bool like
     errors; None: every entry) can still grow. The chunk index is shared by every entry either way,
-    so stacked trials evaluate one common chunk per iteration.
+    so stacked trials evaluate one common chunk per iteration. An entry above stop_above comes back
+    as stop_above + 1, the least count that misses the goal: a lower bound that does not depend on
+    where the chunks end (the chunk size, so the device's memory).
     """
     num_examples = images.shape[0]
     num_full = num_examples // chunk_size
@@ -196,7 +198,7 @@ def _count_in_chunks(count: Callable, errors: jax.Array, images, labels, chunk_s
         rest = slice(num_full * chunk_size, num_examples)
         errors = jax.lax.cond(jnp.any(growing(errors)), lambda e: added(e, images[rest], labels[rest]),
                               lambda e: e, errors)
-    return errors
+    return jnp.minimum(errors, stop_above + 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +212,9 @@ class ValErrorCount:
 
     stop_above: None counts every example. With a count (the most errors at which a trial still
     reaches the goal: max_errors_at_goal), a trial's counting stops after the chunk that takes it
-    above that: the goal decision is the same, and the count is then a lower bound above the goal
-    (config.exact_val_errors = False). The engine and run_trial check it against their goal.
+    above that: the goal decision is the same, and the count is then stop_above + 1, a lower bound
+    just above the goal whatever the chunk size (config.exact_val_errors = False). The engine and
+    run_trial check it against their goal.
     """
     network: network_lib.Network
     chunk_size: int = 1000
