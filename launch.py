@@ -1,6 +1,7 @@
 """Entry point: python launch.py --config=configs/x.py --workdir=DIR [--config.field=value ...]"""
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -53,6 +54,7 @@ def main(argv):
     from dps_jax import config as config_lib
     from dps_jax import api, data, parallel, single_trial
     config = flags.FLAGS.config
+    signal.signal(signal.SIGINT, stop_at_once)
     # Before any computation: every process of a multi-host run joins; only process 0 writes.
     if parallel.initialize_distributed(flags.FLAGS.distributed, flags.FLAGS.coordinator_address,
                                        flags.FLAGS.num_processes, flags.FLAGS.process_id):
@@ -66,9 +68,14 @@ def main(argv):
                                             log=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, data.DataError) as error:
         sys.exit(f'launch.py: error: {error}')
-    except KeyboardInterrupt:
-        print('launch.py: interrupted; the same command resumes from the last checkpoint', file=sys.stderr)
-        sys.exit(130)
+
+
+def stop_at_once(signal_number, frame):
+    """Ctrl-C: ends the process at once, as a kill would (every results file is written atomically and
+    a study resumes from its last checkpoint). A KeyboardInterrupt can be lost: raised inside a
+    callback that swallows exceptions (JAX's garbage-collection callback does), it ends nothing."""
+    os.write(2, b'launch.py: interrupted; the same command resumes a study from its last checkpoint\n')
+    os._exit(128 + signal_number)
 
 
 if __name__ == '__main__':

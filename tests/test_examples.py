@@ -42,7 +42,8 @@ def launched_store(tiny_tfds_dir, tmp_path_factory):
 @pytest.mark.xdist_group('launched_store')
 def test_a_user_model_on_tfds_data_runs_from_a_config_and_resumes(launched_store, tiny_tfds_dir):
     workdir, output = launched_store
-    assert 'tfds:dps_tiny_shapes/h8_w8_c1_k4_n1024_t256_z40_s0: train 922, val 102, test 256' in output
+    assert (f'tfds:dps_tiny_shapes/h8_w8_c1_k4_n1024_t256_z40_s0 (from {tiny_tfds_dir}/dps_tiny_shapes/'
+            f'h8_w8_c1_k4_n1024_t256_z40_s0/1.0.0): train 922, val 102, test 256') in output
     assert 'steps to result (goal validation error 0.1)' in output
     for name in ('summary.csv', 'analysis.json', 'plan.json', 'provenance.json', 'figures/steps_vs_batch.png',
                  'cells/0.8_16/trials.jsonl', 'figures/trials/0.8_16.png'):

@@ -312,7 +312,8 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
               signal_number=signal.SIGINT)
     output = victim.stdout.read()
     assert victim.returncode == 130, output[-3000:]
-    assert output.strip().splitlines()[-1] == 'launch.py: interrupted; the same command resumes from the last checkpoint'
+    assert output.strip().splitlines()[-1] == ('launch.py: interrupted; the same command resumes a study from its '
+                                               'last checkpoint')
     assert 'Traceback' not in output
 
 
