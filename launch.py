@@ -28,7 +28,8 @@ def parse_flags(argv):
     except flags.Error as error:
         sys.exit(f'launch.py: error: {error}')
     except OSError as error:
-        path = next((arg.split('=', 1)[1] for arg in argv[1:] if arg.startswith('--config=')), '')
+        path = next((arg.split('=', 1)[1] if '=' in arg else after for arg, after in zip(argv[1:], [*argv[2:], ''])
+                     if arg == '--config' or arg.startswith('--config=')), '')
         reason = 'no such file' if path and not os.path.exists(path.split(':')[0]) else _one_line(error)
         sys.exit(f'launch.py: error: cannot load --config={path}: {reason}')
     except (AttributeError, KeyError) as error:
@@ -43,7 +44,8 @@ def _one_line(error: BaseException) -> str:
     exception wrapped as the only argument of another (ml_collections' AttributeError(KeyError))."""
     while len(error.args) == 1 and isinstance(error.args[0], BaseException):
         error = error.args[0]
-    return ' '.join(str(error.args[0] if len(error.args) == 1 else error).split())
+    text = str(error.args[0] if len(error.args) == 1 else error)
+    return '; '.join(' '.join(line.split()) for line in text.splitlines() if line.strip())
 
 
 def main(argv):

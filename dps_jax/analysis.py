@@ -80,7 +80,8 @@ def _read_trials(path: str, searched: Sequence[str] = ()) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f'{path}:{line_number} is not valid JSON: {error}') from error
-            _require_record(record, f'{path}:{line_number}', {'trial': int, **{name: (int, float) for name in searched}})
+            numbers = {name: (int, float) for name in searched}
+            _require_record(record, f'{path}:{line_number}', {'trial': int, **numbers})
             if record.get('status') == 'reached':
                 _require_record(record, f'{path}:{line_number} (reached)', {'steps_to_result': int})
             by_trial[record['trial']] = record
@@ -482,7 +483,8 @@ def smoothness_by_sparsity(study: Study, curves: Sequence[Mapping[str, Any]]) ->
             'lipschitz_measurements': len(reached_l),
             'b_simple_initial': initial, 'b_simple_training': along,
             'b_crit': fit.get('b_crit'), 'b_crit_std': fit.get('b_crit_std'),
-            'b_crit_lower_bound': curve.get('b_crit_lower_bound'), 'b_crit_upper_bound': curve.get('b_crit_upper_bound'),
+            'b_crit_lower_bound': curve.get('b_crit_lower_bound'),
+            'b_crit_upper_bound': curve.get('b_crit_upper_bound'),
         })
     return rows
 

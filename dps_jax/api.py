@@ -73,11 +73,15 @@ def resolved_config(config: ml_collections.ConfigDict, model: Any = None,
 
 
 def _plain(value: Any) -> Any:
-    """A config value with numpy scalars and arrays as Python numbers and tuples, as launch.py gives them."""
+    """A config value with numpy (or JAX) scalars and arrays as Python numbers and tuples, as launch.py
+    gives them; a float32 as the shortest decimal that is that float32 (np.float32(0.9) -> 0.9)."""
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        return float(np.format_float_positional(value))
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray):
-        return tuple(_plain(item) for item in value)
+    if hasattr(value, '__array__') and not isinstance(value, (str, bytes)):  # numpy and JAX arrays
+        array = np.asarray(value)
+        return _plain(array[()]) if array.ndim == 0 else tuple(_plain(item) for item in array)
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -28,7 +28,7 @@ def use_compilation_cache(setting: str) -> str | None:
 
     Every compiled program is stored, however fast it compiled: a study compiles dozens of small
     programs (initialization, masks, one chunk per bucket, evaluation) whose times add up.
-    Returns the folder in use, or None; ConfigError when no file can be written in the folder.
+    Returns the folder in use, or None; ConfigError when the folder cannot be made (a file of that name).
     """
     directory = resolve(setting)
     if directory != jax.config.jax_compilation_cache_dir:
@@ -36,7 +36,8 @@ def use_compilation_cache(setting: str) -> str | None:
     if directory is None:
         jax.config.update('jax_enable_compilation_cache', False)
         return None
-    config_lib.require_folder(directory, 'config.compilation_cache_dir')
+    # A read-only folder is allowed: a shared cache filled beforehand is read, and JAX only warns when it cannot add.
+    config_lib.require_folder(directory, 'config.compilation_cache_dir', writable=False)
     jax.config.update('jax_enable_compilation_cache', True)
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

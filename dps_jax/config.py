@@ -18,11 +18,14 @@ class ConfigError(ValueError):
 MAX_SEED = 2 ** 32 - 1
 
 
-def require_folder(path: str, name: str) -> str:
+def require_folder(path: str, name: str, writable: bool = True) -> str:
     """Creates folder `path` if needed and returns it; ConfigError naming `name` (e.g. '--workdir')
-    when no file can be written there, before any work is done."""
+    when it cannot be made or (if `writable`) no file can be written there, before any work is done."""
     try:
-        store.make_writable_folder(path)
+        if writable:
+            store.make_writable_folder(path)
+        else:
+            os.makedirs(path, exist_ok=True)
     except OSError as error:
         reason = 'a file of that name exists' if os.path.isfile(path) else (error.strerror or str(error))
         raise ConfigError(f'{name}={path} cannot hold files: {reason}') from None

@@ -126,8 +126,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
 
     A config.json that cannot be read, or results without one, is refused too: whose results they
     are cannot be checked. With config.overwrite, in either case, the old results (RESULT_NAMES)
-    are moved aside to replaced-<time>/ so they cannot mix with the new. write=False only checks (the other processes of a multi-host run, so that
-    they refuse a workdir together with process 0 instead of waiting for it).
+    are moved aside to a new replaced-<time>-<suffix>/ so they cannot mix with the new. write=False
+    only checks (the other processes of a multi-host run, so that they refuse a workdir together
+    with process 0 instead of waiting for it).
     """
     path = os.path.join(workdir, 'config.json')
     digest = config.get('model_digest', '')

@@ -187,6 +187,24 @@ def test_a_curve_without_a_finite_best_fit_reports_only_a_bound_on_b_crit(tmp_pa
     assert len(marked) == 1 and list(marked[0].get_ydata()) == [bound]
 
 
+def test_a_curve_that_bends_past_its_batch_sizes_still_gets_its_finite_fit(tmp_path):
+    """1% above perfect scaling at the last point: the least-squares B_crit is finite (about 10,800, far
+    beyond batch 128, found by a profile of the loss over B_crit), so it is reported, not a bound."""
+    os.makedirs(tmp_path, exist_ok=True)
+    (tmp_path / 'config.json').write_text(json.dumps(CONFIG))
+    for batch_size, cell_steps in zip((16, 32, 64, 128), (8000, 4000, 2000, 1010)):
+        write_cell(str(tmp_path), 0.0, batch_size, [trial(0, 'reached', cell_steps)])
+    curve, = analysis.analyze(analysis.load_study(str(tmp_path)), num_resamples=10)['curves']
+    assert curve['b_crit_lower_bound'] is None and curve['b_crit_upper_bound'] is None
+    # Profile: for each B_crit, S_min in closed form (the mean log offset); the best B_crit on a fine grid.
+    b, s = np.array([16.0, 32, 64, 128]), np.array([8000.0, 4000, 2000, 1010])
+    grid = np.exp(np.linspace(np.log(1e3), np.log(1e5), 20001))
+    shapes = np.log1p(grid[:, None] / b[None, :])
+    offsets = (np.log(s)[None, :] - shapes).mean(axis=1)
+    losses = ((offsets[:, None] + shapes - np.log(s)[None, :]) ** 2).sum(axis=1)
+    assert curve['fit']['b_crit'] == pytest.approx(grid[losses.argmin()], rel=1e-3)
+
+
 def test_perfect_scaling_end_on_a_hand_curve():
     batch_sizes = [16, 32, 64, 128, 256]
     # Reference 1000, 500, 250, 125, 62.5: ratios 1, 1.04, 1.2, 1.6, 3.04 -> the 0.25 tolerance ends at 64.

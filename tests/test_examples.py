@@ -100,6 +100,7 @@ def test_the_python_api_refuses_what_it_cannot_record():
 def test_the_python_api_refuses_cell_arguments_it_would_have_to_coerce():
     import dps_jax
     config = dps_jax.base_study_config()
+    config.num_trials = 0  # so that a cell the checks let through fails at once rather than training
     for sparsity, batch_size, problem in ((0.0, 8.9, 'config.batch_sizes[0]=8.9 must be an integer'),
                                           (0.0, True, 'config.batch_sizes[0]=True must be an integer'),
                                           ('x', 8, "config.sparsities[0]='x' must be a number"),
@@ -107,6 +108,11 @@ def test_the_python_api_refuses_cell_arguments_it_would_have_to_coerce():
         with pytest.raises(dps_jax.ConfigError) as refused:
             dps_jax.run_cell(config, sparsity, batch_size)
         assert str(refused.value) == f'run_cell(sparsity={sparsity!r}, batch_size={batch_size!r}): {problem}'
+    # numpy and JAX whole numbers are whole numbers: the checks pass them (on to num_trials=0).
+    import jax.numpy as jnp
+    for batch_size in (np.int64(64), np.array(64), jnp.int32(64)):
+        with pytest.raises(dps_jax.ConfigError, match=r'\): config.num_trials=0 must be >= 1$'):
+            dps_jax.run_cell(config, np.float32(0.9), batch_size)
     with pytest.raises(dps_jax.ConfigError, match='config must be an ml_collections.ConfigDict .* got a list'):
         dps_jax.run_study([('sparsities', (0.0,))])
 
@@ -114,12 +120,13 @@ def test_the_python_api_refuses_cell_arguments_it_would_have_to_coerce():
 def test_the_python_api_stores_numpy_numbers_in_a_config_as_plain_json(tmp_path):
     import dps_jax
     config = dps_jax.base_study_config()
-    config.batch_sizes, config.sparsities = tuple(2 ** np.arange(4, 7)), tuple(np.array([0.0, 0.5], np.float32))
+    config.batch_sizes, config.sparsities = tuple(2 ** np.arange(4, 7)), tuple(np.array([0.0, 0.9], np.float32))
     config.num_trials, config.plan_only = 3, True  # (a ConfigDict itself refuses np.int64 for an int field)
     for given in (config, config.to_dict()):  # a ConfigDict or a dict of its fields
         dps_jax.run_study(given, str(tmp_path), log=lambda line: None)
         stored = json.loads((tmp_path / 'config.json').read_text())
-        assert (stored['batch_sizes'], stored['sparsities'], stored['num_trials']) == ([16, 32, 64], [0.0, 0.5], 3)
+        # float32 0.9 as the 0.9 it was typed as, not 0.8999999761581421, so the same study typed in Python resumes.
+        assert (stored['batch_sizes'], stored['sparsities'], stored['num_trials']) == ([16, 32, 64], [0.0, 0.9], 3)
 
 
 def test_a_datasets_identity_digests_its_arrays_and_a_class_count_other_than_its_labels():

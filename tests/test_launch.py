@@ -33,7 +33,7 @@ def error_lines(completed):
     ('--config.sparsity=abc', "could not convert string to float: 'abc'"),
     ('--config.seed=4294967296', 'config.seed=4294967296 must be <= 4294967295'),
     ('--config.no_such_field=3', "no such config field 'no_such_field'; overrides given: --config.no_such_field"),
-    ('--config.sparsities=(0.5,)', 'no such config field \'sparsities\' Did you mean "sparsity" instead of '
+    ('--config.sparsities=(0.5,)', 'no such config field \'sparsities\'; Did you mean "sparsity" instead of '
                                    '"sparsities"?; overrides given: --config.sparsities'),
 ])
 def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, named):
@@ -44,9 +44,10 @@ def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, override, nam
     assert not os.path.exists(tmp_path / 'trial.json')
 
 
-def test_a_config_file_that_is_not_there_is_one_line_naming_it(tmp_path):
-    completed = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), '--config=configs/no_such.py',
-                                f'--workdir={tmp_path}'], capture_output=True, text=True, timeout=120, cwd=ROOT)
+@pytest.mark.parametrize('flag', [['--config=configs/no_such.py'], ['--config', 'configs/no_such.py']])
+def test_a_config_file_that_is_not_there_is_one_line_naming_it(tmp_path, flag):
+    completed = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *flag, f'--workdir={tmp_path}'],
+                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert completed.returncode != 0
     assert error_lines(completed) == ['launch.py: error: cannot load --config=configs/no_such.py: no such file']
 

@@ -173,7 +173,7 @@ def test_a_workdir_whose_config_cannot_be_read_is_refused_unless_overwrite(tmp_p
     assert len(lines) == 1 and why.split(' (')[0] in lines[0]
     assert lines[0].endswith(f': previous results moved to {aside[0]}')
     assert json.loads((tmp_path / 'config.json').read_text())['goal_error'] == 0.3
-    # A new workdir, or one holding only a plan's files, is not refused.
+    # A new workdir is not refused.
     study.prepare_workdir(tiny_config(), str(tmp_path / 'new'), log=lambda line: None)
 
 
