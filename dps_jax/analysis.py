@@ -71,6 +71,7 @@ def _read_trials(path: str, searched: Sequence[str] = ()) -> list[dict]:
     Each names its index and its `searched` metaparameters, and a reached one its steps-to-result."""
     if not os.path.exists(path):
         return []
+    fields = {'trial': int, **{name: (int, float) for name in searched}}
     by_trial: dict[int, dict] = {}
     with open(path) as file:
         for line_number, line in enumerate(file, start=1):
@@ -80,8 +81,7 @@ def _read_trials(path: str, searched: Sequence[str] = ()) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f'{path}:{line_number} is not valid JSON: {error}') from error
-            numbers = {name: (int, float) for name in searched}
-            _require_record(record, f'{path}:{line_number}', {'trial': int, **numbers})
+            _require_record(record, f'{path}:{line_number}', fields)
             if record.get('status') == 'reached':
                 _require_record(record, f'{path}:{line_number} (reached)', {'steps_to_result': int})
             by_trial[record['trial']] = record
@@ -261,11 +261,11 @@ def b_crit_limit(batch_sizes: Sequence[float], steps: Sequence[float], fit: Fit)
     perfect scaling at every batch size) fits the points as well as it does, 'below' when a constant
     S (B_crit -> 0) does; its B_crit is then only a bound beyond the batch sizes measured, and its
     value and S_min mean nothing. None when the fit finds B_crit."""
-    log_b = np.log(np.asarray(batch_sizes, dtype=np.float64))
-    log_s = np.log(np.asarray(steps, dtype=np.float64))
+    batch_sizes = np.asarray(batch_sizes, dtype=np.float64)
+    log_b, log_s = np.log(batch_sizes), np.log(np.asarray(steps, dtype=np.float64))
     if not (0 < fit.s_min < math.inf and 0 < fit.b_crit < math.inf):  # over- or underflowed towards a limit
-        return 'above' if fit.b_crit >= np.exp(log_b).max() else 'below'
-    fitted = float(np.sum((_model_log_steps(np.exp(log_b), math.log(fit.s_min), math.log(fit.b_crit)) - log_s) ** 2))
+        return 'above' if fit.b_crit >= batch_sizes.max() else 'below'
+    fitted = float(np.sum((_model_log_steps(batch_sizes, math.log(fit.s_min), math.log(fit.b_crit)) - log_s) ** 2))
     limits = (('above', log_s + log_b), ('below', log_s))  # log c = log S + log B, or log S_min = log S, per point
     for name, constant in limits:
         loss = float(np.sum((constant - constant.mean()) ** 2))

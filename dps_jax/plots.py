@@ -209,10 +209,11 @@ def plot_lipschitz(study: Study, path_stem: str, formats: Sequence[str] = FORMAT
         axes = figure.add_subplot(rows, columns, panel + 1)
         for sparsity in sparsities:
             cell = study.cells.get((sparsity, batch_size))
-            trial, description = _shown_trial(cell, exact_errors) if cell is not None else (None, '')
+            if cell is None or not any('lipschitz' in t for t in cell.trials):
+                continue
+            trial, description = _shown_trial(cell, exact_errors)
             if trial is None or 'lipschitz' not in trial:
-                left_out += cell is not None and trial is None and not exact_errors and any(
-                    'lipschitz' in t for t in cell.trials)
+                left_out += not exact_errors and trial is None
                 continue
             steps = np.asarray(trial['lipschitz']['step'], dtype=np.float64)
             values = _as_float_array(trial['lipschitz']['value'])

@@ -148,8 +148,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, log: Callab
         elif digest and not stored_digest:
             log(f'{path} records no digest of the model code (written by plan_only or by an older dps_jax): '
                 f'recording {digest} for {config.model}; cells finished before now are not checked against it')
-        previous = _with_defaults(previous, digest)
-        current = {**_comparable(config.to_dict()), 'model_digest': digest}
+        previous, current = _with_defaults(previous, digest), _identity(config, digest)
         if previous != current:
             differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
             changed_code = (f'; the file of config.model={config.model!r} changed since the study began (digest '
@@ -172,10 +171,20 @@ RESULT_NAMES = ('cells', 'checkpoints', 'summary.csv', 'analysis.json', 'figures
                 provenance.FILE_NAME)
 
 
+def _identity(config: ml_collections.ConfigDict, model_digest: str) -> dict:
+    """What a stored config (_with_defaults) must equal for `config` to be the same study."""
+    return {**_comparable(config.to_dict()), 'model_digest': model_digest}
+
+
+def _lock_file(workdir: str, name: str) -> str:
+    """workdir/.locks/<name>.lock: kept apart from the results, so moving them aside moves no lock."""
+    return os.path.join(workdir, '.locks', f'{name}.lock')
+
+
 def workdir_lock(workdir: str) -> str:
     """The lock file of a workdir's shared files (config.json, provenance.json, plan.json, summary.csv,
     analysis.json, figures/, a cell's results): jobs that split a study change them one at a time."""
-    return os.path.join(workdir, '.locks', 'workdir.lock')
+    return _lock_file(workdir, 'workdir')
 
 
 @contextlib.contextmanager
@@ -186,7 +195,7 @@ def claimed_cell(workdir: str, sparsity: float, batch_size: int) -> Iterator[boo
     if jax.process_count() > 1:
         yield True
         return
-    with store.locked(os.path.join(workdir, '.locks', f'{cell_name(sparsity, batch_size)}.lock'), wait=False) as held:
+    with store.locked(_lock_file(workdir, cell_name(sparsity, batch_size)), wait=False) as held:
         yield held
 
 
@@ -195,8 +204,7 @@ def require_same_study(config: ml_collections.ConfigDict, workdir: str, cell: st
     over with config.overwrite while this one computed `cell`): its results must not join another study's."""
     stored, unreadable = _stored_config(workdir)
     digest = config.get('model_digest', '')
-    if unreadable or stored is None or _with_defaults(stored, digest) != {**_comparable(config.to_dict()),
-                                                                         'model_digest': digest}:
+    if unreadable or stored is None or _with_defaults(stored, digest) != _identity(config, digest):
         raise config_lib.ConfigError(
             f'{workdir}/config.json changed while this run computed cell {cell} (another run with '
             f'--config.overwrite=True?): its results are not written there')

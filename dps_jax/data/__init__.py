@@ -53,7 +53,7 @@ def load(name: str, data_dir: str | None = None, source: str = 'files') -> Datas
 def load_raw(name: str, data_dir: str | None = None, source: str = 'files') -> RawData:
     """The official train / test splits of `name`: images (n, H, W, C) uint8 (floating for a 'tfds:'
     dataset with floating images), labels int32 (n,). `source` applies to built-in names only."""
-    if data_dir and os.path.exists(os.path.expanduser(data_dir)) and not os.path.isdir(os.path.expanduser(data_dir)):
+    if data_dir and os.path.isfile(os.path.expanduser(data_dir)):
         raise DataError(f'data_dir={data_dir!r} is a file, not a folder.')
     if is_tfds_name(name):
         _check_source(source)
