@@ -131,6 +131,7 @@ def test_the_python_api_stores_numpy_numbers_in_a_config_as_plain_json(tmp_path)
 
 def test_a_datasets_identity_digests_its_arrays_and_a_class_count_other_than_its_labels():
     import dps_jax
+    from dps_jax import api  # a submodule: loaded by its own import, not by dps_jax's lazy names
     rng = np.random.default_rng(0)
     images, labels = rng.normal(size=(40, 4, 4, 1)).astype(np.float32), np.arange(40) % 3
     default = dps_jax.from_arrays(images, labels, name='mine')
@@ -139,11 +140,11 @@ def test_a_datasets_identity_digests_its_arrays_and_a_class_count_other_than_its
     for split in (default.train, default.val, default.test):
         for array in (split.images, split.labels):
             by_hand.update(f'{array.dtype}{array.shape}'.encode() + np.ascontiguousarray(array).tobytes())
-    assert dps_jax.api.dataset_identity(default) == f'arrays:mine#{by_hand.hexdigest()[:12]}'
-    assert dps_jax.api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=3)) == (
-        dps_jax.api.dataset_identity(default))
-    wider = dps_jax.api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=7))
-    assert wider.startswith('arrays:mine#') and wider != dps_jax.api.dataset_identity(default)
+    assert api.dataset_identity(default) == f'arrays:mine#{by_hand.hexdigest()[:12]}'
+    assert api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=3)) == (
+        api.dataset_identity(default))
+    wider = api.dataset_identity(dps_jax.from_arrays(images, labels, name='mine', num_classes=7))
+    assert wider.startswith('arrays:mine#') and wider != api.dataset_identity(default)
 
 
 def test_a_bad_model_path_is_one_line(tiny_tfds_dir, tmp_path):
