@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
                                           # engine.eval_chunk_size of one trial without a memory
                                           # estimate: 48 on CPU, 1000 on an accelerator
     config.compute_dtype = 'float32'      # 'float32' | 'bfloat16' (training and evaluation; float32 master weights)
-    config.batch_in_passes = True         # on a CPU, batches in passes of <= 32 examples; False: whole (README)
+    config.batch_in_passes = True         # on a CPU, batches in passes of <= 32 examples, and on any device in passes
+                                          # that fit its memory; False: whole (README)
     config.convolution = 'im2col'         # 'im2col' | 'pallas' (Triton kernels, GPU only) | 'xla' (README, "Performance")
     config.eval_convolution = 'auto'      # the validation checks': 'auto' (built-in models 'xla', else as convolution)
                                           # | '' (as convolution) | 'im2col' | 'pallas' | 'xla'

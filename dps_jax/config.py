@@ -297,12 +297,14 @@ def base_study_config():
                                         # checked in turn (small programs keep a forward pass in cache), on an accelerator
                                         # as many as memory_fraction of its memory holds for every trial at once,
                                         # up to the whole split
-    config.batch_in_passes = True       # on a CPU a training step takes its batch in passes of at most 32
-                                        # examples (trial.examples_per_pass; for a network without mutable
-                                        # collections; faster: README, "Performance"): the batch's gradient up to
-                                        # float rounding, dropout drawn per pass. False: the whole batch at once,
-                                        # as accelerators always do; needed by a model that mixes a batch's
-                                        # examples without a mutable collection
+    config.batch_in_passes = True       # for a network without mutable collections, a training step takes its
+                                        # batch in passes (trial.examples_per_pass): on a CPU of at most 32 examples
+                                        # (faster: README, "Performance"), and on any device of at most what
+                                        # memory_fraction holds for one trial's step (a batch too large for the
+                                        # device; README, "Batches larger than the device"): the batch's gradient
+                                        # up to float rounding, dropout drawn per pass. False: the whole batch at
+                                        # once, as accelerators take a batch that fits; needed by a model that
+                                        # mixes a batch's examples without a mutable collection
     config.per_trial_data_order = False  # False: one shared data order (the reference); True: seed data_seed + i
     config.data_seed = 0                # data order seed, in [0, 2^32): an endless stream of per-epoch
                                         # permutations, batches run across epoch ends (nothing dropped), as the

@@ -443,7 +443,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     config_lib.require_folder(workdir, '--workdir')
     cache = None if config.plan_only else compilation_cache.use_compilation_cache(config.compilation_cache_dir)
     mesh = study_mesh(config)
-    work = None
+    work = memory = None
     if not config.plan_only:
         # Checks against the training split come before config.json is written, so a refused
         # value does not lock the workdir to it.
@@ -452,6 +452,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         check_measurable(config, work)
         # The checks' convolution as resolved for the model actually loaded (a Module given as model= is one's own).
         config = with_model_digest(workload.with_resolved_checks(config, work))
+        memory = workload.memory_estimate(config, work, mesh)
     else:
         # No data is loaded, but a built-in dataset's (or a given Dataset's) training split size is
         # known: a plan refuses what the run would.
@@ -464,7 +465,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         if not config.plan_only:
             runs, current = provenance.read_runs(workdir), provenance.collect(
                 config.matmul_precision, workload.compute_dtype(config),
-                **workload.resolved_numerics(config, work, config.batch_sizes))
+                **workload.resolved_numerics(config, work, config.batch_sizes, memory.pass_limit))
             note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
             if note:
                 log(note)
@@ -483,7 +484,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
     if remaining:
         log(f'devices: {parallel.describe(mesh)}')
         log(compilation_cache.describe(cache))
-        _run_cells(config, work, workdir, remaining, cells, log, mesh)
+        _run_cells(config, work, workdir, remaining, cells, log, mesh, memory)
     if main:
         with store.locked(workdir_lock(workdir)):
             write_summary_csv(workdir)
@@ -527,35 +528,26 @@ class CellContext(NamedTuple):
     measurements: smoothness.Measurements | None
     mesh: Any
     group_sizes: dict        # batch size -> trials per group, filled as cells run
-    bytes_per_example: float | None  # engine.train_bytes_per_example, once per study (None: not needed,
-                                     # or the backend reports no memory sizes)
+    memory: workload.MemoryEstimate  # one trial's memory figures, measured once per study
 
 
 def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, sparsities, mesh=None,
-                 log: Callable[[str], None] = print) -> CellContext:
+                 log: Callable[[str], None] = print, memory: workload.MemoryEstimate | None = None) -> CellContext:
     """Initializes every trial and, when a sparsity > 0 is among `sparsities`, its pruning scores
-    (the config was checked against the workload: validate_study_config, check_measurable)."""
-    network, optimizer, example_shape = work.network, work.optimizer, work.example_shape
+    (the config was checked against the workload: validate_study_config, check_measurable);
+    memory: workload.memory_estimate's figures when already measured."""
+    network, optimizer = work.network, work.optimizer
     num_trials = config.num_trials
-    train_step = trial.make_train_step(network, optimizer, trial.configured_per_pass(config))
+    memory = workload.memory_estimate(config, work, mesh) if memory is None else memory
+    train_step = trial.make_train_step(network, optimizer, trial.configured_per_pass(config), memory.pass_limit)
     values = trial_metaparameters(config)
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
-    params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, example_shape, seed)))(seeds)
+    params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, work.example_shape, seed)))(
+        seeds)
     dropout_keys = jax.jit(jax.vmap(trial.dropout_key))(seeds)
-    # Compiled once here (a single-trial step at two batch sizes): the evaluation chunk and every
-    # batch size's group estimate use it.
-    per_example = None
     backend = jax.default_backend()
-    if not config.trials_per_group or (not config.eval_chunk_size and backend != 'cpu'):
-        one = trial.new_trial_state(jax.tree.map(lambda leaf: leaf[0], params),
-                                    jax.tree.map(lambda leaf: jnp.ones(leaf.shape[1:], bool), params), optimizer,
-                                    {name: column[0] for name, column in values.items()},
-                                    jax.tree.map(lambda leaf: leaf[0], model_state), dropout_keys[0])
-        per_example = engine.train_bytes_per_example(
-            trial.make_train_step(network, optimizer, per_pass=trial.WHOLE_BATCH), one, example_shape)
     eval_chunk = config.eval_chunk_size or engine.eval_chunk_size(
-        num_trials, int(work.val_images.shape[0]), backend, per_example,
-        engine.default_memory_bytes(config.memory_fraction))
+        num_trials, int(work.val_images.shape[0]), backend, memory.bytes_per_example, memory.budget_bytes)
     val_error = trial.make_val_error_count(
         work.eval_network, eval_chunk, trial.configured_stop_above(config, int(work.val_images.shape[0])))
     scores = None
@@ -586,7 +578,7 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
             ([f'B_simple at step 0 and every {config.noise_scale_every} steps ({config.noise_scale_draws} draws '
               f'of batches {tuple(config.noise_scale_batch_sizes)})'] if config.noise_scale_every else [])))
     return CellContext(config, work, values, train_step, val_error, params, model_state,
-                       dropout_keys, scores, measurements, mesh, {}, per_example)
+                       dropout_keys, scores, measurements, mesh, {}, memory)
 
 
 def sparsity_mask(context: CellContext, sparsity: float) -> Any:
@@ -620,16 +612,22 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
     hyperparameters = {name: jnp.asarray(column) for name, column in context.values.items()}
     states = jax.jit(jax.vmap(lambda p, m, h, s, k: trial.new_trial_state(p, m, optimizer, h, s, k)))(
         context.params, mask, hyperparameters, context.model_state, context.dropout_keys)
-    group_size = config.trials_per_group or context.group_sizes.get(batch_size)
-    if not group_size:
-        # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group.
-        group_size = parallel.trial_count(mesh) * engine.estimate_group_size(
-            context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
-            batch_size // parallel.data_count(mesh), engine.default_memory_bytes(config.memory_fraction),
-            config.num_trials, context.bytes_per_example, engine.trials_stepped_in_turn(mesh))
-        group_size = min(group_size, config.num_trials)
+    group_size = context.group_sizes.get(batch_size)
+    if group_size is None:  # the first cell at this batch size
+        in_pass = workload.examples_per_pass(config, work, batch_size, context.memory.pass_limit)
+        passes = workload.describe_passes(context.memory, batch_size, in_pass, parallel.data_count(mesh),
+                                          work.network.has_state)
+        if passes and log is not None:
+            log(passes)
+        # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group,
+        # each trial one pass of its step at a time.
+        group_size = config.trials_per_group or min(config.num_trials, parallel.trial_count(mesh) * (
+            engine.estimate_group_size(
+                context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
+                max(1, in_pass // parallel.data_count(mesh)), context.memory.budget_bytes, config.num_trials,
+                context.memory.bytes_per_example, engine.trials_stepped_in_turn(mesh))))
         context.group_sizes[batch_size] = group_size
-        if group_size < config.num_trials and log is not None:
+        if not config.trials_per_group and group_size < config.num_trials and log is not None:
             log(f'  memory: {group_size} trials at a time')
     return engine.run_cell(
         states, train_step=context.train_step, val_error=context.val_error, train_images=work.train_images,
@@ -641,9 +639,9 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
         log_every_seconds=config.progress_every_seconds)
 
 
-def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None) -> None:
+def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, mesh=None, memory=None) -> None:
     log(workload.describe(config, work))
-    context = cell_context(config, work, [sparsity for sparsity, _ in remaining], mesh, log)
+    context = cell_context(config, work, [sparsity for sparsity, _ in remaining], mesh, log, memory)
     num_trials = config.num_trials
     for sparsity in dict.fromkeys(s for s, _ in remaining):
         mask = sparsity_mask(context, sparsity)

@@ -9,6 +9,7 @@ Both judge a check with the same ledger (dps_jax.ledger: the reference's goal de
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, NamedTuple, Union
 
@@ -59,24 +60,49 @@ CPU_EXAMPLES_PER_PASS = 32
 WHOLE_BATCH = 1 << 62  # a make_train_step per_pass that takes any batch in one pass
 
 
-def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None = None) -> int:
+def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None = None,
+                      limit: int | None = None) -> int:
     """How many of a batch's examples one forward and backward pass of the training step takes.
 
-    On XLA:CPU, for a network without mutable collections, the largest divisor of `batch_size`
-    that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch). The network must
-    then treat the examples of a batch independently in training, as the built-in models do (a
-    model that mixes examples without a mutable collection, e.g. its own normalization over the
-    batch axis, would train differently in passes: config.batch_in_passes = False, or
+    For a network without mutable collections: on XLA:CPU, the largest divisor of `batch_size`
+    that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch); elsewhere the
+    whole batch, which fills an accelerator; on either, at most `limit` examples (the largest
+    divisor of the batch up to it; pass_limit: what one trial's step may hold in device memory),
+    so that a batch too large for the device trains as the mean of its passes' gradients. The
+    network must then treat the examples of a batch independently in training, as the built-in
+    models do (a model that mixes examples without a mutable collection, e.g. its own normalization
+    over the batch axis, would train differently in passes: config.batch_in_passes = False, or
     per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole
     batch, whose patches and activations fall out of the caches at large batches (the Simple-CNN
-    step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). Elsewhere the whole
-    batch: an accelerator fills the chip with it, and a network with BatchNorm statistics must see
-    the whole batch at once.
+    step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). A network with
+    mutable collections (BatchNorm statistics) must see the whole batch at once, whatever `limit`.
     """
     backend = backend or jax.default_backend()
-    if backend != 'cpu' or network_lib.as_network(network).has_state or batch_size <= CPU_EXAMPLES_PER_PASS:
+    if network_lib.as_network(network).has_state:
         return batch_size
-    return next((size for size in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % size == 0), batch_size)
+    size = batch_size
+    if backend == 'cpu' and batch_size > CPU_EXAMPLES_PER_PASS:
+        size = next((size for size in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % size == 0), batch_size)
+    if limit is not None and size > limit:
+        size = largest_divisor_up_to(batch_size, max(1, limit))
+    return size
+
+
+def largest_divisor_up_to(number: int, limit: int) -> int:
+    """The largest divisor of `number` that is at most `limit` (>= 1)."""
+    return max(divisor for small in range(1, math.isqrt(number) + 1) if number % small == 0
+               for divisor in (small, number // small) if divisor <= limit)
+
+
+def pass_limit(bytes_per_example: float | None, memory_bytes: int, state_bytes: int = 0,
+               data_devices: int = 1) -> int | None:
+    """The most examples one pass of ONE trial's training step may take (examples_per_pass's
+    limit): what `memory_bytes` per device holds beside the trial's state, gradient and update
+    (4 x `state_bytes`), at `bytes_per_example` (engine.train_bytes_per_example), times the
+    `data_devices` a batch is split over; None without an estimate (no limit)."""
+    if not bytes_per_example:
+        return None
+    return data_devices * max(1, int((memory_bytes - 4 * state_bytes) // bytes_per_example))
 
 
 def configured_per_pass(config: Any) -> int | None:
@@ -86,7 +112,7 @@ def configured_per_pass(config: Any) -> int | None:
 
 
 def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs,
-                    per_pass: int | None = None
+                    per_pass: int | None = None, limit: int | None = None
                     ) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, StepMetrics]]:
     """train_step(state, (images (B,H,W,C), labels (B,))) -> (state, metrics) for ONE trial.
 
@@ -95,8 +121,9 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
     runs in training mode: its mutable collections (BatchNorm statistics) are updated, and
     dropout draws from the trial's key folded with the step.
 
-    per_pass: examples per forward and backward pass (None: examples_per_pass(B); at least B, e.g.
-    WHOLE_BATCH: the whole batch at once). With P passes, pass i takes examples i, i + P, i + 2P, ...
+    per_pass: examples per forward and backward pass (None: examples_per_pass(B, limit=limit), where
+    `limit` is pass_limit's bound from device memory or None; at least B, e.g. WHOLE_BATCH: the
+    whole batch at once). With P passes, pass i takes examples i, i + P, i + 2P, ...
     (so a batch sharded over a mesh's data axis keeps every device busy in every pass); the
     gradient and loss are the means of the passes' (the batch's, up to float rounding), and pass i
     draws its dropout from the step's key folded with i.
@@ -112,7 +139,7 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
             return losses.cross_entropy(logits, labels), model_state
 
         batch_size = images.shape[0]
-        size = examples_per_pass(batch_size, network) if per_pass is None else per_pass
+        size = examples_per_pass(batch_size, network, limit=limit) if per_pass is None else per_pass
         if size < 1:
             raise ValueError(f'per_pass must be >= 1 (or None), got {size}')
         if size >= batch_size:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dps_jax import config as config_lib
-from dps_jax import data, models, network as network_lib, optim, precision, trial
+from dps_jax import data, engine, models, network as network_lib, optim, parallel, precision, trial
 
 
 class Workload(NamedTuple):
@@ -97,15 +97,76 @@ def with_resolved_checks(config: ml_collections.ConfigDict, work: Workload) -> m
     return config
 
 
-def resolved_numerics(config: ml_collections.ConfigDict, work: Workload, batch_sizes: Sequence[int]) -> dict:
+class MemoryEstimate(NamedTuple):
+    """What ONE trial's training step holds in device memory, and the pass size that fits it."""
+    bytes_per_example: float | None  # engine.train_bytes_per_example (None: not measured, or the backend gives none)
+    budget_bytes: int                # per device: config.memory_fraction of its memory (engine.default_memory_bytes)
+    state_bytes: int                 # one trial's state (params, mask, optimizer state)
+    pass_limit: int | None           # trial.pass_limit: the most examples one pass may take (None: no limit)
+
+
+def memory_estimate(config: ml_collections.ConfigDict, work: Workload, mesh: Any = None,
+                    groups: bool = True) -> MemoryEstimate:
+    """One trial's memory figures, measured once (a dense trial at seed 0 compiled at two batch
+    sizes): the groups of trials (`groups`: a study's, sized when config.trials_per_group is 0), an
+    accelerator's evaluation chunk and, with config.batch_in_passes, the pass size of a batch too
+    large for the device use them. Not measured where nothing uses them (on a CPU: a single trial,
+    or a study with config.trials_per_group set)."""
+    in_passes = trial.configured_per_pass(config) is None
+    accelerator = jax.default_backend() != 'cpu'
+    budget = engine.default_memory_bytes(config.get('memory_fraction', 0.5))  # absent from single-trial configs
+    wanted = (groups and not config.trials_per_group) or (
+        accelerator and (in_passes or (groups and not config.eval_chunk_size)))
+    if not wanted:
+        return MemoryEstimate(None, budget, 0, None)
+    params, model_state = trial.init_variables(work.network, work.example_shape, 0)
+    one = trial.new_trial_state(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
+                                work.optimizer, {}, model_state, trial.dropout_key(0))
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(one))
+    per_example = engine.train_bytes_per_example(
+        trial.make_train_step(work.network, work.optimizer, per_pass=trial.WHOLE_BATCH), one, work.example_shape)
+    limit = trial.pass_limit(per_example, budget, state_bytes, parallel.data_count(mesh)) if in_passes else None
+    return MemoryEstimate(per_example, budget, state_bytes, limit)
+
+
+def examples_per_pass(config: ml_collections.ConfigDict, work: Workload, batch_size: int,
+                      limit: int | None = None) -> int:
+    """The examples each forward and backward pass of the config's training step takes at
+    `batch_size` (trial.examples_per_pass with the memory estimate's `limit`; the whole batch when
+    config.batch_in_passes is False)."""
+    per_pass = trial.configured_per_pass(config)
+    return trial.examples_per_pass(int(batch_size), work.network, limit=limit) if per_pass is None \
+        else min(int(batch_size), per_pass)
+
+
+def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, data_devices: int,
+                    has_state: bool) -> str | None:
+    """A log line when one trial's step at `batch_size` does not fit the memory budget: the passes it
+    takes instead, or (a model with mutable collections, which cannot split its batch) a warning."""
+    if not memory.bytes_per_example:
+        return None
+    needed = memory.bytes_per_example * batch_size / data_devices + 4 * memory.state_bytes
+    if needed <= memory.budget_bytes:
+        return None
+    what = (f'  memory: one trial\'s step at batch {batch_size} needs about {needed / 1e9:.2f} GB per device, '
+            f'over the {memory.budget_bytes / 1e9:.2f} GB budget (config.memory_fraction)')
+    if in_pass < batch_size:
+        return f'{what}: it takes the batch in {batch_size // in_pass} passes of {in_pass} examples (the mean gradient)'
+    why = 'a model with mutable collections' if has_state else 'config.batch_in_passes is False'
+    return (f'{what}, and takes its batch whole ({why}): it may run out of memory (a smaller batch size, or '
+            f'more devices on the mesh\'s \'data\' axis)')
+
+
+def resolved_numerics(config: ml_collections.ConfigDict, work: Workload, batch_sizes: Sequence[int],
+                      pass_limit: int | None = None) -> dict:
     """What decides a run's arithmetic as this backend resolves it, for its provenance: the
     convolutions of training and checks, and the examples each forward and backward pass of a
-    training step takes at each batch size (trial.examples_per_pass: passes of at most 32 on a CPU,
-    the whole batch on an accelerator; a step's gradient is the mean of its passes')."""
-    per_pass = trial.configured_per_pass(config)
+    training step takes at each batch size (examples_per_pass: passes of at most 32 on a CPU,
+    the whole batch on an accelerator unless it exceeds `pass_limit`; a step's gradient is the
+    mean of its passes')."""
     return {'convolution': convolution(config), 'eval_convolution': work.eval_convolution,
-            'examples_per_pass': {str(size): trial.examples_per_pass(size, work.network) if per_pass is None
-                                  else min(int(size), per_pass) for size in batch_sizes}}
+            'examples_per_pass': {str(size): examples_per_pass(config, work, size, pass_limit)
+                                  for size in batch_sizes}}
 
 
 def describe_convolutions(training: str, checks: str) -> str | None:

@@ -408,10 +408,39 @@ def test_batch_in_passes_says_how_the_studys_training_step_takes_its_batch(monke
     built = []
     make_train_step = trial.make_train_step
     monkeypatch.setattr(trial, 'make_train_step',
-                        lambda network, optimizer, per_pass=None: built.append(per_pass) or make_train_step(
-                            network, optimizer, per_pass))
+                        lambda network, optimizer, per_pass=None, limit=None: built.append(per_pass) or make_train_step(
+                            network, optimizer, per_pass, limit))
     dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
-    assert built[0] == per_pass and set(built[1:]) <= {per_pass, trial.WHOLE_BATCH}  # and the memory estimate's
+    assert built == [trial.WHOLE_BATCH, per_pass]  # the memory estimate's whole-batch step, then the study's
+
+
+def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=200)
+    dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), labels, name='passes')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(32,), num_trials=2, pruning='random', check_every=5,
+                         max_steps=5, snip_examples=0)
+    # 1 GB per example in a 10.5 GB budget: at most 10 examples per pass beside a state of a few KB, so
+    # batch 32 takes 4 passes of 8 (its largest divisor up to 10), on a CPU as on an accelerator.
+    monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: 1e9)
+    monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: int(10.5e9))
+    limits = []
+    make_train_step = trial.make_train_step
+    monkeypatch.setattr(trial, 'make_train_step', lambda network, optimizer, per_pass=None, limit=None: (
+        limits.append(limit) or make_train_step(network, optimizer, per_pass, limit)))
+    lines = []
+    dps_jax.run_study(config, str(tmp_path), model=_TwoLayerNet(), dataset=dataset, log=lines.append)
+    assert limits[-1] == 10  # the study's training step
+    assert any("step at batch 32 needs about 32.00 GB per device, over the 10.50 GB budget "
+               "(config.memory_fraction): it takes the batch in 4 passes of 8 examples" in line for line in lines)
+    recorded = json.loads((tmp_path / 'provenance.json').read_text())['runs']
+    assert recorded[0]['numerics']['examples_per_pass'] == {'32': 8}
+    config.batch_in_passes = False  # the whole batch: no limit, and a warning instead
+    limits.clear(), lines.clear()
+    dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lines.append)
+    assert limits[-1] is None
+    assert any('takes its batch whole (config.batch_in_passes is False): it may run out of memory' in line
+               for line in lines)
 
 
 @pytest.mark.parametrize('exact_val_errors', [True, False])
@@ -441,8 +470,9 @@ def test_a_study_split_into_groups_by_its_memory_estimate_gives_every_trial_the_
     labels = rng.integers(0, 4, size=400)
     images = (rng.normal(size=(400, 6, 6, 1)) + labels[:, None, None, None]).astype(np.float32)
     dataset = dps_jax.from_arrays(images, labels, name='grouping')
+    # The whole batch at once: a budget too small for one trial would otherwise also split its batch into passes.
     config = tiny_config(sparsities=(0.5,), batch_sizes=(8, 16), num_trials=3, pruning='random', goal_error=0.3,
-                         check_every=5, max_steps=20, compaction=False)
+                         check_every=5, max_steps=20, compaction=False, batch_in_passes=False)
     calls = []
     measure = engine.train_bytes_per_example
     monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: calls.append(1) or measure(*args))

@@ -45,14 +45,16 @@ def numpy_softmax_regression_step(kernel, bias, x, y, learning_rate):
 
 
 # Oracle: numpy in float64, on the whole batch at once. At batch 96 a CPU takes the batch in 3
-# passes of 32 (trial.examples_per_pass); per_pass=8 in 12, per_pass=96 in one.
+# passes of 32 (trial.examples_per_pass); per_pass=8 in 12, per_pass=96 in one; a memory limit
+# of 7 examples in 16 passes of 6 (on any backend), of 96 or more in the backend's passes.
 @pytest.mark.matmul_precision('highest')
-@pytest.mark.parametrize('batch_size, per_pass', [(8, None), (96, None), (96, 8), (96, 96)])
-def test_train_step_is_one_sgd_step_on_the_batch_cross_entropy(batch_size, per_pass):
+@pytest.mark.parametrize('batch_size, per_pass, limit', [(8, None, None), (96, None, None), (96, 8, None),
+                                                         (96, 96, None), (96, None, 7), (96, None, 96)])
+def test_train_step_is_one_sgd_step_on_the_batch_cross_entropy(batch_size, per_pass, limit):
     state, tx = make_state()
     x = RNG.normal(size=(batch_size, 5)).astype(np.float32)
     y = RNG.integers(0, 3, size=batch_size)
-    step = jax.jit(trial.make_train_step(linear_apply, tx, per_pass=per_pass))
+    step = jax.jit(trial.make_train_step(linear_apply, tx, per_pass=per_pass, limit=limit))
     new_state, metrics = step(state, (jnp.asarray(x), jnp.asarray(y)))
     kernel, bias, loss = numpy_softmax_regression_step(
         np.asarray(state.params['dense']['kernel'], np.float64), np.asarray(state.params['dense']['bias'], np.float64),
@@ -365,10 +367,33 @@ def test_examples_per_pass_on_a_cpu_is_the_largest_divisor_up_to_32():
     assert trial.examples_per_pass(512, linear_apply, 'tpu') == 512
 
 
+def test_a_batch_over_the_memory_limit_is_taken_in_passes_of_its_largest_divisor_within_it():
+    # By hand: 16384 = 2^14, so 4096 is its largest divisor up to 5000; 6000 = 2 x 3000.
+    cases = {('gpu', 16384, 5000): 4096, ('gpu', 6000, 5000): 3000, ('tpu', 4096, 4096): 4096,
+             ('gpu', 4096, None): 4096, ('gpu', 97, 50): 1, ('gpu', 12, 5): 4, ('gpu', 8, 1): 1,
+             # A CPU's own passes of up to 32 stand below a larger limit and give way to a smaller one.
+             ('cpu', 512, 5000): 32, ('cpu', 512, 32): 32, ('cpu', 512, 20): 16, ('cpu', 100, 20): 20,
+             ('cpu', 16, 3): 2, ('cpu', 97, 50): 1}
+    assert {case: trial.examples_per_pass(case[1], linear_apply, case[0], case[2]) for case in cases} == cases
+    for number in (1, 2, 12, 97, 360, 1024, 6000):
+        for limit in (1, 5, 31, 64, 10_000):
+            brute_force = max(d for d in range(1, number + 1) if number % d == 0 and d <= limit)
+            assert trial.largest_divisor_up_to(number, limit) == brute_force
+
+
+def test_the_pass_limit_is_what_the_budget_holds_beside_the_trials_state():
+    # 10 GB less 4 x 1 GB of state, at 1.5 GB per example: 4 examples (6 GB); per device of a 'data' axis.
+    assert trial.pass_limit(1.5e9, 10 * 10 ** 9, 10 ** 9) == 4
+    assert trial.pass_limit(1.5e9, 10 * 10 ** 9, 10 ** 9, data_devices=8) == 32
+    assert trial.pass_limit(1.5e9, 10 ** 9, 10 ** 9) == 1  # nothing fits: one example at a time
+    assert trial.pass_limit(None, 10 ** 9) is None and trial.pass_limit(0.0, 10 ** 9) is None
+
+
 def test_a_network_with_batch_statistics_takes_its_batch_in_one_pass():
     from dps_jax import network as network_lib
     stateful = network_lib.Network(init=None, train_apply=None, eval_apply=None, collections=('batch_stats',))
     assert trial.examples_per_pass(512, stateful, 'cpu') == 512
+    assert trial.examples_per_pass(512, stateful, 'gpu', limit=8) == 512  # even over the memory limit
     state, tx = make_state()
     batch = (jnp.zeros((8, 5)), jnp.zeros(8, jnp.int32))
     with pytest.raises(ValueError, match=r"per_pass=4 must divide .* \('batch_stats',\)"):
