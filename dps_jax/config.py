@@ -319,7 +319,8 @@ def base_study_config():
     config.noise_scale_batch_sizes = (64, 1024)  # (small, big) batch sizes of the two-batch estimator, small < big
     config.noise_scale_draws = 16       # batch pairs drawn per estimate; their squared norms are averaged first
     config.smoothness_chunk_size = 25   # examples per gradient chunk, per trial and point (L takes 10 points
-                                        # at once): ~25 was fastest on XLA:CPU; raise it on accelerators
+                                        # at once; the groups of trials are sized for it): ~25 was fastest on
+                                        # XLA:CPU; raise it on accelerators
     # --- Numerics (README, "Numerics and reproducibility").
     config.compute_dtype = 'float32'    # 'float32' (the reference) | 'bfloat16': training and evaluation cast the
                                         # float32 parameters (the master copy, updated in float32) and the images

@@ -138,10 +138,13 @@ def train_bytes_per_example(train_step: Callable, state: trial.TrainState, examp
 
 def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
                         batch_size: int, memory_bytes: int, num_trials: int,
-                        bytes_per_example: float | None = None, in_turn: bool = False) -> int:
+                        bytes_per_example: float | None = None, in_turn: bool = False,
+                        measured_examples: int = 0) -> int:
     """How many trials fit in `memory_bytes` at `batch_size` (train_bytes_per_example, or the
     `bytes_per_example` it already gave; the state, its gradient and update on top). Vmapped, every
-    trial's step is in memory at once; stepped in turn (trials_stepped_in_turn), one trial's."""
+    trial's step is in memory at once; stepped in turn (trials_stepped_in_turn), one trial's. The
+    smoothness measurements (vmapped either way) push `measured_examples` per trial through a
+    forward and backward pass at once (smoothness.Measurements.examples_at_once)."""
     per_example = bytes_per_example or train_bytes_per_example(train_step, state, example_shape)
     if per_example is None:
         return num_trials  # the backend gives no estimate: do not split
@@ -151,6 +154,8 @@ def estimate_group_size(train_step: Callable, state: trial.TrainState, example_s
         fits = (memory_bytes - per_example * batch_size) // state_bytes
     else:
         fits = memory_bytes // (per_example * batch_size + state_bytes)
+    if measured_examples:
+        fits = min(fits, memory_bytes // (per_example * measured_examples + state_bytes))
     return int(max(1, min(num_trials, fits)))
 
 

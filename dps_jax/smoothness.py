@@ -189,6 +189,14 @@ class Measurements(NamedTuple):
     def active(self) -> bool:
         return bool(self.lipschitz_every or self.noise_scale_every)
 
+    @property
+    def examples_at_once(self) -> int:
+        """Examples one trial's measurement takes through a forward and backward pass at once: a
+        chunk at each of the Lipschitz estimate's ten points, or one chunk of a noise-scale batch."""
+        if self.lipschitz_every:
+            return (len(GAMMAS) + 1) * self.chunk_size
+        return self.chunk_size if self.noise_scale_every else 0
+
     def noise_scale_key(self, step: int) -> jax.Array:
         """The draws' key at `step`: the same batches for every trial of the cell at that step."""
         return jax.random.fold_in(jax.random.PRNGKey(self.seed), step)

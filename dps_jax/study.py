@@ -620,12 +620,13 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
         if passes and log is not None:
             log(passes)
         # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group,
-        # each trial one pass of its step at a time.
+        # each trial one pass of its step, or its smoothness measurement, at a time.
         group_size = config.trials_per_group or min(config.num_trials, parallel.trial_count(mesh) * (
             engine.estimate_group_size(
                 context.train_step, jax.tree.map(lambda leaf: leaf[0], states), work.example_shape,
                 max(1, in_pass // parallel.data_count(mesh)), context.memory.budget_bytes, config.num_trials,
-                context.memory.bytes_per_example, engine.trials_stepped_in_turn(mesh))))
+                context.memory.bytes_per_example, engine.trials_stepped_in_turn(mesh),
+                context.measurements.examples_at_once if context.measurements is not None else 0)))
         context.group_sizes[batch_size] = group_size
         if not config.trials_per_group and group_size < config.num_trials and log is not None:
             log(f'  memory: {group_size} trials at a time')

@@ -393,6 +393,21 @@ def test_group_size_estimate_shrinks_with_batch_size_and_memory():
     assert in_turn(1 << 20, 1 << 20) == 1  # one trial's step alone overflows: still one at a time
 
 
+def test_the_group_estimate_by_hand_and_with_the_smoothness_measurements():
+    # A state of 1,000 float32 (4,000 bytes; 16,000 with gradient and update), 1,000 bytes per example.
+    state = {'weights': jnp.zeros(1000, jnp.float32)}
+    group = lambda batch, memory, **options: engine.estimate_group_size(
+        None, state, (6,), batch, memory, 1000, bytes_per_example=1000.0, **options)
+    assert group(64, 800_000) == 10                     # 800,000 // (64,000 + 16,000)
+    assert group(64, 800_000, in_turn=True) == 46       # (800,000 - 64,000) // 16,000
+    # The Lipschitz estimate takes 10 points x 25 examples per trial at once, vmapped either way:
+    # 800,000 // (250,000 + 16,000) = 3.
+    assert group(64, 800_000, measured_examples=250) == 3
+    assert group(64, 800_000, in_turn=True, measured_examples=250) == 3
+    assert group(64, 800_000, measured_examples=10) == 10  # a smaller measurement leaves training's bound
+    assert group(64, 1, measured_examples=250) == 1       # nothing fits: one at a time
+
+
 def test_goal_is_checked_before_a_non_finite_loss_and_at_the_reference_threshold():
     # Each trial's "network" reports a fixed error count of 6,000 and optionally a NaN loss.
     counts = jnp.array([719, 720, 700, 900], jnp.int32)

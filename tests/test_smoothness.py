@@ -233,3 +233,9 @@ def test_engine_rejects_measurements_it_cannot_run(fields, message):
     trials, tx, _, _ = cell_setup(rates=np.array([0.1]))
     with pytest.raises(ValueError, match=message):
         run(trials, tx, measurements=measurements(**fields))
+
+
+def test_a_measurement_takes_ten_chunks_for_the_lipschitz_estimate_and_one_for_the_noise_scale():
+    measured = lambda **fields: smoothness.Measurements(None, chunk_size=25, **fields).examples_at_once
+    assert measured(lipschitz_every=100) == 250 and measured(lipschitz_every=100, noise_scale_every=100) == 250
+    assert measured(noise_scale_every=100) == 25 and measured() == 0

@@ -443,6 +443,21 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
                for line in lines)
 
 
+def test_groups_are_sized_for_the_smoothness_measurements_too(monkeypatch):
+    rng = np.random.default_rng(0)
+    dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, size=200),
+                                  name='measured')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(16,), num_trials=2, pruning='random', check_every=5,
+                         max_steps=10, snip_examples=0, lipschitz_every=5, lipschitz_examples=50,
+                         smoothness_chunk_size=7)
+    measured = []
+    estimate = engine.estimate_group_size
+    monkeypatch.setattr(engine, 'estimate_group_size', lambda *args, **options: measured.append(args[-1]) or estimate(
+        *args, **options))
+    dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
+    assert measured == [70]  # the Lipschitz estimate's 10 points x 7 examples per trial at once
+
+
 @pytest.mark.parametrize('exact_val_errors', [True, False])
 def test_exact_val_errors_says_whether_a_studys_checks_may_stop_counting(monkeypatch, exact_val_errors):
     rng = np.random.default_rng(0)
