@@ -704,32 +704,35 @@ def run_cell(trials: trial.TrainState, *, train_step: Callable, val_error: Calla
     progress = _Progress(log, log_every_seconds, max_steps, started, trial.errors_may_be_bounds(val_error))
     final_states = {}
 
-    flight = None  # the check whose device work is queued and not yet read
-    while flight is not None or (cell.step < max_steps and cell.ledger.running.any()):
-        if flight is None:
-            cell, flight = dispatch_check(cell, programs, measuring, data, spec, cell.step + check_every)
-        following = None
-        if spec.dispatch_ahead and flight.step < max_steps and not (
-                checkpointer is not None and checkpointer.due_after_next(cell)):
-            # The device trains the next chunk while the host reads this check. A trial this check
-            # ends trains it in vain; its numbers from it are never read (read_check).
-            cell, following = dispatch_check(cell, programs, measuring, data, spec, flight.step + check_every)
-        cell, flight = read_check(cell, flight, measuring, rule), following
-        first_reached = until == 'first' and bool((cell.ledger.status == REACHED).any())
-        ending = first_reached or not cell.ledger.running.any()
-        progress.after_check(cell, ending=ending)
-        if ending:
-            break
-        if compaction:
-            cell = cell._replace(slots=compacted(cell.slots, cell.ledger, spec,
-                                                 final_states if keep_final_state else None))
-        if checkpointer is not None and flight is None and checkpointer.due(cell):
-            checkpointer.save(cell, time.perf_counter() - started)
-
-    if flight is not None:
-        jax.block_until_ready(flight.readouts)  # the discarded work ahead belongs to this cell's wall time
-    if checkpointer is not None:
-        checkpointer.close()
+    try:
+        flight = None  # the check whose device work is queued and not yet read
+        while flight is not None or (cell.step < max_steps and cell.ledger.running.any()):
+            if flight is None:
+                cell, flight = dispatch_check(cell, programs, measuring, data, spec, cell.step + check_every)
+            following = None
+            if spec.dispatch_ahead and flight.step < max_steps and not (
+                    checkpointer is not None and checkpointer.due_after_next(cell)):
+                # The device trains the next chunk while the host reads this check. A trial this check
+                # ends trains it in vain; its numbers from it are never read (read_check).
+                cell, following = dispatch_check(cell, programs, measuring, data, spec, flight.step + check_every)
+            cell, flight = read_check(cell, flight, measuring, rule), following
+            first_reached = until == 'first' and bool((cell.ledger.status == REACHED).any())
+            ending = first_reached or not cell.ledger.running.any()
+            progress.after_check(cell, ending=ending)
+            if ending:
+                break
+            if compaction:
+                cell = cell._replace(slots=compacted(cell.slots, cell.ledger, spec,
+                                                     final_states if keep_final_state else None))
+            if checkpointer is not None and flight is None and checkpointer.due(cell):
+                checkpointer.save(cell, time.perf_counter() - started)
+        if flight is not None:
+            jax.block_until_ready(flight.readouts)  # the discarded work ahead belongs to this cell's wall time
+    finally:
+        if checkpointer is not None:
+            # Also when the loop raises (an out-of-memory error, Ctrl-C in a notebook): a save left
+            # running in the background would race with the next run of the cell in this process.
+            checkpointer.close()
     if keep_final_state:
         _copy_to_host(final_states, cell.slots, tree_concatenate(cell.slots.groups).states)
     return _cell_result(cell, spec, final_states if keep_final_state else None, time.perf_counter() - started)

@@ -44,14 +44,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log(masks.format_density_report(state.mask))
 
     memory = workload.memory_estimate(config, work, groups=False)  # measured on accelerators only
-    in_pass = workload.examples_per_pass(config, work, config.batch_size, memory.pass_limit)
-    line = workload.describe_passes(memory, config.batch_size, in_pass, 1, network.has_state)
+    in_pass = workload.examples_per_pass(config, work, config.batch_size, memory)
+    line = workload.describe_passes(memory, config.batch_size, in_pass, network.has_state)
     if line:
         log(line)
     stop_above = trial.configured_stop_above(config, int(work.val_images.shape[0]))
     result = trial.run_trial(
-        state=state, train_step=trial.make_train_step(network, optimizer, trial.configured_per_pass(config),
-                                                      memory.pass_limit),
+        state=state, train_step=workload.make_train_step(config, work, memory),
         val_error=trial.make_val_error_count(
             work.eval_network,
             config.eval_chunk_size or engine.eval_chunk_size(1, int(work.val_images.shape[0]), jax.default_backend()),
@@ -70,8 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     store.atomic_write_json(os.path.join(workdir, 'trial.json'), {
         'config': config.to_dict(),
         'provenance': provenance.collect(config.matmul_precision, workload.compute_dtype(config),
-                                         **workload.resolved_numerics(config, work, (config.batch_size,),
-                                                                    memory.pass_limit)),
+                                         **workload.resolved_numerics(config, work, (config.batch_size,), memory)),
         'status': result.status,
         'steps_to_result': result.steps_to_result, 'steps': result.steps,
         'best_val_error': result.best_val_error, 'wall_seconds': result.wall_seconds,

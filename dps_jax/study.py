@@ -465,7 +465,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], No
         if not config.plan_only:
             runs, current = provenance.read_runs(workdir), provenance.collect(
                 config.matmul_precision, workload.compute_dtype(config),
-                **workload.resolved_numerics(config, work, config.batch_sizes, memory.pass_limit))
+                **workload.resolved_numerics(config, work, config.batch_sizes, memory))
             note = provenance.check_resume(workdir, runs, current, config.allow_environment_change)
             if note:
                 log(note)
@@ -536,10 +536,10 @@ def cell_context(config: ml_collections.ConfigDict, work: workload.Workload, spa
     """Initializes every trial and, when a sparsity > 0 is among `sparsities`, its pruning scores
     (the config was checked against the workload: validate_study_config, check_measurable);
     memory: workload.memory_estimate's figures when already measured."""
-    network, optimizer = work.network, work.optimizer
+    network = work.network
     num_trials = config.num_trials
     memory = workload.memory_estimate(config, work, mesh) if memory is None else memory
-    train_step = trial.make_train_step(network, optimizer, trial.configured_per_pass(config), memory.pass_limit)
+    train_step = workload.make_train_step(config, work, memory)
     values = trial_metaparameters(config)
     seeds = jnp.arange(num_trials, dtype=jnp.int32)
     params, model_state = jax.jit(jax.vmap(lambda seed: trial.init_variables(network, work.example_shape, seed)))(
@@ -614,9 +614,8 @@ def run_one_cell(context: CellContext, sparsity: float, batch_size: int, mask: A
         context.params, mask, hyperparameters, context.model_state, context.dropout_keys)
     group_size = context.group_sizes.get(batch_size)
     if group_size is None:  # the first cell at this batch size
-        in_pass = workload.examples_per_pass(config, work, batch_size, context.memory.pass_limit)
-        passes = workload.describe_passes(context.memory, batch_size, in_pass, parallel.data_count(mesh),
-                                          work.network.has_state)
+        in_pass = workload.examples_per_pass(config, work, batch_size, context.memory)
+        passes = workload.describe_passes(context.memory, batch_size, in_pass, work.network.has_state)
         if passes and log is not None:
             log(passes)
         # The estimate is per device: each of the mesh's 'trial' devices holds its share of a group,

@@ -61,14 +61,16 @@ WHOLE_BATCH = 1 << 62  # a make_train_step per_pass that takes any batch in one 
 
 
 def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None = None,
-                      limit: int | None = None) -> int:
+                      limit: int | None = None, data_devices: int = 1) -> int:
     """How many of a batch's examples one forward and backward pass of the training step takes.
 
     For a network without mutable collections: on XLA:CPU, the largest divisor of `batch_size`
     that is at most CPU_EXAMPLES_PER_PASS (and at least 8; else the whole batch); elsewhere the
     whole batch, which fills an accelerator; on either, at most `limit` examples (the largest
-    divisor of the batch up to it; pass_limit: what one trial's step may hold in device memory),
-    so that a batch too large for the device trains as the mean of its passes' gradients. The
+    divisor of the batch up to it, a multiple of `data_devices` when the batch is, so that each
+    pass splits evenly over a mesh's 'data' axis; pass_limit: what one trial's step may hold in
+    device memory), so that a batch too large for the device trains as the mean of its passes'
+    gradients. The
     network must then treat the examples of a batch independently in training, as the built-in
     models do (a model that mixes examples without a mutable collection, e.g. its own normalization
     over the batch axis, would train differently in passes: config.batch_in_passes = False, or
@@ -84,7 +86,8 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     if backend == 'cpu' and batch_size > CPU_EXAMPLES_PER_PASS:
         size = next((size for size in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % size == 0), batch_size)
     if limit is not None and size > limit:
-        size = largest_divisor_up_to(batch_size, max(1, limit))
+        share = data_devices if batch_size % data_devices == 0 else 1
+        size = share * largest_divisor_up_to(batch_size // share, max(1, limit // share))
     return size
 
 
@@ -112,7 +115,7 @@ def configured_per_pass(config: Any) -> int | None:
 
 
 def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformationExtraArgs,
-                    per_pass: int | None = None, limit: int | None = None
+                    per_pass: int | None = None, limit: int | None = None, data_devices: int = 1
                     ) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, StepMetrics]]:
     """train_step(state, (images (B,H,W,C), labels (B,))) -> (state, metrics) for ONE trial.
 
@@ -121,9 +124,9 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
     runs in training mode: its mutable collections (BatchNorm statistics) are updated, and
     dropout draws from the trial's key folded with the step.
 
-    per_pass: examples per forward and backward pass (None: examples_per_pass(B, limit=limit), where
-    `limit` is pass_limit's bound from device memory or None; at least B, e.g. WHOLE_BATCH: the
-    whole batch at once). With P passes, pass i takes examples i, i + P, i + 2P, ...
+    per_pass: examples per forward and backward pass (None: examples_per_pass(B, limit=limit,
+    data_devices=data_devices), where `limit` is pass_limit's bound from device memory or None; at
+    least B, e.g. WHOLE_BATCH: the whole batch at once). With P passes, pass i takes examples i, i + P, i + 2P, ...
     (so a batch sharded over a mesh's data axis keeps every device busy in every pass); the
     gradient and loss are the means of the passes' (the batch's, up to float rounding), and pass i
     draws its dropout from the step's key folded with i.
@@ -139,7 +142,8 @@ def make_train_step(network: NetworkLike, optimizer: optax.GradientTransformatio
             return losses.cross_entropy(logits, labels), model_state
 
         batch_size = images.shape[0]
-        size = examples_per_pass(batch_size, network, limit=limit) if per_pass is None else per_pass
+        size = examples_per_pass(batch_size, network, limit=limit, data_devices=data_devices) if per_pass is None \
+            else per_pass
         if size < 1:
             raise ValueError(f'per_pass must be >= 1 (or None), got {size}')
         if size >= batch_size:

@@ -103,6 +103,7 @@ class MemoryEstimate(NamedTuple):
     budget_bytes: int                # per device: config.memory_fraction of its memory (engine.default_memory_bytes)
     state_bytes: int                 # one trial's state (params, mask, optimizer state)
     pass_limit: int | None           # trial.pass_limit: the most examples one pass may take (None: no limit)
+    data_devices: int = 1            # the mesh's 'data' axis, which every pass is split over
 
 
 def memory_estimate(config: ml_collections.ConfigDict, work: Workload, mesh: Any = None,
@@ -117,39 +118,48 @@ def memory_estimate(config: ml_collections.ConfigDict, work: Workload, mesh: Any
     budget = engine.default_memory_bytes(config.get('memory_fraction', 0.5))  # absent from single-trial configs
     wanted = (groups and not config.trials_per_group) or (
         accelerator and (in_passes or (groups and not config.eval_chunk_size)))
+    data_devices = parallel.data_count(mesh)
     if not wanted:
-        return MemoryEstimate(None, budget, 0, None)
+        return MemoryEstimate(None, budget, 0, None, data_devices)
     params, model_state = trial.init_variables(work.network, work.example_shape, 0)
     one = trial.new_trial_state(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
                                 work.optimizer, {}, model_state, trial.dropout_key(0))
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(one))
     per_example = engine.train_bytes_per_example(
         trial.make_train_step(work.network, work.optimizer, per_pass=trial.WHOLE_BATCH), one, work.example_shape)
-    limit = trial.pass_limit(per_example, budget, state_bytes, parallel.data_count(mesh)) if in_passes else None
-    return MemoryEstimate(per_example, budget, state_bytes, limit)
+    limit = trial.pass_limit(per_example, budget, state_bytes, data_devices) if in_passes else None
+    return MemoryEstimate(per_example, budget, state_bytes, limit, data_devices)
 
 
 def examples_per_pass(config: ml_collections.ConfigDict, work: Workload, batch_size: int,
-                      limit: int | None = None) -> int:
+                      memory: MemoryEstimate | None = None) -> int:
     """The examples each forward and backward pass of the config's training step takes at
-    `batch_size` (trial.examples_per_pass with the memory estimate's `limit`; the whole batch when
-    config.batch_in_passes is False)."""
+    `batch_size` (trial.examples_per_pass within the `memory` estimate's limit; the whole batch
+    when config.batch_in_passes is False)."""
     per_pass = trial.configured_per_pass(config)
-    return trial.examples_per_pass(int(batch_size), work.network, limit=limit) if per_pass is None \
-        else min(int(batch_size), per_pass)
+    if per_pass is not None:
+        return min(int(batch_size), per_pass)
+    return trial.examples_per_pass(int(batch_size), work.network, limit=memory and memory.pass_limit,
+                                   data_devices=memory.data_devices if memory else 1)
 
 
-def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, data_devices: int,
-                    has_state: bool) -> str | None:
-    """A log line when one trial's step at `batch_size` does not fit the memory budget: the passes it
-    takes instead, or (a model with mutable collections, which cannot split its batch) a warning."""
+def make_train_step(config: ml_collections.ConfigDict, work: Workload, memory: MemoryEstimate | None = None):
+    """The config's training step for one trial (trial.make_train_step), its batches taken in the
+    passes examples_per_pass says."""
+    return trial.make_train_step(work.network, work.optimizer, trial.configured_per_pass(config),
+                                 memory and memory.pass_limit, memory.data_devices if memory else 1)
+
+
+def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, has_state: bool) -> str | None:
+    """A log line when one trial's step at `batch_size` does not fit the memory budget: the passes
+    of `in_pass` examples it takes instead, or (a batch it must take whole) a warning."""
     if not memory.bytes_per_example:
         return None
-    needed = memory.bytes_per_example * batch_size / data_devices + 4 * memory.state_bytes
+    needed = memory.bytes_per_example * batch_size / memory.data_devices + 4 * memory.state_bytes
     if needed <= memory.budget_bytes:
         return None
-    what = (f'  memory: one trial\'s step at batch {batch_size} needs about {needed / 1e9:.2f} GB per device, '
-            f'over the {memory.budget_bytes / 1e9:.2f} GB budget (config.memory_fraction)')
+    what = (f'  memory: one trial\'s step at batch {batch_size} needs about {_bytes(needed)} per device, over the '
+            f'{_bytes(memory.budget_bytes)} budget (config.memory_fraction)')
     if in_pass < batch_size:
         return f'{what}: it takes the batch in {batch_size // in_pass} passes of {in_pass} examples (the mean gradient)'
     why = 'a model with mutable collections' if has_state else 'config.batch_in_passes is False'
@@ -157,15 +167,23 @@ def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, data_
             f'more devices on the mesh\'s \'data\' axis)')
 
 
+def _bytes(count: float) -> str:
+    """'40.2 GB', '12.9 MB', '3.1 kB' (decimal units)."""
+    for unit, size in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if count >= size:
+            return f'{count / size:.1f} {unit}'
+    return f'{count:.0f} bytes'
+
+
 def resolved_numerics(config: ml_collections.ConfigDict, work: Workload, batch_sizes: Sequence[int],
-                      pass_limit: int | None = None) -> dict:
+                      memory: MemoryEstimate | None = None) -> dict:
     """What decides a run's arithmetic as this backend resolves it, for its provenance: the
     convolutions of training and checks, and the examples each forward and backward pass of a
     training step takes at each batch size (examples_per_pass: passes of at most 32 on a CPU,
-    the whole batch on an accelerator unless it exceeds `pass_limit`; a step's gradient is the
-    mean of its passes')."""
+    the whole batch on an accelerator unless it exceeds the `memory` estimate's limit; a step's
+    gradient is the mean of its passes')."""
     return {'convolution': convolution(config), 'eval_convolution': work.eval_convolution,
-            'examples_per_pass': {str(size): examples_per_pass(config, work, size, pass_limit)
+            'examples_per_pass': {str(size): examples_per_pass(config, work, size, memory)
                                   for size in batch_sizes}}
 
 

@@ -67,6 +67,30 @@ def test_a_cell_resumed_from_its_last_checkpoint_ends_as_the_uninterrupted_run(t
     assert_same_result(resumed, uninterrupted)
 
 
+def test_a_cell_that_raises_mid_run_finishes_its_checkpoint_saves_first(tmp_path, uninterrupted, monkeypatch):
+    trials, tx, _, _ = cell_setup()
+    saved = cell_checkpoints(tmp_path, [])
+    closed = []
+    close = saved.close
+    monkeypatch.setattr(saved, 'close', lambda: closed.append(1) or close())
+
+    class Interrupted(Exception):
+        pass
+
+    def log(line):  # a progress line after every check; the fourth raises, as a Ctrl-C in a notebook would
+        if 'step      40/' in line:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(trials, tx, checkpoints=saved, log=log, log_every_seconds=0.0, **SETTINGS)
+    assert closed == [1]  # saves finished before the error left run_cell
+    # The same cell started again in the same process resumes from what was saved.
+    lines = []
+    resumed = run(trials, tx, checkpoints=cell_checkpoints(tmp_path, lines), log=lines.append, **SETTINGS)
+    assert any('resumed from checkpoint at step 30' in line for line in lines), lines
+    assert_same_result(resumed, uninterrupted)
+
+
 def test_an_early_checkpoint_in_a_relative_directory_resumes_to_the_same_result(tmp_path, uninterrupted, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trials, tx, _, _ = cell_setup()

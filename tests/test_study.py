@@ -408,8 +408,8 @@ def test_batch_in_passes_says_how_the_studys_training_step_takes_its_batch(monke
     built = []
     make_train_step = trial.make_train_step
     monkeypatch.setattr(trial, 'make_train_step',
-                        lambda network, optimizer, per_pass=None, limit=None: built.append(per_pass) or make_train_step(
-                            network, optimizer, per_pass, limit))
+                        lambda network, optimizer, per_pass=None, *memory: built.append(per_pass) or make_train_step(
+                            network, optimizer, per_pass, *memory))
     dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lambda line: None)
     assert built == [trial.WHOLE_BATCH, per_pass]  # the memory estimate's whole-batch step, then the study's
 
@@ -426,12 +426,12 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
     monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: int(10.5e9))
     limits = []
     make_train_step = trial.make_train_step
-    monkeypatch.setattr(trial, 'make_train_step', lambda network, optimizer, per_pass=None, limit=None: (
-        limits.append(limit) or make_train_step(network, optimizer, per_pass, limit)))
+    monkeypatch.setattr(trial, 'make_train_step', lambda network, optimizer, per_pass=None, limit=None, data_devices=1: (
+        limits.append(limit) or make_train_step(network, optimizer, per_pass, limit, data_devices)))
     lines = []
     dps_jax.run_study(config, str(tmp_path), model=_TwoLayerNet(), dataset=dataset, log=lines.append)
     assert limits[-1] == 10  # the study's training step
-    assert any("step at batch 32 needs about 32.00 GB per device, over the 10.50 GB budget "
+    assert any("step at batch 32 needs about 32.0 GB per device, over the 10.5 GB budget "
                "(config.memory_fraction): it takes the batch in 4 passes of 8 examples" in line for line in lines)
     recorded = json.loads((tmp_path / 'provenance.json').read_text())['runs']
     assert recorded[0]['numerics']['examples_per_pass'] == {'32': 8}

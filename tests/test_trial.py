@@ -375,6 +375,11 @@ def test_a_batch_over_the_memory_limit_is_taken_in_passes_of_its_largest_divisor
              ('cpu', 512, 5000): 32, ('cpu', 512, 32): 32, ('cpu', 512, 20): 16, ('cpu', 100, 20): 20,
              ('cpu', 16, 3): 2, ('cpu', 97, 50): 1}
     assert {case: trial.examples_per_pass(case[1], linear_apply, case[0], case[2]) for case in cases} == cases
+    # Over a mesh's 'data' axis of 4 devices each pass is a multiple of 4 when the batch is: batch 36 in
+    # 9 passes of 4 (not 4 of 9, which would split unevenly); 16384 in 4 passes of 4096; batch 30 as before.
+    sharded = {(36, 10): 4, (16384, 5000): 4096, (48, 14): 12, (30, 10): 10, (8, 4): 4}
+    assert {case: trial.examples_per_pass(case[0], linear_apply, 'gpu', case[1], data_devices=4)
+            for case in sharded} == sharded
     for number in (1, 2, 12, 97, 360, 1024, 6000):
         for limit in (1, 5, 31, 64, 10_000):
             brute_force = max(d for d in range(1, number + 1) if number % d == 0 and d <= limit)
