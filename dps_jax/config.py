@@ -292,7 +292,9 @@ def base_study_config():
                                         # goal (that step is the cell's minimum); 'all': every trial to its end
     config.compaction = True            # drop ended trials into smaller slot buckets ('all' mode)
     config.trials_per_group = 0         # trials on the device at once; 0 = from a memory estimate
-    config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use
+    config.memory_fraction = 0.5        # share of device memory (host RAM on CPU) the estimate may use; it
+                                        # also bounds the passes of a batch one trial's step cannot hold whole
+                                        # (batch_in_passes), which changes float rounding and dropout draws
     config.eval_chunk_size = 0          # validation examples per chunk per trial; 0 = on CPU 48, the trials
                                         # checked in turn (small programs keep a forward pass in cache), on an accelerator
                                         # as many as memory_fraction of its memory holds for every trial at once,

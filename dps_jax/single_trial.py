@@ -43,9 +43,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'{time.perf_counter() - started:.1f} s:')
     log(masks.format_density_report(state.mask))
 
-    memory = workload.memory_estimate(config, work, groups=False)  # measured on accelerators only
+    memory = workload.memory_estimate(config, work, groups=False)
     in_pass = workload.examples_per_pass(config, work, config.batch_size, memory)
-    line = workload.describe_passes(memory, config.batch_size, in_pass, network.has_state)
+    line = workload.describe_passes(memory, config.batch_size, in_pass, network.has_state,
+                                    budget='half of the device memory')
     if line:
         log(line)
     stop_above = trial.configured_stop_above(config, int(work.val_images.shape[0]))

@@ -590,13 +590,20 @@ def sparsity_mask(context: CellContext, sparsity: float) -> Any:
 
 
 def cell_checkpoints(config: ml_collections.ConfigDict, workdir: str, sparsity: float, batch_size: int,
-                     log: Callable[[str], None] = print) -> checkpoints.CellCheckpoints | None:
-    """The mid-cell checkpoints of a cell in workdir/checkpoints/<cell>; None when config.checkpoint_every is 0."""
+                     log: Callable[[str], None] = print, passes_from_memory: int | None = None
+                     ) -> checkpoints.CellCheckpoints | None:
+    """The mid-cell checkpoints of a cell in workdir/checkpoints/<cell>; None when config.checkpoint_every is 0.
+
+    passes_from_memory: workload.passes_from_memory, part of the checkpoints' identity when set (a
+    run on a device with other memory, or with another memory_fraction, does not resume them)."""
     if not config.checkpoint_every:
         return None
+    identity = {'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}
+    if passes_from_memory is not None:
+        identity['examples_per_pass'] = passes_from_memory
     return checkpoints.CellCheckpoints(
         os.path.join(workdir, 'checkpoints', cell_name(sparsity, batch_size)), config.checkpoint_every,
-        identity={'cell': cell_name(sparsity, batch_size), 'config': _comparable(config.to_dict())}, log=log,
+        identity=identity, log=log,
         normalize=functools.partial(_checkpoint_identity, model_digest=config.get('model_digest', '')))
 
 
@@ -657,7 +664,8 @@ def _run_cells(config, work: workload.Workload, workdir, remaining, cells, log, 
                     continue
                 log(f'cell {position}/{len(cells)}: sparsity {sparsity:g}, batch size {batch_size}, '
                     f'{num_trials} trials, until {config.until!r}')
-                saved = cell_checkpoints(config, workdir, sparsity, batch_size, log)
+                saved = cell_checkpoints(config, workdir, sparsity, batch_size, log,
+                                         workload.passes_from_memory(config, work, batch_size, context.memory))
                 result = run_one_cell(context, sparsity, batch_size, mask, saved, log)
                 summary = cell_summary(result, sparsity, batch_size, config.until)
                 if parallel.is_main_process():

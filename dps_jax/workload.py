@@ -109,15 +109,15 @@ class MemoryEstimate(NamedTuple):
 def memory_estimate(config: ml_collections.ConfigDict, work: Workload, mesh: Any = None,
                     groups: bool = True) -> MemoryEstimate:
     """One trial's memory figures, measured once (a dense trial at seed 0 compiled at two batch
-    sizes): the groups of trials (`groups`: a study's, sized when config.trials_per_group is 0), an
-    accelerator's evaluation chunk and, with config.batch_in_passes, the pass size of a batch too
-    large for the device use them. Not measured where nothing uses them (on a CPU: a single trial,
-    or a study with config.trials_per_group set)."""
+    sizes). With config.batch_in_passes they bound the pass size on every backend, so that the
+    passes a batch takes do not depend on other settings; they also size the groups of trials
+    (`groups`: a study's, when config.trials_per_group is 0) and an accelerator's evaluation chunk,
+    and warn of a batch an accelerator must take whole. Not measured where nothing uses them (on a
+    CPU with batch_in_passes False: a single trial, or a study with trials_per_group set)."""
     in_passes = trial.configured_per_pass(config) is None
     accelerator = jax.default_backend() != 'cpu'
     budget = engine.default_memory_bytes(config.get('memory_fraction', 0.5))  # absent from single-trial configs
-    wanted = (groups and not config.trials_per_group) or (
-        accelerator and (in_passes or (groups and not config.eval_chunk_size)))
+    wanted = in_passes or accelerator or (groups and not config.trials_per_group)
     data_devices = parallel.data_count(mesh)
     if not wanted:
         return MemoryEstimate(None, budget, 0, None, data_devices)
@@ -143,6 +143,16 @@ def examples_per_pass(config: ml_collections.ConfigDict, work: Workload, batch_s
                                    data_devices=memory.data_devices if memory else 1)
 
 
+def passes_from_memory(config: ml_collections.ConfigDict, work: Workload, batch_size: int,
+                       memory: MemoryEstimate | None) -> int | None:
+    """The examples per pass at `batch_size` when the memory estimate, rather than the backend's
+    own rule, decides them (a batch too large for the device), else None. The pass size then
+    depends on the device's memory and memory_fraction, and float rounding and dropout draws with
+    it: a mid-cell checkpoint records it, so that a resume does not mix two pass sizes."""
+    in_pass = examples_per_pass(config, work, batch_size, memory)
+    return in_pass if in_pass != examples_per_pass(config, work, batch_size) else None
+
+
 def make_train_step(config: ml_collections.ConfigDict, work: Workload, memory: MemoryEstimate | None = None):
     """The config's training step for one trial (trial.make_train_step), its batches taken in the
     passes examples_per_pass says."""
@@ -150,16 +160,18 @@ def make_train_step(config: ml_collections.ConfigDict, work: Workload, memory: M
                                  memory and memory.pass_limit, memory.data_devices if memory else 1)
 
 
-def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, has_state: bool) -> str | None:
-    """A log line when one trial's step at `batch_size` does not fit the memory budget: the passes
-    of `in_pass` examples it takes instead, or (a batch it must take whole) a warning."""
+def describe_passes(memory: MemoryEstimate, batch_size: int, in_pass: int, has_state: bool,
+                    budget: str = 'config.memory_fraction') -> str | None:
+    """A log line when one trial's step at `batch_size` does not fit the memory budget (named as
+    `budget` says): the passes of `in_pass` examples it takes instead, or (a batch it must take
+    whole) a warning."""
     if not memory.bytes_per_example:
         return None
     needed = memory.bytes_per_example * batch_size / memory.data_devices + 4 * memory.state_bytes
     if needed <= memory.budget_bytes:
         return None
     what = (f'  memory: one trial\'s step at batch {batch_size} needs about {_bytes(needed)} per device, over the '
-            f'{_bytes(memory.budget_bytes)} budget (config.memory_fraction)')
+            f'{_bytes(memory.budget_bytes)} budget ({budget})')
     if in_pass < batch_size:
         return f'{what}: it takes the batch in {batch_size // in_pass} passes of {in_pass} examples (the mean gradient)'
     why = 'a model with mutable collections' if has_state else 'config.batch_in_passes is False'

@@ -104,3 +104,25 @@ def test_simple_cnn_at_sparsity_09_reaches_the_goal_on_real_fashion_mnist(tmp_pa
     assert all(0.2 < check['val_error'] <= exact['val_error']
                for check, exact in zip(stopped['history'][:-1], result['history'][:-1]))
     assert stopping.stdout.count(' val error >= ') == len(result['history']) - 1
+
+
+@needs_fashion_mnist
+def test_a_single_trials_batch_too_large_for_the_memory_is_taken_in_passes(tmp_path, monkeypatch):
+    import importlib.util
+
+    from dps_jax import engine, single_trial
+    spec = importlib.util.spec_from_file_location('fashion_mnist_trial', CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update(dict(snip_examples=500, max_steps=20, check_every=10, goal_error=0.01))
+    # 1 GB per example in a 20.5 GB budget: at most 20 examples per pass beside the trial's state, so
+    # batch 64 takes 4 passes of 16 (its largest divisor up to 20).
+    monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: 1e9)
+    monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: int(20.5e9))
+    lines = []
+    single_trial.train_and_evaluate(config, str(tmp_path), log=lines.append)
+    assert ("  memory: one trial's step at batch 64 needs about 64.0 GB per device, over the 20.5 GB budget (half "
+            "of the device memory): it takes the batch in 4 passes of 16 examples (the mean gradient)") in lines
+    result = json.loads((tmp_path / 'trial.json').read_text())
+    assert result['provenance']['numerics']['examples_per_pass'] == {'64': 16}

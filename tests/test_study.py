@@ -430,7 +430,8 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
         limits.append(limit) or make_train_step(network, optimizer, per_pass, limit, data_devices)))
     lines = []
     dps_jax.run_study(config, str(tmp_path), model=_TwoLayerNet(), dataset=dataset, log=lines.append)
-    assert limits[-1] == 10  # the study's training step
+    assert limits == [None, 10]  # the memory estimate's whole-batch step (measured once), then the study's
+    assert not any('trials at a time' in line for line in lines)  # groups sized for one pass of 8, not 32
     assert any("step at batch 32 needs about 32.0 GB per device, over the 10.5 GB budget "
                "(config.memory_fraction): it takes the batch in 4 passes of 8 examples" in line for line in lines)
     recorded = json.loads((tmp_path / 'provenance.json').read_text())['runs']
@@ -441,6 +442,38 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
     assert limits[-1] is None
     assert any('takes its batch whole (config.batch_in_passes is False): it may run out of memory' in line
                for line in lines)
+
+
+def test_a_checkpoint_taken_in_passes_from_memory_is_not_resumed_with_other_passes(monkeypatch, tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=300)
+    images = (rng.normal(size=(300, 6, 6, 1)) + labels[:, None, None, None]).astype(np.float32)
+    dataset = dps_jax.from_arrays(images, labels, name='passes')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(32,), num_trials=2, pruning='random', check_every=5,
+                         max_steps=40, snip_examples=0, goal_error=0.01, checkpoint_every=1)
+    monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: 1e9)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_15(line):
+        if 'step      15/' in line:
+            raise Stop
+
+    config.progress_every_seconds = 0.0
+    monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: int(10.5e9))  # passes of 8
+    with pytest.raises(Stop):
+        dps_jax.run_study(config, str(tmp_path / 'study'), model=_TwoLayerNet(), dataset=dataset, log=stop_at_step_15)
+    assert any(name.isdigit() for name in os.listdir(tmp_path / 'study' / 'checkpoints' / '0_32'))
+    monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: 1 << 50)  # the CPU's passes of 32
+    lines = []
+    resumed = dps_jax.run_study(config, str(tmp_path / 'study'), model=_TwoLayerNet(), dataset=dataset,
+                                log=lines.append)
+    assert any('was made by another setup of this cell' in line for line in lines), lines
+    assert not any('resumed from checkpoint' in line for line in lines)
+    fresh = dps_jax.run_study(config, str(tmp_path / 'fresh'), model=_TwoLayerNet(), dataset=dataset,
+                              log=lambda line: None)
+    assert resumed.cells[(0.0, 32)].trials == fresh.cells[(0.0, 32)].trials
 
 
 def test_groups_are_sized_for_the_smoothness_measurements_too(monkeypatch):
