@@ -70,11 +70,10 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
     divisor of the batch up to it, a multiple of `data_devices` when the batch is, so that each
     pass splits evenly over a mesh's 'data' axis; pass_limit: what one trial's step may hold in
     device memory), so that a batch too large for the device trains as the mean of its passes'
-    gradients. The
-    network must then treat the examples of a batch independently in training, as the built-in
-    models do (a model that mixes examples without a mutable collection, e.g. its own normalization
-    over the batch axis, would train differently in passes: config.batch_in_passes = False, or
-    per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole
+    gradients. The network must then treat the examples of a batch independently in training, as
+    the built-in models do (a model that mixes examples without a mutable collection, e.g. its own
+    normalization over the batch axis, would train differently in passes: config.batch_in_passes =
+    False, or per_pass=WHOLE_BATCH, gives it the whole batch). XLA:CPU runs each operation over the whole
     batch, whose patches and activations fall out of the caches at large batches (the Simple-CNN
     step ran 1.28x faster at batch 512 in passes of 32; README, "Performance"). A network with
     mutable collections (BatchNorm statistics) must see the whole batch at once, whatever `limit`.

@@ -444,6 +444,35 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
                for line in lines)
 
 
+def test_passes_over_a_meshs_data_axis_are_sized_per_device_and_split_evenly(monkeypatch):
+    import types
+    from dps_jax import api, workload
+    rng = np.random.default_rng(0)
+    dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, size=200),
+                                  name='sharded')
+    config = api.resolved_config(tiny_config(sparsities=(0.0,), batch_sizes=(100,), num_trials=1), _TwoLayerNet(),
+                                 dataset)
+    work = workload.load_workload(config, _TwoLayerNet(), dataset)
+    # 1 GB per example in 4.5 GB per device: 4 examples per device, 16 over a 'data' axis of 4.
+    monkeypatch.setattr(engine, 'train_bytes_per_example', lambda *args: 1e9)
+    monkeypatch.setattr(engine, 'default_memory_bytes', lambda fraction=0.5: int(4.5e9))
+    memory = workload.memory_estimate(config, work, types.SimpleNamespace(shape={'data': 4, 'trial': 1}))
+    assert (memory.pass_limit, memory.data_devices) == (16, 4)
+    # Batch 100 in 25 passes of 4 (one example per device each), not 10 passes of 10 (which 4 devices cannot
+    # split evenly); on any backend, as the CPU's own passes of 25 exceed the limit.
+    assert workload.examples_per_pass(config, work, 100, memory) == 4
+    assert workload.describe_passes(memory, 100, 4, False) == (
+        "  memory: one trial's step at batch 100 needs about 25.0 GB per device, over the 4.5 GB budget "
+        "(config.memory_fraction): it takes the batch in 25 passes of 4 examples (the mean gradient)")
+    state = jax.tree.map(lambda leaf: leaf[0], study.cell_context(config, work, (0.0,), memory=memory,
+                                                                   log=lambda line: None).params)
+    one = trial.new_trial_state(state, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), state), work.optimizer,
+                                {})
+    jaxpr = str(jax.make_jaxpr(workload.make_train_step(config, work, memory))(
+        one, (work.train_images[:100], work.train_labels[:100])))
+    assert 'length=25' in jaxpr  # the step's scan over its passes
+
+
 def test_a_checkpoint_taken_in_passes_from_memory_is_not_resumed_with_other_passes(monkeypatch, tmp_path):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, size=300)
