@@ -437,7 +437,8 @@ def test_a_batch_one_trial_cannot_hold_is_taken_in_passes_and_recorded(monkeypat
     recorded = json.loads((tmp_path / 'provenance.json').read_text())['runs']
     assert recorded[0]['numerics']['examples_per_pass'] == {'32': 8}
     config.batch_in_passes = False  # the whole batch: no limit, and a warning instead
-    limits.clear(), lines.clear()
+    limits.clear()
+    lines.clear()
     dps_jax.run_study(config, model=_TwoLayerNet(), dataset=dataset, log=lines.append)
     assert limits[-1] is None
     assert any('takes its batch whole (config.batch_in_passes is False): it may run out of memory' in line
