@@ -205,7 +205,9 @@ def validate_trial_config(config: Any, num_train_examples: int | None = None) ->
 # a stored config that lacks the field is compared with this value, not the default.
 VALUES_BEFORE_THE_FIELD = {'eval_convolution': ''}
 
-# Fields that say how to run, not what to measure: changing them does not invalidate a workdir.
+# Fields that say how to run, not what to measure: changing them does not invalidate a workdir. Two can
+# change float rounding: mesh (the summation order) and, for a batch too large for the device,
+# memory_fraction (its passes; README, "Batches larger than the device").
 RUN_FIELDS = ('plan_only', 'overwrite', 'cells', 'progress_every_seconds', 'trials_per_group',
               'memory_fraction', 'eval_chunk_size', 'data_dir', 'mesh', 'checkpoint_every',
               'allow_environment_change', 'compilation_cache_dir')
