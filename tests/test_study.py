@@ -506,6 +506,20 @@ def test_a_checkpoint_taken_in_passes_from_memory_is_not_resumed_with_other_pass
     assert resumed.cells[(0.0, 32)].trials == fresh.cells[(0.0, 32)].trials
 
 
+def test_a_study_made_from_other_arrays_says_to_give_the_same_dataset_not_a_flag(tmp_path):
+    rng = np.random.default_rng(0)
+    make = lambda: dps_jax.from_arrays(rng.normal(size=(120, 6, 6, 1)).astype(np.float32),
+                                       rng.integers(0, 4, size=120), name='swap')
+    config = tiny_config(sparsities=(0.0,), batch_sizes=(16,), num_trials=1, pruning='random', snip_examples=0,
+                         plan_only=True)
+    first = make()
+    dps_jax.run_study(config, str(tmp_path), model=_TwoLayerNet(), dataset=first, log=lambda line: None)
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"fields differ: dataset\); to resume it as it was made, give run_study the same "
+                             r"Dataset \('arrays:swap#[0-9a-f]{12}'\); use another"):
+        dps_jax.run_study(config, str(tmp_path), model=_TwoLayerNet(), dataset=make(), log=lambda line: None)
+
+
 def test_groups_are_sized_for_the_smoothness_measurements_too(monkeypatch):
     rng = np.random.default_rng(0)
     dataset = dps_jax.from_arrays(rng.normal(size=(200, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, size=200),
