@@ -254,10 +254,12 @@ def _resume_flags(previous: dict, differing: list[str]) -> str:
     fields = [field for field in differing if field != 'model_digest']
     if not fields or not all(isinstance(previous.get(field), (bool, int, float, str)) for field in fields):
         return ''
-    if str(previous.get('dataset', '')).startswith(config_lib.ARRAYS_PREFIX) and 'dataset' in fields:
-        # A Dataset given to the Python API cannot be named by a flag: only the same arrays resume it.
-        return f'; to resume it as it was made, give run_study the same Dataset ({previous["dataset"]!r})'
-    flags = ' '.join(f'--config.{field}={shlex.quote(str(previous[field]))}' for field in fields)
+    arrays = str(previous.get('dataset', '')).startswith(config_lib.ARRAYS_PREFIX) and 'dataset' in fields
+    flags = ' '.join(f'--config.{field}={shlex.quote(str(previous[field]))}' for field in fields
+                     if not (arrays and field == 'dataset'))
+    if arrays:  # a Dataset given to the Python API cannot be named by a flag: only the same arrays resume it
+        return (f'; to resume it as it was made, give run_study the same Dataset ({previous["dataset"]!r})'
+                + (f' and the fields {flags}' if flags else ''))
     return f'; to resume it as it was made: {flags}'
 
 
