@@ -136,6 +136,11 @@ def train_bytes_per_example(train_step: Callable, state: trial.TrainState, examp
     return max((large - small) / 64, 1.0)
 
 
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array in a pytree."""
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
 def estimate_group_size(train_step: Callable, state: trial.TrainState, example_shape: tuple,
                         batch_size: int, memory_bytes: int, num_trials: int,
                         bytes_per_example: float | None = None, in_turn: bool = False,
@@ -148,8 +153,7 @@ def estimate_group_size(train_step: Callable, state: trial.TrainState, example_s
     per_example = bytes_per_example or train_bytes_per_example(train_step, state, example_shape)
     if per_example is None:
         return num_trials  # the backend gives no estimate: do not split
-    params_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
-    state_bytes = 4 * params_bytes  # state, gradients, update
+    state_bytes = 4 * tree_bytes(state)  # state, gradients, update
     if in_turn:
         fits = (memory_bytes - per_example * batch_size) // state_bytes
     else:

@@ -83,7 +83,8 @@ def examples_per_pass(batch_size: int, network: NetworkLike, backend: str | None
         return batch_size
     size = batch_size
     if backend == 'cpu' and batch_size > CPU_EXAMPLES_PER_PASS:
-        size = next((size for size in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % size == 0), batch_size)
+        size = next((divisor for divisor in range(CPU_EXAMPLES_PER_PASS, 7, -1) if batch_size % divisor == 0),
+                    batch_size)
     if limit is not None and size > limit:
         share = data_devices if batch_size % data_devices == 0 else 1
         size = share * largest_divisor_up_to(batch_size // share, max(1, limit // share))

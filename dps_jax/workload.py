@@ -124,7 +124,7 @@ def memory_estimate(config: ml_collections.ConfigDict, work: Workload, mesh: Any
     params, model_state = trial.init_variables(work.network, work.example_shape, 0)
     one = trial.new_trial_state(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
                                 work.optimizer, {}, model_state, trial.dropout_key(0))
-    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(one))
+    state_bytes = engine.tree_bytes(one)
     per_example = engine.train_bytes_per_example(
         trial.make_train_step(work.network, work.optimizer, per_pass=trial.WHOLE_BATCH), one, work.example_shape)
     limit = trial.pass_limit(per_example, budget, state_bytes, data_devices) if in_passes else None
@@ -153,7 +153,8 @@ def passes_from_memory(config: ml_collections.ConfigDict, work: Workload, batch_
     return in_pass if in_pass != examples_per_pass(config, work, batch_size) else None
 
 
-def make_train_step(config: ml_collections.ConfigDict, work: Workload, memory: MemoryEstimate | None = None):
+def make_train_step(config: ml_collections.ConfigDict, work: Workload, memory: MemoryEstimate | None = None
+                    ) -> Callable:
     """The config's training step for one trial (trial.make_train_step), its batches taken in the
     passes examples_per_pass says."""
     return trial.make_train_step(work.network, work.optimizer, trial.configured_per_pass(config),

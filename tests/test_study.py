@@ -465,10 +465,9 @@ def test_passes_over_a_meshs_data_axis_are_sized_per_device_and_split_evenly(mon
     assert workload.describe_passes(memory, 100, 4, False) == (
         "  memory: one trial's step at batch 100 needs about 25.0 GB per device, over the 4.5 GB budget "
         "(config.memory_fraction): it takes the batch in 25 passes of 4 examples (the mean gradient)")
-    state = jax.tree.map(lambda leaf: leaf[0], study.cell_context(config, work, (0.0,), memory=memory,
-                                                                   log=lambda line: None).params)
-    one = trial.new_trial_state(state, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), state), work.optimizer,
-                                {})
+    params, _ = trial.init_variables(work.network, work.example_shape, 0)
+    one = trial.new_trial_state(params, jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params),
+                                work.optimizer, {})
     jaxpr = str(jax.make_jaxpr(workload.make_train_step(config, work, memory))(
         one, (work.train_images[:100], work.train_labels[:100])))
     assert 'length=25' in jaxpr  # the step's scan over its passes
